@@ -1,0 +1,61 @@
+// Scans over f32 buffers used as guards before W is written.
+// All take a byte pointer and an element count; none allocates.
+
+// IEEE-754 binary32: a value is NaN or ±Inf exactly when its 8 exponent bits
+// are all ones, i.e. (bits & 0x7f800000) == 0x7f800000.
+const EXP_MASK: i32 = 0x7f800000;
+
+/**
+ * Index of the first NaN/±Inf in x[0..n), or -1 when all are finite.
+ * 16 lanes per step are OR-reduced; only a hit falls back to a scalar search.
+ */
+export function firstNonFinite(x: usize, n: i32): i32 {
+  const mask = i32x4.splat(EXP_MASK);
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const p = x + (<usize>i << 2);
+    const m0 = i32x4.eq(v128.and(v128.load(p, 0), mask), mask);
+    const m1 = i32x4.eq(v128.and(v128.load(p, 16), mask), mask);
+    const m2 = i32x4.eq(v128.and(v128.load(p, 32), mask), mask);
+    const m3 = i32x4.eq(v128.and(v128.load(p, 48), mask), mask);
+    if (v128.any_true(v128.or(v128.or(m0, m1), v128.or(m2, m3)))) break;
+  }
+  for (; i < n; i++) {
+    if ((load<i32>(x + (<usize>i << 2)) & EXP_MASK) == EXP_MASK) return i;
+  }
+  return -1;
+}
+
+/**
+ * max |x[i]| over x[0..n). NaN if any element is NaN (f32x4.max propagates
+ * NaN), +Inf if any is infinite. Returns 0 for n == 0.
+ */
+export function absMax(x: usize, n: i32): f32 {
+  let m0 = f32x4.splat(0);
+  let m1 = f32x4.splat(0);
+  let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const p = x + (<usize>i << 2);
+    m0 = f32x4.max(m0, f32x4.abs(v128.load(p, 0)));
+    m1 = f32x4.max(m1, f32x4.abs(v128.load(p, 16)));
+  }
+  const m = f32x4.max(m0, m1);
+  let s: f32 = Mathf.max(
+    Mathf.max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)),
+    Mathf.max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)),
+  );
+  for (; i < n; i++) s = Mathf.max(s, Mathf.abs(load<f32>(x + (<usize>i << 2))));
+  return s;
+}
+
+/** max over rows of Σ_j |x[i, j]|, accumulated in f64, for x: [rows, cols] row-major. */
+export function maxRowAbsSum(x: usize, rows: i32, cols: i32): f64 {
+  let best: f64 = 0;
+  for (let i = 0; i < rows; i++) {
+    const row = x + (<usize>i * <usize>cols << 2);
+    let s: f64 = 0;
+    for (let j = 0; j < cols; j++) s += Math.abs(<f64>load<f32>(row + (<usize>j << 2)));
+    if (s > best) best = s;
+  }
+  return best;
+}

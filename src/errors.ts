@@ -1,0 +1,78 @@
+/**
+ * Typed errors. Every error lora-wasm throws on purpose is `instanceof LoRAError`,
+ * and also an instance of the built-in class that fits its kind:
+ *
+ *   LoRAShapeError     RangeError  dims, lengths, shape mismatches
+ *   LoRATypeError      TypeError   wrong kind of value (Float64Array, not a matrix, aliasing)
+ *   LoRADisposedError  TypeError   a Matrix used after dispose()
+ *   LoRANonFiniteError RangeError  NaN/±Inf in an adapter, a scale, or a merge result
+ *   LoRAMemoryError    RangeError  wasm memory exhausted (4 GiB or the init() cap)
+ *
+ * JS classes have one parent, so LoRAError recognises its family by a brand
+ * (Symbol.hasInstance) rather than by the prototype chain.
+ */
+
+const brand: unique symbol = Symbol.for('lora-wasm.error');
+
+export class LoRAError extends Error {
+  /** Stable machine-readable code, e.g. 'LORA_SHAPE'. */
+  readonly code: string = 'LORA_ERROR';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LoRAError';
+    (this as unknown as Record<symbol, boolean>)[brand] = true;
+  }
+  static [Symbol.hasInstance](value: unknown): boolean {
+    if (this === LoRAError) {
+      return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+    }
+    return Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+}
+
+function branded<T extends Error>(error: T, name: string, code: string): T {
+  error.name = name;
+  Object.defineProperty(error, 'code', { value: code, enumerable: true });
+  (error as unknown as Record<symbol, boolean>)[brand] = true;
+  return error;
+}
+
+export class LoRAShapeError extends RangeError {
+  declare readonly code: 'LORA_SHAPE';
+  constructor(message: string) {
+    super(message);
+    branded(this, 'LoRAShapeError', 'LORA_SHAPE');
+  }
+}
+
+export class LoRATypeError extends TypeError {
+  declare readonly code: 'LORA_TYPE';
+  constructor(message: string) {
+    super(message);
+    branded(this, 'LoRATypeError', 'LORA_TYPE');
+  }
+}
+
+export class LoRADisposedError extends TypeError {
+  declare readonly code: 'LORA_DISPOSED';
+  constructor(message: string) {
+    super(message);
+    branded(this, 'LoRADisposedError', 'LORA_DISPOSED');
+  }
+}
+
+export class LoRANonFiniteError extends RangeError {
+  declare readonly code: 'LORA_NON_FINITE';
+  constructor(message: string) {
+    super(message);
+    branded(this, 'LoRANonFiniteError', 'LORA_NON_FINITE');
+  }
+}
+
+export class LoRAMemoryError extends RangeError {
+  declare readonly code: 'LORA_MEMORY';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    branded(this, 'LoRAMemoryError', 'LORA_MEMORY');
+  }
+}

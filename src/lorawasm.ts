@@ -1,0 +1,96 @@
+/**
+ * LoRAWasm: one loaded module with its own wasm memory. Get it from init().
+ * Every method validates its arguments before wasm is touched.
+ */
+import { LoRAError, LoRATypeError } from './errors.js';
+import { Matrix } from './matrix.js';
+import type { MemoryStats } from './memory.js';
+import { type MatrixInput, checkDim, describeValue, isFloat32Array } from './operands.js';
+import { type MergeOptions, type ScaleOptions, delta, merge, mergeInto, unmerge } from './rank.js';
+import type { Build, Engine } from './runtime.js';
+
+export class LoRAWasm {
+  /** The wasm flavour running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
+  readonly build: Build;
+  readonly #engine: Engine;
+
+  /** @internal use init() */
+  constructor(engine: Engine) {
+    this.#engine = engine;
+    this.build = engine.build;
+  }
+
+  /** The wasm memory every Matrix of this instance lives in. */
+  get memory(): WebAssembly.Memory {
+    return this.#engine.heap.memory;
+  }
+
+  /** Heap figures, for leak checks: memory size, live bytes and blocks. */
+  memoryStats(): MemoryStats {
+    return this.#engine.heap.stats();
+  }
+
+  /**
+   * Allocates a [rows, cols] row-major f32 Matrix in wasm memory, zero-filled
+   * or copied from `data` (a Float32Array or number[] of rows·cols values).
+   * Free it with dispose().
+   */
+  matrix(rows: number, cols: number, data?: Float32Array | readonly number[]): Matrix {
+    checkDim('matrix', 'rows', rows);
+    checkDim('matrix', 'cols', cols);
+    if (data !== undefined) {
+      if (!isFloat32Array(data) && !Array.isArray(data)) {
+        const hint = ArrayBuffer.isView(data) ? '; convert with Float32Array.from(…)' : '';
+        throw new LoRATypeError(`matrix: data must be a Float32Array or number[], got ${describeValue(data)}${hint}`);
+      }
+      if (data.length !== rows * cols) {
+        throw new LoRATypeError(
+          `matrix: data has length ${data.length} but the matrix is [${rows}, ${cols}]; it needs ${rows * cols}`,
+        );
+      }
+    }
+    const heap = this.#engine.heap;
+    const m = new Matrix(heap, heap.alloc(rows * cols * 4, 'matrix'), rows, cols);
+    if (data === undefined) m.data.fill(0);
+    else m.data.set(data);
+    return m;
+  }
+
+  /** Δ = s·A·B. A: [dOut, r], B: [r, dIn]. Allocates and returns a new Matrix [dOut, dIn]. */
+  delta(a: MatrixInput, b: MatrixInput, opts?: ScaleOptions): Matrix {
+    return this.#guard('delta', () => delta(this.#engine, a, b, opts));
+  }
+
+  /** W ← W + s·A·B in place, one fused pass over W. W: [dOut, dIn]. Returns W. */
+  merge<T extends MatrixInput>(w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+    return this.#guard('merge', () => merge(this.#engine, w, a, b, opts));
+  }
+
+  /** W ← W − s·A·B in place: undoes merge() with the same A, B and scale. Returns W. */
+  unmerge<T extends MatrixInput>(w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+    return this.#guard('unmerge', () => unmerge(this.#engine, w, a, b, opts));
+  }
+
+  /**
+   * out ← W0 + s·A·B, W0 untouched. Bit-identical to merging a fresh copy of
+   * W0, so adapters can be hot-swapped from a frozen W0 with zero drift.
+   * out may be W0 itself (then it is merge()). Returns out.
+   */
+  mergeInto<T extends MatrixInput>(out: T, w0: MatrixInput, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+    return this.#guard('mergeInto', () => mergeInto(this.#engine, out, w0, a, b, opts));
+  }
+
+  /** Turns a wasm trap (a bug: checks should have caught it) into a LoRAError, never a RuntimeError. */
+  #guard<T>(fn: string, body: () => T): T {
+    try {
+      return body();
+    } catch (e) {
+      if (e instanceof WebAssembly.RuntimeError) {
+        throw new LoRAError(`${fn}: internal error, the wasm kernel trapped (${e.message}); please report this`, {
+          cause: e,
+        });
+      }
+      throw e;
+    }
+  }
+}
