@@ -28,6 +28,10 @@ export const MODE_DELTA: i32 = 0; // out = s·A·B          (w0 unused)
 export const MODE_MERGE: i32 = 1; // out = w0 + s·A·B     (out may equal w0)
 export const MODE_CHECK: i32 = 2; // write nothing; return 1 if any w0 + s·A·B would be NaN/±Inf
 
+/** Tile of rankRUpdate and the block sizes of the packed panels. Twin: TILE_ROWS/TILE_COLS in src/rank.ts. */
+export const TILE_ROWS: i32 = 4;
+export const TILE_COLS: i32 = 8;
+
 const EXP_MASK: i32 = 0x7f800000;
 
 /** Packs s·A ([dOut, r]) into 4-row k-major blocks at ap: ceil(dOut/4)·r·4 floats. */

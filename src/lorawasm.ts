@@ -2,7 +2,7 @@
  * LoRAWasm: one loaded module with its own wasm memory. Get it from init().
  * Every method validates its arguments before wasm is touched.
  */
-import { LoRAError, LoRATypeError } from './errors.js';
+import { LoRAError, LoRAShapeError, LoRATypeError } from './errors.js';
 import { Matrix } from './matrix.js';
 import type { MemoryStats } from './memory.js';
 import { type MatrixInput, checkDim, describeValue, isFloat32Array } from './operands.js';
@@ -44,15 +44,15 @@ export class LoRAWasm {
         throw new LoRATypeError(`matrix: data must be a Float32Array or number[], got ${describeValue(data)}${hint}`);
       }
       if (data.length !== rows * cols) {
-        throw new LoRATypeError(
+        throw new LoRAShapeError(
           `matrix: data has length ${data.length} but the matrix is [${rows}, ${cols}]; it needs ${rows * cols}`,
         );
       }
     }
     const heap = this.#engine.heap;
-    const m = new Matrix(heap, heap.alloc(rows * cols * 4, 'matrix'), rows, cols);
-    if (data === undefined) m.data.fill(0);
-    else m.data.set(data);
+    const bytes = rows * cols * 4;
+    const m = new Matrix(heap, data === undefined ? heap.allocZeroed(bytes, 'matrix') : heap.alloc(bytes, 'matrix'), rows, cols);
+    if (data !== undefined) m.data.set(data);
     return m;
   }
 

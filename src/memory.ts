@@ -41,6 +41,8 @@ export class WasmHeap {
   readonly maxBytes: number;
   private readonly base: number;
   private top: number;
+  /** Bytes at or above this offset were never handed out, so they still hold wasm's initial zeros. */
+  private pristine: number;
   /** Free blocks below `top`, sorted by ptr, never adjacent (coalesced). */
   private readonly freeBlocks: Block[] = [];
   private readonly live = new Map<number, number>();
@@ -55,6 +57,7 @@ export class WasmHeap {
     this.maxBytes = maxBytes;
     this.base = alignUp(Math.max(heapBase, ALIGN), ALIGN);
     this.top = this.base;
+    this.pristine = this.base;
   }
 
   /**
@@ -83,8 +86,22 @@ export class WasmHeap {
       this.ensure(ptr + size, bytes, what);
       this.top = ptr + size;
     }
+
     this.live.set(ptr, size);
     this.liveBytes += size;
+    this.pristine = Math.max(this.pristine, ptr + size);
+    return ptr;
+  }
+
+  /**
+   * alloc() with zeroed contents. Only the part below the pristine mark is
+   * cleared, so a fresh multi-GiB block costs no memset (and no resident pages).
+   */
+  allocZeroed(bytes: number, what: string): number {
+    const pristine = this.pristine;
+    const ptr = this.alloc(bytes, what);
+    const end = ptr + alignUp(Math.max(bytes, 1), ALIGN);
+    if (ptr < pristine) new Uint8Array(this.memory.buffer, ptr, Math.min(end, pristine) - ptr).fill(0);
     return ptr;
   }
 

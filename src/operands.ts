@@ -71,7 +71,7 @@ export function operand(heap: WasmHeap, fn: string, name: string, x: unknown): O
     const bytes = x.rows * x.cols * 4;
     return { name, rows: x.rows, cols: x.cols, ptr: x.ptr, resident: true, plain: undefined, buffer: heap, byteStart: x.ptr, byteEnd: x.ptr + bytes };
   }
-  if (typeof x !== 'object' || x === null) {
+  if (typeof x !== 'object' || x === null || Array.isArray(x) || ArrayBuffer.isView(x) || !('data' in x)) {
     throw new LoRATypeError(`${fn}: ${name} must be a Matrix or { rows, cols, data: Float32Array }, got ${describeValue(x)}`);
   }
   const m = x as { rows?: unknown; cols?: unknown; data?: unknown };

@@ -1,0 +1,123 @@
+import { readFileSync } from 'node:fs';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { LoRAError, LoRATypeError, detectFeatures, init, loraScale } from '../src/index.js';
+import { MAX_PAGES } from '../src/memory.js';
+import { RankMode, TILE_COLS, TILE_ROWS } from '../src/rank.js';
+import { FLAVOUR, lwUnderTest } from './helpers.js';
+
+const wasmBytes = (build: string) => readFileSync(new URL(`../build/lora-${build}.wasm`, import.meta.url));
+const relaxedFlag = process.execArgv.includes('--experimental-wasm-relaxed-simd');
+
+test('detectFeatures sees SIMD, and relaxed SIMD exactly when Node 20 has the flag', () => {
+  const f = detectFeatures();
+  assert.ok(f.simd);
+  if (Number(process.versions.node.split('.')[0]) < 22) assert.is(f.relaxed, relaxedFlag);
+});
+
+test('init() is memoised per options and reports the flavour that runs', async () => {
+  const a = await init({ simd: FLAVOUR });
+  const b = await init({ simd: FLAVOUR });
+  assert.is(a, b, 'same options, same instance');
+  assert.is(a.build, FLAVOUR);
+  const auto = await init();
+  assert.is(auto, await init(), 'init() with no options is memoised too');
+  assert.is(auto.build, detectFeatures().relaxed ? 'relaxed' : 'baseline', "'auto' prefers relaxed where available");
+});
+
+test("simd: 'relaxed' fails with a clear LoRAError where the engine lacks it", async () => {
+  if (detectFeatures().relaxed) return;
+  try {
+    await init({ simd: 'relaxed' });
+    assert.unreachable('relaxed loaded without engine support');
+  } catch (e) {
+    assert.instance(e, LoRAError);
+    assert.match((e as Error).message, /--experimental-wasm-relaxed-simd/);
+  }
+});
+
+test('init accepts the module as bytes, as a compiled Module, and as a per-flavour map', async () => {
+  const bytes = wasmBytes('baseline');
+  const fromBytes = await init({ wasm: bytes });
+  assert.is(fromBytes.build, 'baseline', 'flavour read from the module itself');
+  const fromModule = await init({ wasm: new WebAssembly.Module(bytes), simd: 'baseline' });
+  assert.is(fromModule.build, 'baseline');
+  assert.is.not(fromModule, fromBytes, 'user-given modules are not shared');
+  const fromMap = await init({ wasm: { baseline: bytes }, simd: 'baseline' });
+  using m = fromMap.matrix(2, 2, [1, 2, 3, 4]);
+  assert.equal(Array.from(m.toArray()), [1, 2, 3, 4]);
+  const fromUrl = await init({ wasm: new URL('../build/lora-baseline.wasm', import.meta.url), simd: 'baseline' });
+  assert.is(fromUrl.build, 'baseline');
+});
+
+test('init rejects bad options and mismatched modules with typed errors', async () => {
+  const cases: [Parameters<typeof init>[0], new (...a: never[]) => Error, RegExp][] = [
+    [{ simd: 'fast' as 'auto' }, LoRATypeError, /options.simd must be 'auto', 'relaxed' or 'baseline', got "fast"/],
+    [{ wasm: { relaxed: wasmBytes('relaxed') }, simd: 'baseline' }, LoRATypeError, /options.wasm has no 'baseline' entry/],
+    [{ wasm: new Uint8Array([0, 1, 2, 3]) }, LoRAError, /could not load the .* lora-wasm module/],
+    [{ wasm: new URL('file:///nonexistent/lora.wasm') }, LoRAError, /could not load/],
+  ];
+  if (detectFeatures().relaxed) {
+    cases.push([{ wasm: wasmBytes('relaxed'), simd: 'baseline' }, LoRATypeError, /is the relaxed build/]);
+  }
+  for (const [opts, cls, re] of cases) {
+    try {
+      await init(opts);
+      assert.unreachable(`accepted ${JSON.stringify(opts)}`);
+    } catch (e) {
+      assert.instance(e, cls);
+      assert.match((e as Error).message, re);
+    }
+  }
+});
+
+test('constants mirrored between assembly/ and src/ agree', async () => {
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES });
+  for (const build of ['baseline', 'relaxed']) {
+    if (build === 'relaxed' && !detectFeatures().relaxed) continue;
+    const { instance } = await WebAssembly.instantiate(wasmBytes(build), { env: { memory, abort() {} } });
+    const g = (name: string) => (instance.exports[name] as WebAssembly.Global).value as number;
+    assert.is(g('MODE_DELTA'), RankMode.Delta);
+    assert.is(g('MODE_MERGE'), RankMode.Merge);
+    assert.is(g('MODE_CHECK'), RankMode.Check);
+    assert.is(g('TILE_ROWS'), TILE_ROWS);
+    assert.is(g('TILE_COLS'), TILE_COLS);
+  }
+  const asconfig = JSON.parse(readFileSync(new URL('../asconfig.json', import.meta.url), 'utf8'));
+  assert.is(asconfig.options.maximumMemory, MAX_PAGES);
+});
+
+test('the loaded module exports nothing but kernels over pointers (no managed runtime)', async () => {
+  const module = new WebAssembly.Module(wasmBytes('baseline'));
+  const imports = WebAssembly.Module.imports(module).map((i) => `${i.module}.${i.name}:${i.kind}`);
+  assert.equal(imports, ['env.memory:memory'], 'memory is imported, ready to be shared');
+  const names = WebAssembly.Module.exports(module).map((e) => e.name);
+  assert.not.ok(names.some((n) => n.startsWith('__new') || n.startsWith('__pin')), 'no GC runtime exports');
+  await lwUnderTest();
+});
+
+test('loraScale gives alpha/r, or alpha/√r for rsLoRA, and checks its inputs', () => {
+  assert.is(loraScale({ alpha: 16, r: 8 }), 2);
+  assert.is(loraScale({ alpha: 16, r: 64, rslora: true }), 2);
+  assert.is(loraScale({ alpha: 1, r: 3 }), 1 / 3);
+  for (const bad of [{ alpha: Number.NaN, r: 8 }, { alpha: '16' as unknown as number, r: 8 }]) {
+    try {
+      loraScale(bad);
+      assert.unreachable();
+    } catch (e) {
+      assert.instance(e, LoRATypeError);
+      assert.match((e as Error).message, /loraScale: alpha/);
+    }
+  }
+  for (const r of [0, 2.5, -1]) {
+    try {
+      loraScale({ alpha: 8, r });
+      assert.unreachable();
+    } catch (e) {
+      assert.instance(e, LoRAError);
+      assert.match((e as Error).message, /loraScale: r must be a positive integer/);
+    }
+  }
+});
+
+test.run();
