@@ -27,25 +27,32 @@ export function firstNonFinite(x: usize, n: i32): i32 {
 }
 
 /**
- * max |x[i]| over x[0..n). NaN if any element is NaN (f32x4.max propagates
- * NaN), +Inf if any is infinite. Returns 0 for n == 0.
+ * max |x[i]| over x[0..n); NaN if any element is NaN, +Inf if any is ±Inf
+ * (and none is NaN); 0 for n == 0.
+ *
+ * Works on the bit patterns: with the sign bit cleared, IEEE-754 floats order
+ * like their i32 bits, and every NaN pattern (> 0x7f800000) sorts above +Inf
+ * (0x7f800000) above every finite value. So one i32x4.max_s per vector, where
+ * f32x4.max would cost a NaN-propagating instruction sequence.
  */
 export function absMax(x: usize, n: i32): f32 {
-  let m0 = f32x4.splat(0);
-  let m1 = f32x4.splat(0);
+  const signOff = i32x4.splat(0x7fffffff);
+  let m0 = i32x4.splat(0);
+  let m1 = i32x4.splat(0);
+  let m2 = i32x4.splat(0);
+  let m3 = i32x4.splat(0);
   let i = 0;
-  for (; i + 8 <= n; i += 8) {
+  for (; i + 16 <= n; i += 16) {
     const p = x + (<usize>i << 2);
-    m0 = f32x4.max(m0, f32x4.abs(v128.load(p, 0)));
-    m1 = f32x4.max(m1, f32x4.abs(v128.load(p, 16)));
+    m0 = i32x4.max_s(m0, v128.and(v128.load(p, 0), signOff));
+    m1 = i32x4.max_s(m1, v128.and(v128.load(p, 16), signOff));
+    m2 = i32x4.max_s(m2, v128.and(v128.load(p, 32), signOff));
+    m3 = i32x4.max_s(m3, v128.and(v128.load(p, 48), signOff));
   }
-  const m = f32x4.max(m0, m1);
-  let s: f32 = Mathf.max(
-    Mathf.max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)),
-    Mathf.max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)),
-  );
-  for (; i < n; i++) s = Mathf.max(s, Mathf.abs(load<f32>(x + (<usize>i << 2))));
-  return s;
+  const m = i32x4.max_s(i32x4.max_s(m0, m1), i32x4.max_s(m2, m3));
+  let s = max(max(i32x4.extract_lane(m, 0), i32x4.extract_lane(m, 1)), max(i32x4.extract_lane(m, 2), i32x4.extract_lane(m, 3)));
+  for (; i < n; i++) s = max(s, load<i32>(x + (<usize>i << 2)) & 0x7fffffff);
+  return reinterpret<f32>(s);
 }
 
 /** max over rows of Σ_j |x[i, j]|, accumulated in f64, for x: [rows, cols] row-major. */

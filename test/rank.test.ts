@@ -214,17 +214,21 @@ function bigW(lw: LoRAWasm, rows: number, cols: number, value: number): { W: Mat
   return { W: lw.matrix(rows, cols, w), w };
 }
 
-test('safe: true leaves W bit-for-bit untouched when W holds NaN/Inf, and names the element', async () => {
+test('safe: true leaves W bit-for-bit untouched when W holds NaN/Inf anywhere, and names the element', async () => {
   const lw = await lwUnderTest();
-  for (const bad of [Number.NaN, Number.POSITIVE_INFINITY]) {
-    const { W, w } = bigW(lw, 11, 13, 0.5);
-    W.data[5 * 13 + 9] = bad;
-    w[5 * 13 + 9] = bad;
-    using A = lw.matrix(11, 2, randomF32(rng(1), 22));
-    using B = lw.matrix(2, 13, randomF32(rng(2), 26));
-    assertThrowsTyped(() => lw.merge(W, A, B, { safe: true }), LoRANonFiniteError, ['W[5, 9] is not finite', 'untouched']);
-    assertBitIdentical(W.data, w, 'W untouched');
-    W.dispose();
+  const rows = 11, cols = 13; // 143 elements: vector body and scalar tail of every scan
+  using A = lw.matrix(rows, 2, randomF32(rng(1), rows * 2));
+  using B = lw.matrix(2, cols, randomF32(rng(2), 2 * cols));
+  for (const at of [0, 1, 15, 16, 74, 127, 128, 140, 142]) {
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+      const { W, w } = bigW(lw, rows, cols, 0.5);
+      W.data[at] = bad;
+      w[at] = bad;
+      const where = `W[${Math.floor(at / cols)}, ${at % cols}] is not finite`;
+      assertThrowsTyped(() => lw.merge(W, A, B, { safe: true }), LoRANonFiniteError, [where, 'untouched']);
+      assertBitIdentical(W.data, w, `W untouched (${bad} at ${at})`);
+      W.dispose();
+    }
   }
 });
 
