@@ -1,0 +1,37 @@
+// Keeps the README true: its Node quick-start block runs as written, against the built package.
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { FLAVOUR } from './helpers.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+
+function block(heading: string): string {
+  const at = readme.indexOf(`## ${heading}`);
+  assert.ok(at >= 0, `README has a "${heading}" section`);
+  const m = readme.slice(at).match(/```js\n([\s\S]*?)```/);
+  assert.ok(m, `"${heading}" has a js block`);
+  return m![1]!;
+}
+
+test('the Node quick start runs as written and prints what its comments say', () => {
+  const code = block('Quick start (Node)');
+  // `import … from 'lora-wasm'` resolves to this package's own exports (package self-reference).
+  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+  assert.is(run.status, 0, `quick start failed:\n${run.stderr}`);
+  const [build, w00] = run.stdout.trim().split('\n');
+  assert.is(build, FLAVOUR);
+  assert.ok(Math.abs(Number(w00) - 0.5016) < 1e-6, `W.data[0] printed ${w00}`);
+});
+
+test('the README quotes the exact setup lines and the PEFT mapping', () => {
+  assert.ok(readme.includes('npm install && npm start\nnpm test\n'));
+  assert.match(readme, /\| `A` \| `…lora_B\.weight` \| `\[out_features, r\]` \|/);
+  assert.match(readme, /\| `B` \| `…lora_A\.weight` \| `\[r, in_features\]` \|/);
+});
+
+test.run();
