@@ -21,7 +21,11 @@ test('the Node quick start runs as written and prints what its comments say', ()
   const code = block('Quick start (Node)');
   // `import … from 'lora-wasm'` resolves to this package's own exports (package self-reference).
   const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
-  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' }, // uvu forces colour; keep the child's numbers plain
+  });
   assert.is(run.status, 0, `quick start failed:\n${run.stderr}`);
   const [build, w00] = run.stdout.trim().split('\n');
   assert.is(build, FLAVOUR);
