@@ -3,7 +3,7 @@
  * Every method validates its arguments before wasm is touched.
  */
 import { LoRAError, LoRAShapeError, LoRATypeError } from './errors.js';
-import { Matrix } from './matrix.js';
+import { MATRIX_TOKEN, Matrix } from './matrix.js';
 import type { MemoryStats } from './memory.js';
 import { type MatrixInput, checkDim, describeValue, isFloat32Array } from './operands.js';
 import { type MergeOptions, type ScaleOptions, delta, merge, mergeInto, unmerge } from './rank.js';
@@ -51,7 +51,7 @@ export class LoRAWasm {
     }
     const heap = this.#engine.heap;
     const bytes = rows * cols * 4;
-    const m = new Matrix(heap, data === undefined ? heap.allocZeroed(bytes, 'matrix') : heap.alloc(bytes, 'matrix'), rows, cols);
+    const m = new Matrix(MATRIX_TOKEN, heap, data === undefined ? heap.allocZeroed(bytes, 'matrix') : heap.alloc(bytes, 'matrix'), rows, cols);
     if (data !== undefined) m.data.set(data);
     return m;
   }

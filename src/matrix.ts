@@ -5,12 +5,15 @@
  * A FinalizationRegistry frees forgotten matrices eventually, as a leak
  * backstop only; it is not a substitute for dispose().
  */
-import { LoRADisposedError } from './errors.js';
+import { LoRADisposedError, LoRATypeError } from './errors.js';
 import type { WasmHeap } from './memory.js';
 
 /** `Symbol.dispose` where the engine has it (Node ≥ 20.4, Chromium ≥ 134), else the well-known fallback. */
 export const disposeSymbol: typeof Symbol.dispose =
   (Symbol as { dispose?: typeof Symbol.dispose }).dispose ?? (Symbol.for('Symbol.dispose') as typeof Symbol.dispose);
+
+/** Only lora-wasm creates matrices (lw.matrix, lw.delta); `new Matrix()` from outside is refused. */
+export const MATRIX_TOKEN: unique symbol = Symbol('lora-wasm.Matrix');
 
 const backstop = new FinalizationRegistry<{ heap: WasmHeap; ptr: number }>(({ heap, ptr }) => heap.free(ptr));
 
@@ -27,7 +30,8 @@ export class Matrix {
   #disposed = false;
 
   /** @internal use `lw.matrix(rows, cols, data?)` */
-  constructor(heap: WasmHeap, ptr: number, rows: number, cols: number) {
+  constructor(token: typeof MATRIX_TOKEN, heap: WasmHeap, ptr: number, rows: number, cols: number) {
+    if (token !== MATRIX_TOKEN) throw new LoRATypeError('Matrix: create matrices with lw.matrix(rows, cols, data?)');
     this.heap = heap;
     this.ptr = ptr;
     this.rows = rows;

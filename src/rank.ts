@@ -15,7 +15,7 @@
  * non-finite adapters, (safe) prove the result finite, then write.
  */
 import { LoRANonFiniteError, LoRAShapeError, LoRATypeError } from './errors.js';
-import { Matrix } from './matrix.js';
+import { MATRIX_TOKEN, Matrix } from './matrix.js';
 import {
   type MatrixInput,
   type Operand,
@@ -155,7 +155,7 @@ function rankR(
     const ap = staging.alloc(rowBlocks * TILE_ROWS * r * 4);
     const bp = staging.alloc(strips * TILE_COLS * r * 4);
     const tmp = staging.alloc(TILE_ROWS * TILE_COLS * 4);
-    if (!out) result = new Matrix(heap, heap.alloc(dOut * dIn * 4, fn), dOut, dIn);
+    if (!out) result = new Matrix(MATRIX_TOKEN, heap, heap.alloc(dOut * dIn * 4, fn), dOut, dIn);
     const target = out ?? { ptr: result!.ptr, name: 'result' };
 
     const rejected = out ? `the adapter was rejected and ${out.name} was not modified` : 'the adapter was rejected';

@@ -26,7 +26,9 @@ export interface InitOptions {
   /**
    * Where the .wasm comes from. Default: `build/lora-<flavour>.wasm` next to the
    * package (read from disk in Node, fetched in browsers). Either one source,
-   * whose flavour is read from the module itself, or one per flavour.
+   * whose flavour is read from the module itself, or one per flavour. A string
+   * is a URL (relative to the page in browsers); in Node a non-URL string is a
+   * file path.
    */
   wasm?: WasmSource | { relaxed?: WasmSource; baseline?: WasmSource };
   /** Cap on wasm memory in bytes (default and maximum: 4 GiB, the wasm32 limit). */
@@ -145,6 +147,17 @@ function pickSource(wasm: InitOptions['wasm'], want: Build): WasmSource | undefi
   return wasm as WasmSource;
 }
 
+/** Strings are URLs; in Node, a string that is not an absolute URL is a file path (relative to the cwd). */
+async function toUrl(s: string): Promise<URL> {
+  if (globalThis.location !== undefined) return new URL(s, globalThis.location.href);
+  try {
+    return new URL(s);
+  } catch {
+    const { pathToFileURL } = await import(/* webpackIgnore: true */ 'node:url');
+    return pathToFileURL(s);
+  }
+}
+
 function defaultUrl(build: Build): URL {
   // src/runtime.ts and dist/runtime.js both sit one level below the package root.
   return new URL(`../build/lora-${build}.wasm`, import.meta.url);
@@ -154,7 +167,7 @@ async function resolveSource(source: WasmSource): Promise<WebAssembly.Module | A
   if (source instanceof WebAssembly.Module || source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
     return source;
   }
-  const url = source instanceof URL ? source : new URL(String(source), globalThis.location?.href ?? import.meta.url);
+  const url = source instanceof URL ? source : await toUrl(String(source));
   if (url.protocol === 'file:') {
     const fs = await import(/* webpackIgnore: true */ 'node:fs/promises');
     return fs.readFile(url);

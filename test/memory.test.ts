@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRADisposedError, LoRAMemoryError, LoRAShapeError, LoRATypeError, Matrix, init } from '../src/index.js';
-import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { LoRADisposedError, LoRAMemoryError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, Matrix, init } from '../src/index.js';
+import { FLAVOUR, assertBitIdentical, assertThrowsTyped, assertWithinBound, lwUnderTest, randomF32, reference, rng } from './helpers.js';
 
 const GiB = 2 ** 30;
 
@@ -113,6 +113,19 @@ test('allocation past the 4 GiB wasm32 limit throws LoRAMemoryError and earlier 
   assertThrowsTyped(() => lw.matrix(16384, 32768), LoRAMemoryError, ['2.00 GiB']);
   assert.is(big.data[0], 1.5);
   assert.is(big.data[big.length - 1], -2.5);
+  // Kernels on matrices above 3 GiB: pointers past 2^31 must not be read as negative.
+  const r = rng(12);
+  const w = randomF32(r, 37 * 29), a = randomF32(r, 37 * 5), b = randomF32(r, 5 * 29);
+  {
+    using W = lw.matrix(37, 29, w);
+    using A = lw.matrix(37, 5, a);
+    using B = lw.matrix(5, 29, b);
+    assert.ok(W.ptr > 3 * GiB && B.ptr > 3 * GiB, 'allocated above 3 GiB');
+    lw.merge(W, A, B, { scale: 0.5, safe: true });
+    assertWithinBound(W.data, reference(w, a, b, 37, 5, 29, 0.5), 5, 'merge above 3 GiB');
+    A.data[7] = Number.NaN;
+    assertThrowsTyped(() => lw.merge(W, A, B), LoRANonFiniteError, ['A[1, 2] is NaN']);
+  }
   big.dispose();
   assert.is(lw.memoryStats().liveBlocks, 0);
 });

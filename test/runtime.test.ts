@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAError, LoRATypeError, detectFeatures, init, loraScale } from '../src/index.js';
+import { LoRAError, LoRATypeError, Matrix, detectFeatures, init, loraScale } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory.js';
 import { RankMode, TILE_COLS, TILE_ROWS } from '../src/rank.js';
 import { FLAVOUR, lwUnderTest } from './helpers.js';
@@ -48,6 +49,8 @@ test('init accepts the module as bytes, as a compiled Module, and as a per-flavo
   assert.equal(Array.from(m.toArray()), [1, 2, 3, 4]);
   const fromUrl = await init({ wasm: new URL('../build/lora-baseline.wasm', import.meta.url), simd: 'baseline' });
   assert.is(fromUrl.build, 'baseline');
+  const fromPath = await init({ wasm: fileURLToPath(new URL('../build/lora-baseline.wasm', import.meta.url)) });
+  assert.is(fromPath.build, 'baseline', 'a file path string works in Node');
 });
 
 test('init rejects bad options and mismatched modules with typed errors', async () => {
@@ -68,6 +71,16 @@ test('init rejects bad options and mismatched modules with typed errors', async 
       assert.instance(e, cls);
       assert.match((e as Error).message, re);
     }
+  }
+});
+
+test('Matrix cannot be constructed from outside', () => {
+  try {
+    new (Matrix as unknown as new (...a: unknown[]) => unknown)(Symbol('x'), null, 0, 1, 1);
+    assert.unreachable('constructed');
+  } catch (e) {
+    assert.instance(e, LoRATypeError);
+    assert.match((e as Error).message, /lw\.matrix/);
   }
 });
 
