@@ -2,6 +2,7 @@
 // Runs the uvu suite once per wasm flavour and prints one closing line.
 //   baseline: plain node (SIMD128 mul + add)
 //   relaxed:  node --experimental-wasm-relaxed-simd (Node 20 needs the flag; Node ≥ 22 has it on)
+// --expose-gc lets the leak-backstop test force a collection.
 // Usage: node scripts/test.mjs [pattern]   e.g. node scripts/test.mjs rank
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -10,8 +11,8 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const pattern = process.argv[2] ? `${process.argv[2]}.*\\.test\\.ts$` : '\\.test\\.ts$';
 const uvu = fileURLToPath(new URL('../node_modules/uvu/bin.js', import.meta.url));
 const runs = [
-  { flavour: 'baseline', flags: [] },
-  { flavour: 'relaxed', flags: ['--experimental-wasm-relaxed-simd'] },
+  { flavour: 'baseline', flags: ['--expose-gc'] },
+  { flavour: 'relaxed', flags: ['--expose-gc', '--experimental-wasm-relaxed-simd'] },
 ];
 
 const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');

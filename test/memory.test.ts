@@ -85,6 +85,22 @@ test('dispose() is idempotent, works with `using`, and later use throws LoRADisp
   assertThrowsTyped(() => escaped.toArray(), LoRADisposedError);
 });
 
+test('a Matrix that is never disposed is freed after garbage collection (leak backstop)', async () => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.type(gc, 'function', 'scripts/test.mjs runs node with --expose-gc');
+  const lw = await lwUnderTest();
+  const live = lw.memoryStats().liveBlocks;
+  (() => {
+    for (let i = 0; i < 10; i++) lw.matrix(8, 8); // dropped without dispose()
+  })();
+  assert.is(lw.memoryStats().liveBlocks, live + 10);
+  for (let i = 0; i < 50 && lw.memoryStats().liveBlocks > live; i++) {
+    gc!();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.is(lw.memoryStats().liveBlocks, live, 'the FinalizationRegistry freed them');
+});
+
 test('a cap from init({ maxMemoryBytes }) gives LoRAMemoryError and leaves earlier matrices intact', async () => {
   const lw = await init({ simd: FLAVOUR, maxMemoryBytes: 8 * 2 ** 20 });
   const values = randomF32(rng(4), 1000 * 1500);
