@@ -11,7 +11,7 @@
  * Results: terminal table, plus benny JSON/CSV/chart under bench/results/.
  */
 import b from 'benny';
-import { type LoRAWasm, type Matrix, detectFeatures, init } from '../src/index.js';
+import { type LoRAWasm, type Matrix, detectFeatures, init, seededRandom } from '../src/index.js';
 
 const quick = process.argv.includes('--quick');
 const caseOptions = quick ? { minSamples: 5, maxTime: 0.6 } : { minSamples: 10, maxTime: 2 };
@@ -35,15 +35,6 @@ const SHAPES: Shape[] = quick
       { label: '4096×11008 r=16 (7B MLP)', dOut: 4096, dIn: 11008, r: 16 },
     ];
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = (n: number, next: () => number, amp: number) => {
   const x = new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = (2 * next() - 1) * amp;
@@ -84,7 +75,7 @@ const rows: Row[] = [];
 
 async function benchShape(sh: Shape, builds: LoRAWasm[]): Promise<void> {
   const { dOut, dIn, r } = sh;
-  const next = rng(dOut * 31 + dIn * 7 + r);
+  const next = seededRandom(dOut * 31 + dIn * 7 + r);
   const s = 0.5;
   const w0 = random(dOut * dIn, next, 0.05);
   const a = random(dOut * r, next, 0.02);

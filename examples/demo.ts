@@ -5,7 +5,7 @@
  * B: [8, 4096], seed naming). We merge it with the fused kernel, check that the
  * merged layer answers exactly like the on-the-fly LoRA path, and unmerge.
  */
-import { init, loraScale } from '../src/index.js';
+import { init, loraScale, seededRandom } from '../src/index.js';
 
 const D_OUT = 4096;
 const D_IN = 4096;
@@ -13,15 +13,6 @@ const R = 8;
 const ALPHA = 16;
 const BATCH = 8;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 /** Uniform with standard deviation `std`. */
 function fill(x: Float32Array, next: () => number, std: number): Float32Array {
   const amp = std * Math.sqrt(3);
@@ -64,7 +55,7 @@ function forward(x: Float32Array, m: Float32Array, lora?: { a: Float32Array; b: 
 }
 
 const lw = await init();
-const next = rng(42);
+const next = seededRandom(42);
 const s = loraScale({ alpha: ALPHA, r: R });
 
 console.log('lora-wasm demo: merge a rank-8 LoRA adapter into a 4096×4096 layer\n');

@@ -6,6 +6,7 @@ export type { MatrixInput, MatrixLike } from './operands.js';
 export type { MergeOptions, ScaleOptions } from './rank.js';
 export type { MemoryStats } from './memory.js';
 export { loraScale } from './scale.js';
+export { seededRandom } from './random.js';
 export type { LoRAScaleOptions } from './scale.js';
 export {
   LoRAError,

@@ -3,7 +3,7 @@
  * references and the tolerance they are compared with.
  */
 import * as assert from 'uvu/assert';
-import { type Build, type LoRAWasm, init } from '../src/index.js';
+import { type Build, type LoRAWasm, init, seededRandom } from '../src/index.js';
 
 /** The flavour this run tests: LORA_SIMD=baseline|relaxed (scripts/test.mjs runs both). */
 export const FLAVOUR = (process.env.LORA_SIMD ?? 'baseline') as Build;
@@ -17,17 +17,8 @@ export async function lwUnderTest(): Promise<LoRAWasm> {
   return lw;
 }
 
-/** mulberry32: small, fast, seeded. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded uniform [0, 1) generator (the package's own seededRandom). */
+export const rng = seededRandom;
 
 export const randInt = (r: () => number, lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));
 

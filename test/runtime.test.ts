@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAError, LoRATypeError, Matrix, detectFeatures, init, loraScale } from '../src/index.js';
+import { LoRAError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory.js';
 import { RankMode, TILE_COLS, TILE_ROWS } from '../src/rank.js';
 import { FLAVOUR, lwUnderTest } from './helpers.js';
@@ -107,6 +107,18 @@ test('the loaded module exports nothing but kernels over pointers (no managed ru
   const names = WebAssembly.Module.exports(module).map((e) => e.name);
   assert.not.ok(names.some((n) => n.startsWith('__new') || n.startsWith('__pin')), 'no GC runtime exports');
   await lwUnderTest();
+});
+
+test('seededRandom is deterministic, in [0, 1), and uniform', () => {
+  const a = seededRandom(42), b = seededRandom(42), c = seededRandom(43);
+  const xs = Array.from({ length: 20000 }, () => a());
+  assert.equal(xs.slice(0, 5), Array.from({ length: 5 }, () => b()), 'same seed, same sequence');
+  assert.is.not(xs[0], c(), 'another seed, another sequence');
+  assert.ok(xs.every((x) => x >= 0 && x < 1));
+  const mean = xs.reduce((p, x) => p + x, 0) / xs.length;
+  assert.ok(Math.abs(mean - 0.5) < 0.01, `mean ${mean}`);
+  const low = xs.filter((x) => x < 0.1).length / xs.length;
+  assert.ok(Math.abs(low - 0.1) < 0.01, `P(x < 0.1) = ${low}`);
 });
 
 test('loraScale gives alpha/r, or alpha/√r for rsLoRA, and checks its inputs', () => {
