@@ -26,32 +26,18 @@ import {
   operand,
   shapeOf,
 } from './operands.js';
+import { type Kernels, TILE_COLS, TILE_TMP_BYTES, TileMode, packedABytes, packedBBytes } from './kernels.js';
 import type { Engine } from './runtime.js';
 
-/** Twin of MODE_* in assembly/rank.ts. */
+/** Twin of MODE_* in assembly/rank.ts (the tile's epilogues). */
 export const enum RankMode {
-  Delta = 0,
-  Merge = 1,
-  Check = 2,
+  Delta = TileMode.Store,
+  Merge = TileMode.Add,
+  Check = TileMode.Check,
 }
-/** Twin of the 4×8 tile in assembly/rank.ts: packed A rows per block, packed B columns per strip. */
-export const TILE_ROWS = 4;
-export const TILE_COLS = 8;
 /** Bytes of packed B kept cache-resident per column block. */
 const B_PANEL_BYTES = 128 * 1024;
 const F32_MAX = 3.4028234663852886e38;
-
-interface RankKernels {
-  packScaledA(ap: number, a: number, dOut: number, r: number, scale: number): void;
-  packB(bp: number, b: number, r: number, dIn: number): void;
-  rankRUpdate(
-    out: number, w0: number, ap: number, bp: number, tmp: number,
-    dOut: number, dIn: number, r: number, colBlock: number, mode: number,
-  ): number;
-  firstNonFinite(x: number, n: number): number;
-  absMax(x: number, n: number): number;
-  maxRowAbsSum(x: number, rows: number, cols: number): number;
-}
 
 export interface ScaleOptions {
   /** s in W + s·A·B. Default 1. Use loraScale({ alpha, r }) for PEFT's alpha/r. Applied in f32. */
@@ -108,7 +94,7 @@ function checkFactors(fn: string, a: Operand, b: Operand, w?: Operand): void {
   }
 }
 
-function rejectNonFinite(engine: Engine, k: RankKernels, fn: string, op: Operand, what: string): void {
+function rejectNonFinite(engine: Engine, k: Kernels, fn: string, op: Operand, what: string): void {
   const i = k.firstNonFinite(op.ptr, op.rows * op.cols);
   if (i < 0) return;
   const value = engine.heap.f32(op.ptr + i * 4, 1)[0];
@@ -125,7 +111,7 @@ function rankR(
   outIn: unknown, w0In: unknown, aIn: unknown, bIn: unknown, scale: number, safe: boolean,
 ): Matrix | undefined {
   const { heap } = engine;
-  const k = engine.kernels as unknown as RankKernels;
+  const k = engine.kernels as unknown as Kernels;
   const a = operand(heap, fn, 'A', aIn);
   const b = operand(heap, fn, 'B', bIn);
   const outName = fn === 'mergeInto' ? 'out' : 'W';
@@ -150,11 +136,9 @@ function rankR(
     staging.input(b);
     if (w0 && w0 !== out) staging.input(w0);
     if (out) staging.output(out, w0 === out);
-    const rowBlocks = Math.ceil(dOut / TILE_ROWS);
-    const strips = Math.ceil(dIn / TILE_COLS);
-    const ap = staging.alloc(rowBlocks * TILE_ROWS * r * 4);
-    const bp = staging.alloc(strips * TILE_COLS * r * 4);
-    const tmp = staging.alloc(TILE_ROWS * TILE_COLS * 4);
+    const ap = staging.alloc(packedABytes(dOut, r));
+    const bp = staging.alloc(packedBBytes(dIn, r));
+    const tmp = staging.alloc(TILE_TMP_BYTES);
     if (!out) result = new Matrix(MATRIX_TOKEN, heap, heap.alloc(dOut * dIn * 4, fn), dOut, dIn);
     const target = out ?? { ptr: result!.ptr, name: 'result' };
 
@@ -162,8 +146,8 @@ function rankR(
     rejectNonFinite(engine, k, fn, a, rejected);
     rejectNonFinite(engine, k, fn, b, rejected);
 
-    k.packScaledA(ap, a.ptr, dOut, r, scale);
-    k.packB(bp, b.ptr, r, dIn);
+    k.packA(ap, a.ptr, r, 0, 0, dOut, 0, r, scale); // s·A, [dOut, r] row-major
+    k.packB(bp, b.ptr, dIn, 0, 0, r, 0, dIn); // B, [r, dIn] row-major
     const colBlock = Math.max(TILE_COLS, Math.floor(B_PANEL_BYTES / (r * 4 * TILE_COLS)) * TILE_COLS);
     const src = w0 ?? target;
 

@@ -4,7 +4,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory.js';
-import { RankMode, TILE_COLS, TILE_ROWS } from '../src/rank.js';
+import { TILE_COLS, TILE_ROWS, TileMode } from '../src/kernels.js';
+import { RankMode } from '../src/rank.js';
 import { FLAVOUR, lwUnderTest } from './helpers.js';
 
 const wasmBytes = (build: string) => readFileSync(new URL(`../build/lora-${build}.wasm`, import.meta.url));
@@ -93,6 +94,10 @@ test('constants mirrored between assembly/ and src/ agree', async () => {
     assert.is(g('MODE_DELTA'), RankMode.Delta);
     assert.is(g('MODE_MERGE'), RankMode.Merge);
     assert.is(g('MODE_CHECK'), RankMode.Check);
+    assert.is(g('TILE_STORE'), TileMode.Store);
+    assert.is(g('TILE_ADD'), TileMode.Add);
+    assert.is(g('TILE_CHECK'), TileMode.Check);
+    assert.is(g('TILE_AXPBY'), TileMode.Axpby);
     assert.is(g('TILE_ROWS'), TILE_ROWS);
     assert.is(g('TILE_COLS'), TILE_COLS);
   }

@@ -1,0 +1,63 @@
+// General f32 matrix product, row-major:
+//
+//   C = alpha·op(X)·op(Y) + beta·C      op(X): [n, K], op(Y): [K, m], C: [n, m]
+//
+// nn.Linear's y = x·Wᵀ is transX = 0, transY = 1 with W stored [dOut, dIn]:
+// packB reads W's rows directly into k-major strips, so no transposed copy of
+// W is ever made.
+//
+// Goto/BLIS blocking around the 4×8 register tile (tile.ts):
+//   for j0 in m by NC:                      Bp panel KC×NC = 256 KB, L2-resident
+//     for p0 in K by KC: pack op(Y)[p0.., j0..]
+//       for i0 in n by MC:                  Ap panel MC×KC = 64 KB, alpha folded in
+//         pack alpha·op(X)[i0.., p0..]
+//         for each 4-row block, for each 8-column strip: tile4x8(kc)
+// The first K block applies beta (beta = 0 never reads C, so C may hold
+// garbage); later K blocks add to C.
+// see: Goto & van de Geijn, "Anatomy of high-performance matrix multiplication", TOMS 2008.
+
+import { packA, packB } from './pack';
+import { TILE_ADD, TILE_AXPBY, TILE_STORE, tile4x8 } from './tile';
+
+/** Block sizes. Twin: GEMM_MC/KC/NC in src/gemm.ts (which sizes the scratch). */
+export const GEMM_MC: i32 = 64;
+export const GEMM_KC: i32 = 256;
+export const GEMM_NC: i32 = 256;
+
+/**
+ * C = alpha·op(X)·op(Y) + beta·C. X is [n, K] (transX = 0) or [K, n] (1);
+ * Y is [K, m] (transY = 0) or [m, K] (1); C is [n, m]. ap: MC·KC floats,
+ * bp: KC·NC floats, tmp: 32 floats, all 16-aligned scratch private to the caller.
+ */
+export function gemm(
+  c: usize, x: usize, y: usize, n: i32, m: i32, k: i32, transX: i32, transY: i32,
+  alpha: f32, beta: f32, ap: usize, bp: usize, tmp: usize,
+): void {
+  const ldc = <usize>m << 2;
+  const ldx = transX ? n : k;
+  const ldy = transY ? k : m;
+  const first = beta == 0 ? TILE_STORE : beta == 1 ? TILE_ADD : TILE_AXPBY;
+  for (let j0 = 0; j0 < m; j0 += GEMM_NC) {
+    const nc = min(GEMM_NC, m - j0);
+    const strips = (nc + 7) >> 3;
+    for (let p0 = 0; p0 < k; p0 += GEMM_KC) {
+      const kc = min(GEMM_KC, k - p0);
+      packB(bp, y, ldy, transY, p0, kc, j0, nc);
+      const mode = p0 == 0 ? first : TILE_ADD;
+      for (let i0 = 0; i0 < n; i0 += GEMM_MC) {
+        const mc = min(GEMM_MC, n - i0);
+        packA(ap, x, ldx, transX, i0, mc, p0, kc, alpha);
+        const blocks = (mc + 3) >> 2;
+        for (let rb = 0; rb < blocks; rb++) {
+          const mr = min(4, mc - (rb << 2));
+          const pa = ap + (<usize>rb * <usize>kc << 4);
+          const row = c + <usize>(i0 + (rb << 2)) * ldc + (<usize>j0 << 2);
+          for (let sb = 0; sb < strips; sb++) {
+            const o = row + (<usize>sb << 5);
+            tile4x8(o, o, ldc, pa, bp + (<usize>sb * <usize>kc << 5), kc, mr, min(8, nc - (sb << 3)), tmp, mode, beta);
+          }
+        }
+      }
+    }
+  }
+}

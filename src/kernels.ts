@@ -1,0 +1,39 @@
+/**
+ * The wasm exports, typed. Kernels take byte pointers into wasm memory and
+ * sizes; src/memory.ts owns every allocation. Each src/ module calls the
+ * kernels of its own concept through this one declaration.
+ */
+
+/** Epilogue modes of the 4×8 tile. Twin: TILE_* in assembly/tile.ts. */
+export const enum TileMode {
+  Store = 0,
+  Add = 1,
+  Check = 2,
+  Axpby = 3,
+}
+/** Tile shape, and so the packed block sizes. Twin: TILE_ROWS/TILE_COLS in assembly/tile.ts. */
+export const TILE_ROWS = 4;
+export const TILE_COLS = 8;
+
+export interface Kernels {
+  packA(ap: number, x: number, ld: number, trans: number, i0: number, rows: number, p0: number, kc: number, alpha: number): void;
+  packB(bp: number, y: number, ld: number, trans: number, p0: number, kc: number, j0: number, cols: number): void;
+  rankRUpdate(
+    out: number, w0: number, ap: number, bp: number, tmp: number,
+    dOut: number, dIn: number, r: number, colBlock: number, mode: number,
+  ): number;
+  gemm(
+    c: number, x: number, y: number, n: number, m: number, k: number, transX: number, transY: number,
+    alpha: number, beta: number, ap: number, bp: number, tmp: number,
+  ): void;
+  firstNonFinite(x: number, n: number): number;
+  absMax(x: number, n: number): number;
+  maxRowAbsSum(x: number, rows: number, cols: number): number;
+}
+
+/** Bytes of packed A for `rows` rows and kc: whole 4-row blocks. */
+export const packedABytes = (rows: number, kc: number): number => Math.ceil(rows / TILE_ROWS) * TILE_ROWS * kc * 4;
+/** Bytes of packed B for `cols` columns and kc: whole 8-column strips. */
+export const packedBBytes = (cols: number, kc: number): number => Math.ceil(cols / TILE_COLS) * TILE_COLS * kc * 4;
+/** Bytes of the edge-tile spill area. */
+export const TILE_TMP_BYTES = TILE_ROWS * TILE_COLS * 4;
