@@ -6,6 +6,10 @@ export { packA, packB } from './pack';
 export { firstNonFinite, absMax, maxRowAbsSum } from './finite';
 export { rankRUpdate, MODE_DELTA, MODE_MERGE, MODE_CHECK } from './rank';
 export { gemm, GEMM_MC, GEMM_KC, GEMM_NC } from './gemm';
+export { broadcastRows, columnSums } from './lora';
+export { reluForward, reluBackward } from './activation';
+export { mseLoss, softmaxCrossEntropy } from './loss';
+export { sgdStep, adamwStep } from './optim';
 
 /** First byte after static data: the JS heap starts at or above this. */
 export function heapBase(): usize {

@@ -7,6 +7,7 @@
  *   LoRADisposedError  TypeError   a Matrix used after dispose()
  *   LoRANonFiniteError RangeError  NaN/±Inf in an adapter, a scale, or a merge result
  *   LoRAMemoryError    RangeError  wasm memory exhausted (4 GiB or the init() cap)
+ *   LoRAStateError     Error       a call out of order (backward before forward, backward while merged)
  *
  * JS classes have one parent, so LoRAError recognises its family by a brand
  * (Symbol.hasInstance) rather than by the prototype chain.
@@ -74,5 +75,14 @@ export class LoRAMemoryError extends RangeError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     branded(this, 'LoRAMemoryError', 'LORA_MEMORY');
+  }
+}
+
+export class LoRAStateError extends LoRAError {
+  declare readonly code: 'LORA_STATE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'LoRAStateError';
+    Object.defineProperty(this, 'code', { value: 'LORA_STATE', enumerable: true });
   }
 }

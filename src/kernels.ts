@@ -26,6 +26,17 @@ export interface Kernels {
     c: number, x: number, y: number, n: number, m: number, k: number, transX: number, transY: number,
     alpha: number, beta: number, ap: number, bp: number, tmp: number,
   ): void;
+  broadcastRows(y: number, bias: number, n: number, m: number): void;
+  columnSums(out: number, g: number, n: number, m: number): void;
+  reluForward(out: number, x: number, n: number): void;
+  reluBackward(out: number, g: number, x: number, n: number): void;
+  mseLoss(pred: number, target: number, grad: number, count: number): number;
+  softmaxCrossEntropy(logits: number, labels: number, grad: number, n: number, c: number, correct: number): number;
+  sgdStep(p: number, g: number, v: number, n: number, lr: number, momentum: number, weightDecay: number, nesterov: number): void;
+  adamwStep(
+    p: number, g: number, m: number, v: number, n: number,
+    lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number,
+  ): void;
   firstNonFinite(x: number, n: number): number;
   absMax(x: number, n: number): number;
   maxRowAbsSum(x: number, rows: number, cols: number): number;
@@ -37,3 +48,8 @@ export const packedABytes = (rows: number, kc: number): number => Math.ceil(rows
 export const packedBBytes = (cols: number, kc: number): number => Math.ceil(cols / TILE_COLS) * TILE_COLS * kc * 4;
 /** Bytes of the edge-tile spill area. */
 export const TILE_TMP_BYTES = TILE_ROWS * TILE_COLS * 4;
+
+/** GEMM block sizes. Twin: GEMM_MC/KC/NC in assembly/gemm.ts. */
+export const GEMM_MC = 64;
+export const GEMM_KC = 256;
+export const GEMM_NC = 256;

@@ -8,6 +8,14 @@ import type { MemoryStats } from './memory.js';
 import { type MatrixInput, checkDim, describeValue, isFloat32Array } from './operands.js';
 import { type MergeOptions, type ScaleOptions, delta, merge, mergeInto, unmerge } from './rank.js';
 import type { Build, Engine } from './runtime.js';
+import { ReLU } from './activation.js';
+import { Linear, type LinearOptions } from './dense.js';
+import { type GemmOptions, gemm, matmul } from './gemm.js';
+import type { Layer, Parameter } from './layer.js';
+import { type CrossEntropyResult, mseLoss, softmaxCrossEntropy } from './loss.js';
+import { LoRALinear, type LoRALinearOptions } from './lora.js';
+import { Sequential } from './model.js';
+import { AdamW, type AdamWOptions, SGD, type SGDOptions } from './optim.js';
 
 export class LoRAWasm {
   /** The wasm flavour running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
@@ -78,6 +86,59 @@ export class LoRAWasm {
    */
   mergeInto<T extends MatrixInput>(out: T, w0: MatrixInput, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
     return this.#guard('mergeInto', () => mergeInto(this.#engine, out, w0, a, b, opts));
+  }
+
+  /**
+   * C ← alpha·op(X)·op(Y) + beta·C (op = transpose when transX/transY). nn.Linear's
+   * y = x·Wᵀ is gemm(Y, X, W, { transY: true }) with W stored [dOut, dIn]. Returns C.
+   */
+  gemm<T extends MatrixInput>(c: T, x: MatrixInput, y: MatrixInput, opts?: GemmOptions): T {
+    return this.#guard('gemm', () => gemm(this.#engine, c, x, y, opts));
+  }
+
+  /** alpha·op(X)·op(Y) as a new Matrix (allocates). */
+  matmul(x: MatrixInput, y: MatrixInput, opts?: Omit<GemmOptions, 'beta'>): Matrix {
+    return this.#guard('matmul', () => matmul(this.#engine, x, y, opts));
+  }
+
+  /** A LoRA layer over a frozen W [dOut, dIn]: trainable A [dOut, r] (zeros) and B [r, dIn]. */
+  linear(opts: LoRALinearOptions): LoRALinear {
+    return this.#guard('linear', () => new LoRALinear(this.#engine, opts));
+  }
+
+  /** A fully trainable nn.Linear (for pretraining a base model). */
+  dense(opts: LinearOptions): Linear {
+    return this.#guard('dense', () => new Linear(this.#engine, opts));
+  }
+
+  /** A ReLU layer. */
+  relu(): ReLU {
+    return new ReLU(this.#engine);
+  }
+
+  /** Layers applied in order, with fit()/predict(); takes ownership of the layers (dispose() frees them). */
+  sequential(layers: Layer[]): Sequential {
+    return new Sequential(this.#engine, layers);
+  }
+
+  /** SGD with momentum over params (e.g. model.parameters()). */
+  sgd(params: Parameter[], opts?: SGDOptions): SGD {
+    return this.#guard('sgd', () => new SGD(this.#engine, params, opts));
+  }
+
+  /** AdamW with bias correction and decoupled weight decay over params. */
+  adamw(params: Parameter[], opts?: AdamWOptions): AdamW {
+    return this.#guard('adamw', () => new AdamW(this.#engine, params, opts));
+  }
+
+  /** mean((pred − target)²); writes 2·(pred − target)/count into grad when given. */
+  mseLoss(pred: MatrixInput, target: MatrixInput, grad?: MatrixInput): number {
+    return this.#guard('mseLoss', () => mseLoss(this.#engine, pred, target, grad));
+  }
+
+  /** Stable softmax cross-entropy with integer labels; writes (softmax − onehot)/n into grad when given. */
+  softmaxCrossEntropy(logits: MatrixInput, labels: Int32Array | readonly number[], grad?: MatrixInput): CrossEntropyResult {
+    return this.#guard('softmaxCrossEntropy', () => softmaxCrossEntropy(this.#engine, logits, labels, grad));
   }
 
   /** Turns a wasm trap (a bug: checks should have caught it) into a LoRAError, never a RuntimeError. */

@@ -150,6 +150,11 @@ export class WasmHeap {
     return new Float32Array(this.memory.buffer, ptr, length);
   }
 
+  /** An Int32Array view of `length` ints at `ptr` (labels and kernel outputs). */
+  i32(ptr: number, length: number): Int32Array {
+    return new Int32Array(this.memory.buffer, ptr, length);
+  }
+
   /** True when `view` is a view on this heap's current memory (e.g. a Matrix's `data` passed back in). */
   owns(view: ArrayBufferView): boolean {
     return view.buffer === this.memory.buffer;

@@ -1,0 +1,58 @@
+/** ReLU as a layer: Y = max(X, 0); ∂L/∂X = G where Y > 0 (equivalently X > 0), else 0. */
+import { LoRAShapeError, LoRAStateError } from './errors.js';
+import type { Kernels } from './kernels.js';
+import { type Layer, type Parameter, ensureBuffer, saveInput } from './layer.js';
+import type { Matrix } from './matrix.js';
+import { type MatrixInput, Staging, operand, shapeOf } from './operands.js';
+import type { Engine } from './runtime.js';
+
+export class ReLU implements Layer {
+  inputGrad = true;
+  readonly trainableParameters = 0;
+  readonly frozenParameters = 0;
+  readonly #engine: Engine;
+  #y: Matrix | undefined;
+  #dx: Matrix | undefined;
+
+  /** @internal use lw.relu() */
+  constructor(engine: Engine) {
+    this.#engine = engine;
+  }
+
+  parameters(): Parameter[] {
+    return [];
+  }
+
+  forward(x: MatrixInput): Matrix {
+    const e = this.#engine;
+    const op = operand(e.heap, 'forward', 'X', x);
+    this.#y = saveInput(e, 'forward', 'X', x, op.cols, 'ReLU keeps the width', this.#y);
+    (e.kernels as unknown as Kernels).reluForward(this.#y.ptr, this.#y.ptr, this.#y.rows * this.#y.cols);
+    return this.#y;
+  }
+
+  backward(g: MatrixInput): Matrix {
+    const fn = 'backward';
+    if (!this.#y) throw new LoRAStateError(`${fn}: call forward() before backward()`);
+    const e = this.#engine;
+    const y = this.#y;
+    const gOp = operand(e.heap, fn, 'G', g);
+    if (gOp.rows !== y.rows || gOp.cols !== y.cols) {
+      throw new LoRAShapeError(`${fn}: G is ${shapeOf(gOp)} but the last forward produced Y ${shapeOf(y)}; G must match it`);
+    }
+    const staging = new Staging(e.heap, fn);
+    try {
+      const gp = staging.input(gOp);
+      this.#dx = ensureBuffer(e, fn, this.#dx, y.rows, y.cols);
+      (e.kernels as unknown as Kernels).reluBackward(this.#dx.ptr, gp, y.ptr, y.rows * y.cols);
+      return this.#dx;
+    } finally {
+      staging.release();
+    }
+  }
+
+  dispose(): void {
+    this.#y?.dispose();
+    this.#dx?.dispose();
+  }
+}

@@ -1,0 +1,104 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { LoRAShapeError, LoRATypeError } from '../src/index.js';
+import { FLAVOUR, U, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+
+/** float64 reference and error scale for C = alpha·op(X)·op(Y) + beta·C0. */
+function reference(
+  x: Float32Array, y: Float32Array, c0: Float32Array, n: number, m: number, k: number,
+  tx: boolean, ty: boolean, alpha: number, beta: number,
+) {
+  const value = new Float64Array(n * m);
+  const mag = new Float64Array(n * m);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < m; j++) {
+      let acc = 0;
+      let abs = 0;
+      for (let q = 0; q < k; q++) {
+        const p = (tx ? x[q * n + i]! : x[i * k + q]!) * (ty ? y[j * k + q]! : y[q * m + j]!);
+        acc += p;
+        abs += Math.abs(p);
+      }
+      const c = beta === 0 ? 0 : beta * c0[i * m + j]!;
+      value[i * m + j] = c + alpha * acc;
+      mag[i * m + j] = Math.abs(c) + Math.abs(alpha) * abs;
+    }
+  }
+  return { value, mag };
+}
+
+function check(got: Float32Array, ref: { value: Float64Array; mag: Float64Array }, k: number, label: string): void {
+  for (let i = 0; i < got.length; i++) {
+    const err = Math.abs(got[i]! - ref.value[i]!);
+    const tol = (k + 6) * U * ref.mag[i]! + 2 ** -140;
+    if (!(err <= tol)) assert.unreachable(`${label}: element ${i} is ${got[i]} vs ${ref.value[i]} (error ${err} > ${tol})`);
+  }
+}
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1], [1, 7, 3], [5, 1, 9], [4, 8, 4], [3, 9, 257], [65, 17, 5], [66, 263, 300], [129, 8, 513], [7, 300, 64],
+  [64, 256, 256], [2, 515, 40],
+];
+
+test(`gemm matches float64 for every op combination, odd shapes and block edges (${FLAVOUR})`, async () => {
+  const lw = await lwUnderTest();
+  const r = rng(77);
+  const shapes = [...SHAPES];
+  for (let i = 0; i < 30; i++) shapes.push([randInt(r, 1, 90), randInt(r, 1, 90), randInt(r, 1, 300)]);
+  let cases = 0;
+  for (const [n, m, k] of shapes) {
+    for (const tx of [false, true]) {
+      for (const ty of [false, true]) {
+        const [alpha, beta] = [[1, 0], [0.5, 1], [-2, 0.25]][cases % 3]!;
+        const x = randomF32(r, n * k), y = randomF32(r, k * m), c0 = randomF32(r, n * m);
+        using X = lw.matrix(tx ? k : n, tx ? n : k, x);
+        using Y = lw.matrix(ty ? m : k, ty ? k : m, y);
+        using C = lw.matrix(n, m, c0);
+        lw.gemm(C, X, Y, { transX: tx, transY: ty, alpha, beta });
+        check(C.data, reference(x, y, c0, n, m, k, tx, ty, alpha!, beta!), k, `gemm ${n}×${m}×${k} ${tx ? 'T' : 'N'}${ty ? 'T' : 'N'} α=${alpha} β=${beta}`);
+        cases++;
+      }
+    }
+  }
+  assert.ok(cases >= 160);
+});
+
+test('beta = 0 never reads C (NaN garbage in C does not leak through)', async () => {
+  const lw = await lwUnderTest();
+  const r = rng(3);
+  const x = randomF32(r, 9 * 11), y = randomF32(r, 13 * 11);
+  using X = lw.matrix(9, 11, x);
+  using Y = lw.matrix(13, 11, y);
+  using C = lw.matrix(9, 13, new Float32Array(9 * 13).fill(Number.NaN));
+  lw.gemm(C, X, Y, { transY: true });
+  check(C.data, reference(x, y, new Float32Array(9 * 13), 9, 13, 11, false, true, 1, 0), 11, 'beta 0');
+});
+
+test('matmul allocates its result, and plain operands work', async () => {
+  const lw = await lwUnderTest();
+  const r = rng(4);
+  const x = randomF32(r, 6 * 5), y = randomF32(r, 5 * 7);
+  using P = lw.matmul({ rows: 6, cols: 5, data: x }, { rows: 5, cols: 7, data: y }, { alpha: 2 });
+  check(P.data, reference(x, y, new Float32Array(42), 6, 7, 5, false, false, 2, 0), 5, 'matmul');
+  const C = { rows: 6, cols: 7, data: new Float32Array(42).fill(1) };
+  lw.gemm(C, { rows: 6, cols: 5, data: x }, { rows: 5, cols: 7, data: y }, { beta: 1 });
+  check(C.data, reference(x, y, new Float32Array(42).fill(1), 6, 7, 5, false, false, 1, 1), 5, 'plain gemm written back');
+});
+
+test('gemm rejects mismatched shapes, aliasing and bad options with typed errors', async () => {
+  const lw = await lwUnderTest();
+  using X = lw.matrix(4, 5);
+  using Y = lw.matrix(6, 5);
+  using C = lw.matrix(4, 6);
+  assertThrowsTyped(() => lw.gemm(C, X, Y), LoRAShapeError, ['gemm:', 'X is [4, 5]', 'Y is [6, 5]', 'X·Y', '5 and 6']);
+  assertThrowsTyped(() => lw.gemm(C, X, Y, { transX: true, transY: true }), LoRAShapeError, ['Xᵀ·Yᵀ']);
+  using C2 = lw.matrix(4, 7);
+  assertThrowsTyped(() => lw.gemm(C2, X, Y, { transY: true }), LoRAShapeError, ['C is [4, 7]', '[4, 6]']);
+  using S = lw.matrix(5, 5);
+  assertThrowsTyped(() => lw.gemm(S, S, S), LoRATypeError, ['shares memory with X']);
+  assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: 'yes' as unknown as boolean }), LoRATypeError, ['options.transY']);
+  assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: true, alpha: Number.NaN }), LoRATypeError, ['options.alpha']);
+  assertThrowsTyped(() => lw.matmul(X, { rows: 5, cols: 2, data: new Float64Array(10) as unknown as Float32Array }), LoRATypeError, ['matmul:', 'Y.data']);
+});
+
+test.run();
