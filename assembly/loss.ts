@@ -6,12 +6,12 @@
  */
 export function mseLoss(pred: usize, target: usize, grad: usize, count: i32): f64 {
   let sum: f64 = 0;
-  const k: f32 = <f32>(2.0 / <f64>count);
+  const k: f64 = 2.0 / <f64>count;
   for (let i = 0; i < count; i++) {
     const o = <usize>i << 2;
-    const d = load<f32>(pred + o) - load<f32>(target + o);
-    sum += <f64>d * <f64>d;
-    if (grad) store<f32>(grad + o, k * d);
+    const d = <f64>load<f32>(pred + o) - <f64>load<f32>(target + o); // exact in f64
+    sum += d * d;
+    if (grad) store<f32>(grad + o, <f32>(k * d));
   }
   return sum / <f64>count;
 }

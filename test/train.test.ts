@@ -1,0 +1,115 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { LoRAShapeError, LoRATypeError, type LoRAWasm } from '../src/index.js';
+import { assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+
+/** A low-rank regression task: targets come from W + ΔW with a rank-2 ΔW the adapter must find. */
+function task(seed: number, n: number, dIn: number, dOut: number) {
+  const g = rng(seed);
+  const w = randomF32(g, dOut * dIn, 0.5);
+  const u = randomF32(g, dOut * 2), v = randomF32(g, 2 * dIn);
+  const x = randomF32(g, n * dIn);
+  const y = new Float32Array(n * dOut);
+  for (let i = 0; i < n; i++) for (let o = 0; o < dOut; o++) {
+    let acc = 0;
+    for (let j = 0; j < dIn; j++) {
+      const dw = u[o * 2]! * v[j]! + u[o * 2 + 1]! * v[dIn + j]!;
+      acc += x[i * dIn + j]! * (w[o * dIn + j]! + dw);
+    }
+    y[i * dOut + o] = acc;
+  }
+  return { w, x, y };
+}
+
+function run(lw: LoRAWasm, seed: number) {
+  const { w, x, y } = task(seed, 256, 24, 16);
+  const W = lw.matrix(16, 24, w);
+  const model = lw.sequential([lw.linear({ W, r: 4, alpha: 8, seed })]);
+  const opt = lw.adamw(model.parameters(), { lr: 0.03, weightDecay: 0 });
+  const steps: number[] = [];
+  const res = model.fit({ rows: 256, cols: 24, data: x }, { rows: 256, cols: 16, data: y }, {
+    loss: 'mse', optimizer: opt, epochs: 30, batchSize: 32, seed,
+    onProgress: (p) => steps.push(p.step),
+  });
+  return { res, W, w, model, opt, steps };
+}
+
+test('LoRA fine-tuning converges on a tiny low-rank task, deterministically, with W untouched', async () => {
+  const lw = await lwUnderTest();
+  const a = run(lw, 3);
+  const first = a.res.epochLoss[0]!, last = a.res.epochLoss.at(-1)!;
+  assert.ok(last <= first / 10, `loss fell from ${first} to ${last}: at least 10×`);
+  assert.is(a.res.steps, 30 * 8);
+  assert.equal(a.steps, Array.from({ length: 240 }, (_, i) => i + 1), 'progress reported every step');
+  assertBitIdentical(a.W.data, a.w, 'W bytes unchanged by fit');
+  const b = run(lw, 3);
+  assert.equal(b.res.epochLoss, a.res.epochLoss, 'same seed, same losses bit for bit');
+  const c = run(lw, 4);
+  assert.not.equal(c.res.epochLoss, a.res.epochLoss, 'another seed, another run');
+  for (const r of [a, b, c]) {
+    r.model.dispose();
+    r.opt.dispose();
+    r.W.dispose();
+  }
+});
+
+test('an MLP pretrained with dense layers classifies, then LoRA adapts it to a shifted task', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(21);
+  const n = 300, d = 8, classes = 3;
+  const x = randomF32(g, n * d);
+  const label = (shift: number) => Int32Array.from({ length: n }, (_, i) => {
+    const s = x[i * d]! + shift * x[i * d + 1]!;
+    return s < -0.3 ? 0 : s < 0.3 ? 1 : 2;
+  });
+  const X = { rows: n, cols: d, data: x };
+  const base = lw.sequential([lw.dense({ inFeatures: d, outFeatures: 32, seed: 1 }), lw.relu(), lw.dense({ inFeatures: 32, outFeatures: classes, seed: 2 })]);
+  const opt = lw.adamw(base.parameters(), { lr: 0.02 });
+  base.fit(X, label(0), { loss: 'cross-entropy', optimizer: opt, epochs: 40, batchSize: 30, seed: 1 });
+  const accuracy = (model: { predict(x: typeof X): { data: Float32Array; dispose(): void } }, y: Int32Array) => {
+    const p = model.predict(X);
+    const res = lw.softmaxCrossEntropy({ rows: n, cols: classes, data: p.data }, y);
+    p.dispose();
+    return res.correct / n;
+  };
+  const accA = accuracy(base, label(0));
+  assert.ok(accA > 0.9, `pretrained accuracy on task A ${accA}`);
+
+  const [d1, , d2] = base.layers as [import('../src/index.js').Linear, unknown, import('../src/index.js').Linear];
+  const tuned = lw.sequential([
+    lw.linear({ W: d1.W, bias: d1.bias, r: 4, alpha: 8, seed: 3 }),
+    lw.relu(),
+    lw.linear({ W: d2.W, bias: d2.bias, r: 2, alpha: 4, seed: 4 }),
+  ]);
+  const w1 = d1.W.toArray();
+  const before = accuracy(tuned, label(1.5));
+  const opt2 = lw.adamw(tuned.parameters(), { lr: 0.02, weightDecay: 0 });
+  tuned.fit(X, label(1.5), { loss: 'cross-entropy', optimizer: opt2, epochs: 40, batchSize: 30, seed: 2 });
+  const after = accuracy(tuned, label(1.5));
+  assert.ok(after > before + 0.1 && after > 0.8, `task B accuracy ${before} → ${after}`);
+  assertBitIdentical(d1.W.data, w1, 'the pretrained W was not touched');
+  const unmergedP = tuned.predict(X);
+  tuned.merge();
+  const mergedP = tuned.predict(X);
+  for (let i = 0; i < mergedP.length; i++) assert.ok(Math.abs(mergedP.data[i]! - unmergedP.data[i]!) < 1e-4, 'merged == unmerged');
+  assert.is(tuned.trainableParameters, 4 * (d + 32) + 2 * (32 + classes));
+  assert.is(tuned.frozenParameters, 32 * d + 32 + classes * 32 + classes);
+  for (const m of [unmergedP, mergedP, tuned, opt, opt2, base]) m.dispose();
+});
+
+test('fit rejects bad options and data with typed errors', async () => {
+  const lw = await lwUnderTest();
+  const model = lw.sequential([lw.linear({ W: lw.matrix(3, 4), r: 1 })]);
+  const opt = lw.sgd(model.parameters());
+  const X = lw.matrix(5, 4);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(5, 3), { loss: 'mse' } as never), LoRATypeError, ['fit:', 'optimizer']);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(5, 3), { loss: 'l1' as 'mse', optimizer: opt }), LoRATypeError, ["'mse' or 'cross-entropy'"]);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(4, 3), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['targets is [4, 3]']);
+  assertThrowsTyped(() => model.fit(X, [0, 1], { loss: 'cross-entropy', optimizer: opt }), LoRAShapeError, ['2 labels']);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(5, 3), { loss: 'mse', optimizer: opt, epochs: 0 }), LoRAShapeError, ['options.epochs']);
+  assertThrowsTyped(() => model.fit(lw.matrix(5, 7), lw.matrix(5, 3), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['X is [5, 7]']);
+  assertThrowsTyped(() => lw.sequential([]), LoRATypeError, ['sequential: layers']);
+  model.dispose();
+});
+
+test.run();
