@@ -89,16 +89,24 @@ test('a Matrix that is never disposed is freed after garbage collection (leak ba
   const gc = (globalThis as { gc?: () => void }).gc;
   assert.type(gc, 'function', 'scripts/test.mjs runs node with --expose-gc');
   const lw = await lwUnderTest();
+  const collect = async () => {
+    gc!();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  };
+  // Other suites in this process may have dropped matrices too: let those go first.
+  for (let stable = 0, last = -1; stable < 3; ) {
+    await collect();
+    const now = lw.memoryStats().liveBlocks;
+    stable = now === last ? stable + 1 : 0;
+    last = now;
+  }
   const live = lw.memoryStats().liveBlocks;
   (() => {
     for (let i = 0; i < 10; i++) lw.matrix(8, 8); // dropped without dispose()
   })();
   assert.is(lw.memoryStats().liveBlocks, live + 10);
-  for (let i = 0; i < 50 && lw.memoryStats().liveBlocks > live; i++) {
-    gc!();
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  assert.is(lw.memoryStats().liveBlocks, live, 'the FinalizationRegistry freed them');
+  for (let i = 0; i < 50 && lw.memoryStats().liveBlocks > live; i++) await collect();
+  assert.ok(lw.memoryStats().liveBlocks <= live, 'the FinalizationRegistry freed them');
 });
 
 test('a cap from init({ maxMemoryBytes }) gives LoRAMemoryError and leaves earlier matrices intact', async () => {
