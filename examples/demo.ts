@@ -6,6 +6,7 @@
  * merged layer answers exactly like the on-the-fly LoRA path, and unmerge.
  */
 import { init, loraScale, seededRandom } from '../src/index.js';
+import { finetuneDemo } from './finetune.js';
 
 const D_OUT = 4096;
 const D_IN = 4096;
@@ -58,7 +59,7 @@ const lw = await init();
 const next = seededRandom(42);
 const s = loraScale({ alpha: ALPHA, r: R });
 
-console.log('lora-wasm demo: merge a rank-8 LoRA adapter into a 4096×4096 layer\n');
+console.log('lora-wasm demo\n\nPart 1: merge a rank-8 LoRA adapter into a 4096×4096 layer\n');
 console.log(`wasm build     ${lw.build}${lw.build === 'relaxed' ? ' (f32x4.relaxed_madd)' : ' (f32x4 mul + add; relaxed SIMD is not enabled in this engine)'}`);
 
 using W = lw.matrix(D_OUT, D_IN, fill(new Float32Array(D_OUT * D_IN), next, 1 / Math.sqrt(D_IN)));
@@ -139,5 +140,9 @@ const served = scratch.data;
 let identical = served.length === merged.length;
 for (let i = 0; identical && i < served.length; i++) identical = Object.is(served[i], merged[i]);
 console.log(`  hot-swap instead: mergeInto(out, W0, A, B) from a frozen W0 is bit-identical to the merge: ${identical ? 'yes' : 'NO'}\n`);
-if (lw.build !== 'relaxed') console.log('tip: Node 20 runs the faster relaxed-SIMD build with node --experimental-wasm-relaxed-simd');
-if (!agree || !identical) process.exit(1);
+W.dispose();
+scratch.dispose();
+W0.dispose();
+const tuned = finetuneDemo(lw);
+if (lw.build !== 'relaxed') console.log('\ntip: Node 20 runs the faster relaxed-SIMD build with node --experimental-wasm-relaxed-simd');
+if (!agree || !identical || !tuned) process.exit(1);
