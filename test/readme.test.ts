@@ -32,6 +32,18 @@ test('the Node quick start runs as written and prints what its comments say', ()
   assert.ok(Math.abs(Number(w00) - 0.5016) < 1e-6, `W.data[0] printed ${w00}`);
 });
 
+test('the fine-tuning example runs as written and its loss falls more than 10×', () => {
+  const code = block('Fine-tuning with LoRA (Node)');
+  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' },
+  });
+  assert.is(run.status, 0, `example failed:\n${run.stderr}`);
+  assert.equal(run.stdout.trim().split('\n'), ['true', '64 8']);
+});
+
 test('the README quotes the exact setup lines and the PEFT mapping', () => {
   assert.ok(readme.includes('npm install && npm start\nnpm test\n'));
   assert.match(readme, /\| `A` \| `…lora_B\.weight` \| `\[out_features, r\]` \|/);
