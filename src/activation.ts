@@ -1,9 +1,9 @@
 /** ReLU as a layer: Y = max(X, 0); ∂L/∂X = G where Y > 0 (equivalently X > 0), else 0. */
-import { LoRAShapeError, LoRAStateError } from './errors.js';
+import { LoRAStateError } from './errors.js';
 import type { Kernels } from './kernels.js';
-import { type Layer, type Parameter, ensureBuffer, saveInput } from './layer.js';
+import { type Layer, type Parameter, ensureBuffer, gradOperand, saveInput } from './layer.js';
 import type { Matrix } from './matrix.js';
-import { type MatrixInput, Staging, operand, shapeOf } from './operands.js';
+import { type MatrixInput, Staging, operand } from './operands.js';
 import type { Engine } from './runtime.js';
 
 export class ReLU implements Layer {
@@ -36,10 +36,7 @@ export class ReLU implements Layer {
     if (!this.#y) throw new LoRAStateError(`${fn}: call forward() before backward()`);
     const e = this.#engine;
     const y = this.#y;
-    const gOp = operand(e.heap, fn, 'G', g);
-    if (gOp.rows !== y.rows || gOp.cols !== y.cols) {
-      throw new LoRAShapeError(`${fn}: G is ${shapeOf(gOp)} but the last forward produced Y ${shapeOf(y)}; G must match it`);
-    }
+    const gOp = gradOperand(e, fn, g, y.rows, y.cols);
     const staging = new Staging(e.heap, fn);
     try {
       const gp = staging.input(gOp);

@@ -5,13 +5,13 @@
  *   W: [dOut, dIn], b: [1, dOut]
  *   ∂L/∂W = Gᵀ·X    ∂L/∂b = Σ_rows G    ∂L/∂X = G·W
  */
-import { LoRAShapeError, LoRAStateError, LoRATypeError } from './errors.js';
+import { LoRAStateError, LoRATypeError } from './errors.js';
 import { gemmPtr } from './gemm.js';
 import type { Kernels } from './kernels.js';
-import { type Layer, type Parameter, ensureBuffer, saveInput, zeros } from './layer.js';
+import { type Layer, type Parameter, ensureBuffer, gradOperand, linearForward, saveInput, zeros } from './layer.js';
 import { fillRandom } from './lora.js';
 import type { Matrix } from './matrix.js';
-import { type MatrixInput, Staging, checkDim, describeValue, operand, shapeOf } from './operands.js';
+import { type MatrixInput, Staging, checkDim, describeValue } from './operands.js';
 import type { Engine } from './runtime.js';
 
 export interface LinearOptions {
@@ -89,8 +89,7 @@ export class Linear implements Layer {
     this.#x = saveInput(e, fn, 'X', x, this.dIn, `the layer takes ${this.dIn} input features`, this.#x);
     const n = this.#x.rows;
     this.#y = ensureBuffer(e, fn, this.#y, n, this.dOut);
-    (e.kernels as unknown as Kernels).broadcastRows(this.#y.ptr, this.bias.ptr, n, this.dOut);
-    gemmPtr(e, fn, this.#y.ptr, this.#x.ptr, this.W.ptr, n, this.dOut, this.dIn, false, true, 1, 1);
+    linearForward(e, fn, this.#y.ptr, this.#x.ptr, this.W.ptr, this.bias, n, this.dOut, this.dIn);
     return this.#y;
   }
 
@@ -100,10 +99,7 @@ export class Linear implements Layer {
     if (!this.#x) throw new LoRAStateError(`${fn}: call forward() before backward()`);
     const e = this.#engine;
     const n = this.#x.rows;
-    const gOp = operand(e.heap, fn, 'G', g);
-    if (gOp.rows !== n || gOp.cols !== this.dOut) {
-      throw new LoRAShapeError(`${fn}: G is ${shapeOf(gOp)} but the last forward produced Y [${n}, ${this.dOut}]; G must match it`);
-    }
+    const gOp = gradOperand(e, fn, g, n, this.dOut);
     const staging = new Staging(e.heap, fn);
     try {
       const gp = staging.input(gOp);

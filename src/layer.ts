@@ -8,8 +8,10 @@
  * stays the same, so a training loop allocates nothing per step.
  */
 import { LoRAShapeError } from './errors.js';
+import { gemmPtr } from './gemm.js';
+import type { Kernels } from './kernels.js';
 import { MATRIX_TOKEN, Matrix } from './matrix.js';
-import { operand, shapeOf } from './operands.js';
+import { type Operand, operand, shapeOf } from './operands.js';
 import type { Engine } from './runtime.js';
 
 /** A trainable tensor and its gradient (same shape), as optimizers see it. */
@@ -60,4 +62,21 @@ export function saveInput(
   const buf = ensureBuffer(engine, fn, into, op.rows, cols);
   buf.data.set(plain ?? engine.heap.f32(op.ptr, op.rows * cols)); // read after ensureBuffer: it may grow memory
   return buf;
+}
+
+/** y = bias + x·wᵀ (nn.Linear) for x: [n, dIn], w: [dOut, dIn] read in place, bias: [1, dOut] or none. */
+export function linearForward(
+  engine: Engine, fn: string, y: number, x: number, w: number, bias: Matrix | undefined, n: number, dOut: number, dIn: number,
+): void {
+  if (bias) (engine.kernels as unknown as Kernels).broadcastRows(y, bias.ptr, n, dOut);
+  gemmPtr(engine, fn, y, x, w, n, dOut, dIn, false, true, 1, bias ? 1 : 0);
+}
+
+/** Validates G = ∂L/∂Y against the [rows, cols] output of the last forward. */
+export function gradOperand(engine: Engine, fn: string, g: unknown, rows: number, cols: number): Operand {
+  const op = operand(engine.heap, fn, 'G', g);
+  if (op.rows !== rows || op.cols !== cols) {
+    throw new LoRAShapeError(`${fn}: G is ${shapeOf(op)} but the last forward produced Y [${rows}, ${cols}]; G must match it`);
+  }
+  return op;
 }

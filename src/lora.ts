@@ -17,7 +17,7 @@
 import { LoRAShapeError, LoRAStateError, LoRATypeError } from './errors.js';
 import { gemmPtr } from './gemm.js';
 import { type Kernels, TILE_COLS, TILE_TMP_BYTES, TileMode, packedABytes, packedBBytes } from './kernels.js';
-import { type Layer, type Parameter, ensureBuffer, saveInput, zeros } from './layer.js';
+import { type Layer, type Parameter, ensureBuffer, gradOperand, linearForward, saveInput, zeros } from './layer.js';
 import { Matrix } from './matrix.js';
 import { type MatrixInput, type Operand, Staging, checkDim, describeValue, operand, shapeOf } from './operands.js';
 import { seededRandom } from './random.js';
@@ -221,17 +221,14 @@ export class LoRALinear implements Layer {
     const n = this.#x.rows;
     this.#y = ensureBuffer(e, fn, this.#y, n, this.dOut);
     const y = this.#y.ptr;
-    const k = e.kernels as unknown as Kernels;
-    if (this.bias) k.broadcastRows(y, this.bias.ptr, n, this.dOut);
-    const beta = this.bias ? 1 : 0;
     if (this.#merged) {
-      gemmPtr(e, fn, y, this.#x.ptr, this.#merged.ptr, n, this.dOut, this.dIn, false, true, 1, beta);
+      linearForward(e, fn, y, this.#x.ptr, this.#merged.ptr, this.bias, n, this.dOut, this.dIn); // Y = bias + X·W'ᵀ
       this.#forwardRows = 0; // a merged forward cannot be differentiated w.r.t. A and B
       return this.#y;
     }
     this.#h = ensureBuffer(e, fn, this.#h, n, this.r);
     gemmPtr(e, fn, this.#h.ptr, this.#x.ptr, this.B.ptr, n, this.r, this.dIn, false, true, 1, 0); // H = X·Bᵀ
-    gemmPtr(e, fn, y, this.#x.ptr, this.W.ptr, n, this.dOut, this.dIn, false, true, 1, beta); // Y = bias + X·Wᵀ
+    linearForward(e, fn, y, this.#x.ptr, this.W.ptr, this.bias, n, this.dOut, this.dIn); // Y = bias + X·Wᵀ
     addRankR(e, fn, y, y, this.#h.ptr, this.A.ptr, n, this.dOut, this.r, this.scale, true); // Y += s·H·Aᵀ
     this.#forwardRows = n;
     return this.#y;
@@ -249,10 +246,7 @@ export class LoRALinear implements Layer {
     if (this.#forwardRows === 0) throw new LoRAStateError(`${fn}: call forward() before backward()`);
     const e = this.#engine;
     const n = this.#forwardRows;
-    const gOp = operand(e.heap, fn, 'G', g);
-    if (gOp.rows !== n || gOp.cols !== this.dOut) {
-      throw new LoRAShapeError(`${fn}: G is ${shapeOf(gOp)} but the last forward produced Y [${n}, ${this.dOut}]; G must match it`);
-    }
+    const gOp = gradOperand(e, fn, g, n, this.dOut);
     const staging = new Staging(e.heap, fn);
     try {
       const gp = staging.input(gOp);
