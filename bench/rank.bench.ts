@@ -1,20 +1,14 @@
 /**
- * Merge / delta benchmarks (benny), with peers in the same run:
- *   - the memory floor: one Float32Array.prototype.set copy of W (reads and writes W once, like a merge)
- *   - plain JS loops, written the way the seed article's W + A·B reads
- *   - both wasm flavours (relaxed needs node --experimental-wasm-relaxed-simd on Node 20)
- *
- *   npm run bench            full run
- *   npm run bench -- --quick shorter samples, fewer shapes
- *
- * Each case checks its output against a float64 reference before it is timed.
- * Results: terminal table, plus benny JSON/CSV/chart under bench/results/.
+ * Merge, delta and mergeInto on shapes from real models, against:
+ *   the W copy (Float32Array.set: reads and writes W once, the memory floor), plain JS loops written
+ *   the way the seed article's W + s·A·B reads, ml-matrix, tfjs-backend-wasm's W + s·matMul(A, B),
+ *   and the seed's numpy W + A @ B (single-threaded OpenBLAS, timed inside Python).
  */
-import b from 'benny';
-import { type LoRAWasm, type Matrix, detectFeatures, init, seededRandom } from '../src/index.js';
-
-const quick = process.argv.includes('--quick');
-const caseOptions = quick ? { minSamples: 5, maxTime: 0.6 } : { minSamples: 10, maxTime: 2 };
+import { spawnSync } from 'node:child_process';
+import * as tf from '@tensorflow/tfjs-core';
+import { Matrix as MlMatrix } from 'ml-matrix';
+import type { Matrix } from '../src/index.js';
+import { type Case, type Ctx, random, suite, verify } from './common.js';
 
 interface Shape {
   label: string;
@@ -22,102 +16,73 @@ interface Shape {
   dIn: number;
   r: number;
 }
-const SHAPES: Shape[] = quick
-  ? [
-      { label: '4096×4096 r=8', dOut: 4096, dIn: 4096, r: 8 },
-      { label: '4096×4096 r=64', dOut: 4096, dIn: 4096, r: 64 },
-    ]
-  : [
-      { label: '768×768 r=8 (BERT-base attention)', dOut: 768, dIn: 768, r: 8 },
-      { label: '4096×4096 r=8 (7B attention)', dOut: 4096, dIn: 4096, r: 8 },
-      { label: '4096×4096 r=16', dOut: 4096, dIn: 4096, r: 16 },
-      { label: '4096×4096 r=64', dOut: 4096, dIn: 4096, r: 64 },
-      { label: '4096×11008 r=16 (7B MLP)', dOut: 4096, dIn: 11008, r: 16 },
-    ];
 
-const random = (n: number, next: () => number, amp: number) => {
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i++) x[i] = (2 * next() - 1) * amp;
-  return x;
+export const MERGE_SHAPES: Shape[] = [
+  { label: '768×768 r=8 (BERT-base attention)', dOut: 768, dIn: 768, r: 8 },
+  { label: '4096×4096 r=8 (7B attention)', dOut: 4096, dIn: 4096, r: 8 },
+  { label: '4096×4096 r=16', dOut: 4096, dIn: 4096, r: 16 },
+  { label: '4096×4096 r=64', dOut: 4096, dIn: 4096, r: 64 },
+  { label: '4096×11008 r=16 (7B MLP)', dOut: 4096, dIn: 11008, r: 16 },
+];
+const QUICK = new Set(['768×768 r=8 (BERT-base attention)', '4096×4096 r=8 (7B attention)', '4096×4096 r=64']);
+
+/** float64 W0 + s·A·B at (i, j), with the magnitude the f32 error scales with. */
+const mergeRef = (w: Float32Array | undefined, a: Float32Array, bm: Float32Array, sh: Shape, s: number) => (i: number, j: number) => {
+  let acc = 0;
+  let mag = 0;
+  for (let k = 0; k < sh.r; k++) {
+    const p = a[i * sh.r + k]! * bm[k * sh.dIn + j]!;
+    acc += p;
+    mag += Math.abs(p);
+  }
+  const w0 = w ? w[i * sh.dIn + j]! : 0;
+  return { value: w0 + s * acc, mag: Math.abs(w0) + Math.abs(s) * mag };
 };
 
-/** Throws unless rows `rowsToCheck` of got == w0 + s·A·B within the f32 summation bound. */
-function verify(name: string, got: Float32Array, w0: Float32Array | undefined, a: Float32Array, bm: Float32Array, sh: Shape, s: number): void {
-  const { dIn, r } = sh;
-  for (const i of [0, 1, 2, 3, 5, sh.dOut >> 1, sh.dOut - 1]) {
-    if (i >= sh.dOut) continue;
-    for (let j = 0; j < dIn; j++) {
-      let acc = 0;
-      let mag = 0;
-      for (let k = 0; k < r; k++) {
-        const p = a[i * r + k]! * bm[k * dIn + j]!;
-        acc += p;
-        mag += Math.abs(p);
-      }
-      const w = w0 ? w0[i * dIn + j]! : 0;
-      const want = w + s * acc;
-      const tol = (r + 4) * 2 ** -24 * (Math.abs(w) + Math.abs(s) * mag);
-      if (!(Math.abs(got[i * dIn + j]! - want) <= tol)) {
-        throw new Error(`${name}: wrong result at [${i}, ${j}]: ${got[i * dIn + j]} vs ${want}; refusing to time a wrong kernel`);
-      }
-    }
-  }
-}
-
-interface Row {
-  shape: string;
-  name: string;
-  ms: number;
-  gflops: number;
-  gbs: number;
-}
-const rows: Row[] = [];
-
-async function benchShape(sh: Shape, builds: LoRAWasm[]): Promise<void> {
+async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
   const { dOut, dIn, r } = sh;
-  const next = seededRandom(dOut * 31 + dIn * 7 + r);
   const s = 0.5;
-  const w0 = random(dOut * dIn, next, 0.05);
-  const a = random(dOut * r, next, 0.02);
-  const bm = random(r * dIn, next, 0.05);
+  const w0 = random(dOut * dIn, dOut + dIn + r, 0.05);
+  const a = random(dOut * r, 2 * r + 1, 0.02);
+  const bm = random(r * dIn, 3 * r + 7, 0.05);
   const flops = 2 * r * dOut * dIn;
-  const wBytes = 2 * 4 * dOut * dIn; // W read once and written once
+  const macs = dOut * dIn * r;
   const held: Matrix[] = [];
+  const merge: Case[] = [];
+  const delta: Case[] = [];
 
-  const cases = [];
   const copyDst = new Float32Array(dOut * dIn);
-  cases.push(b.add('copy of W (Float32Array.set)', () => () => copyDst.set(w0), caseOptions));
+  merge.push({ name: 'copy of W (Float32Array.set)', by: 'copy', fn: () => () => copyDst.set(w0) });
 
-  for (const lw of builds) {
+  for (const lw of ctx.builds) {
+    const build = lw.build;
     const W = lw.matrix(dOut, dIn, w0), A = lw.matrix(dOut, r, a), B = lw.matrix(r, dIn, bm), out = lw.matrix(dOut, dIn);
     held.push(W, A, B, out);
     lw.mergeInto(out, W, A, B, { scale: s });
-    verify(`mergeInto ${lw.build}`, out.data, w0, a, bm, sh, s);
-    using D = lw.delta(A, B, { scale: s });
-    verify(`delta ${lw.build}`, D.data, undefined, a, bm, sh, s);
+    verify(`mergeInto ${build}`, out.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, s));
+    const D = lw.delta(A, B, { scale: s });
+    verify(`delta ${build}`, D.data, dOut, dIn, r, mergeRef(undefined, a, bm, sh, s));
+    D.dispose();
     lw.merge(W, A, B, { scale: s, safe: true });
-    verify(`merge ${lw.build}`, W.data, w0, a, bm, sh, s);
+    verify(`merge ${build}`, W.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, s));
     lw.unmerge(W, A, B, { scale: s });
-    // merge and unmerge cost the same; alternating keeps W bounded across thousands of calls.
-    cases.push(b.add(`merge (${lw.build})`, () => {
+    // merge and unmerge are the same kernel at the same cost; alternating keeps W bounded.
+    const alternate = (safe: boolean) => () => {
       let sign = 1;
       return () => {
-        if (sign > 0) lw.merge(W, A, B, { scale: s });
-        else lw.unmerge(W, A, B, { scale: s });
+        if (sign > 0) lw.merge(W, A, B, { scale: s, safe });
+        else lw.unmerge(W, A, B, { scale: s, safe });
         sign = -sign;
       };
-    }, caseOptions));
-    cases.push(b.add(`merge safe (${lw.build})`, () => {
-      let sign = 1;
-      return () => {
-        if (sign > 0) lw.merge(W, A, B, { scale: s, safe: true });
-        else lw.unmerge(W, A, B, { scale: s, safe: true });
-        sign = -sign;
-      };
-    }, caseOptions));
-    cases.push(b.add(`mergeInto (${lw.build})`, () => () => lw.mergeInto(out, W, A, B, { scale: s }), caseOptions));
+    };
+    merge.push({ name: `merge (${build})`, by: 'lora-wasm', build, fn: alternate(false) });
+    merge.push({ name: `merge safe (${build})`, by: 'lora-wasm', build, fn: alternate(true) });
+    merge.push({ name: `mergeInto (${build})`, by: 'lora-wasm', build, fn: () => () => lw.mergeInto(out, W, A, B, { scale: s }) });
+    delta.push({ name: `delta (${build})`, by: 'lora-wasm', build, fn: () => () => lw.delta(A, B, { scale: s }).dispose() });
   }
-  if (dOut * dIn * r <= 4096 * 4096 * 16) {
+
+  // Plain JS, as the seed's W + s·A·B reads, on typed arrays.
+  if (!ctx.quick || macs <= 4096 * 4096 * 8) {
     const plain = new Float32Array(w0);
     const run = (sign: number) => {
       for (let i = 0; i < dOut; i++) {
@@ -129,49 +94,103 @@ async function benchShape(sh: Shape, builds: LoRAWasm[]): Promise<void> {
       }
     };
     run(1);
-    verify('plain JS', plain, w0, a, bm, sh, s);
+    verify('plain JS', plain, dOut, dIn, r, mergeRef(w0, a, bm, sh, s));
     run(-1);
-    cases.push(b.add('plain JS loops', () => {
+    merge.push({ name: 'plain JS loops', by: 'plain JS', speed: 'glacial', fn: () => {
       let sign = 1;
       return () => {
         run(sign);
         sign = -sign;
       };
-    }, { minSamples: quick ? 2 : 3, maxTime: quick ? 0.5 : 2 }));
+    } });
   }
 
-  const file = sh.label.split(' ')[0]!.replace('×', 'x') + `-r${r}`;
-  await b.suite(
-    `merge ${sh.label}`,
-    ...cases,
-    b.cycle((result) => `  ${result.name.padEnd(30)} ${(result.details.median * 1e3).toFixed(2).padStart(8)} ms`),
-    b.complete((summary) => {
-      for (const res of summary.results) {
-        const ms = res.details.median * 1e3;
-        const isCopy = res.name.startsWith('copy');
-        rows.push({ shape: sh.label, name: res.name, ms, gflops: isCopy ? 0 : flops / (ms * 1e6), gbs: wBytes / (ms * 1e6) });
-      }
-    }),
-    b.save({ folder: 'bench/results', file: `merge-${file}`, format: 'json', details: false }),
-    b.save({ folder: 'bench/results', file: `merge-${file}`, format: 'csv', details: false }),
-    b.save({ folder: 'bench/results', file: `merge-${file}`, format: 'chart.html', details: false }),
-  );
+  // ml-matrix: W.add(A.mmul(B).mul(s)), in place like a merge.
+  if (!ctx.quick || macs <= 4096 * 4096 * 8) {
+    const mW = new MlMatrix(dOut, dIn);
+    for (let i = 0; i < dOut; i++) mW.setRow(i, Array.from(w0.subarray(i * dIn, (i + 1) * dIn)));
+    const mA = new MlMatrix(dOut, r), mB = new MlMatrix(r, dIn);
+    for (let i = 0; i < dOut; i++) mA.setRow(i, Array.from(a.subarray(i * r, (i + 1) * r)));
+    for (let k = 0; k < r; k++) mB.setRow(k, Array.from(bm.subarray(k * dIn, (k + 1) * dIn)));
+    mW.add(mA.mmul(mB).mul(s));
+    verify('ml-matrix', Float64Array.from({ length: 8 * dIn }, (_, q) => mW.get(Math.floor(q / dIn), q % dIn)), 8, dIn, r, mergeRef(w0, a, bm, sh, s));
+    mW.sub(mA.mmul(mB).mul(s));
+    merge.push({ name: 'ml-matrix W.add(A.mmul(B).mul(s))', by: 'ml-matrix', speed: 'glacial', fn: () => {
+      let sign = 1;
+      return () => {
+        mW.add(mA.mmul(mB).mul(sign * s));
+        sign = -sign;
+      };
+    } });
+  }
+
+  // tfjs-backend-wasm (XNNPACK): W + s·matMul(A, B), as a tfjs user writes it.
+  const tW = tf.tensor2d(w0, [dOut, dIn]), tA = tf.tensor2d(a, [dOut, r]), tB = tf.tensor2d(bm, [r, dIn]);
+  const tfMerge = () => tf.tidy(() => tf.add(tW, tf.mul(s, tf.matMul(tA, tB))));
+  const tfDelta = () => tf.tidy(() => tf.mul(s, tf.matMul(tA, tB)));
+  for (const [name, run, ref] of [['merge', tfMerge, w0], ['delta', tfDelta, undefined]] as const) {
+    const t = run();
+    verify(`tfjs ${name}`, t.dataSync() as Float32Array, dOut, dIn, r, mergeRef(ref, a, bm, sh, s));
+    t.dispose();
+  }
+  merge.push({ name: 'tfjs-wasm add(W, mul(s, matMul(A, B)))', by: 'tfjs-wasm', speed: 'slow', fn: () => () => tfMerge().dispose() });
+  delta.push({ name: 'tfjs-wasm mul(s, matMul(A, B))', by: 'tfjs-wasm', speed: 'slow', fn: () => () => tfDelta().dispose() });
+
+  await suite(ctx, 'merge', sh.label, flops, 8 * dOut * dIn, merge);
+  await suite(ctx, 'delta', sh.label, flops, 4 * dOut * dIn, delta);
+  for (const t of [tW, tA, tB]) t.dispose();
   for (const m of held) m.dispose();
 }
 
-const builds: LoRAWasm[] = [await init({ simd: 'baseline' })];
-if (detectFeatures().relaxed) builds.push(await init({ simd: 'relaxed' }));
-else console.log('relaxed SIMD unavailable in this engine (Node 20: run with --experimental-wasm-relaxed-simd); baseline only');
+/** The seed's numpy merge, timed inside Python with single-threaded OpenBLAS on its native kernel. */
+function benchNumpy(ctx: Ctx, shapes: Shape[]): void {
+  const job = { cases: shapes.map((sh, i) => ({ label: sh.label, d_out: sh.dOut, d_in: sh.dIn, r: sh.r, reps: ctx.quick ? 5 : 11, seed: i })) };
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: '1' };
+  // OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE pin old kernels on this workplace; unset them for this peer only.
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  const run = spawnSync('python3', ['bench/peers/numpy_merge.py'], { input: JSON.stringify(job), encoding: 'utf8', env, timeout: 600_000 });
+  if (run.error || run.status !== 0) {
+    ctx.notes.push(`numpy peer skipped: python3 with numpy is not available here (${run.error?.message ?? run.stderr.trim().split('\n').at(-1)})`);
+    return;
+  }
+  const res = JSON.parse(run.stdout) as { numpy: string; openblas_core: string; openblas_threads: number; cases: { label: string; median_s: number; row0_rel_err: number; d_out: number; d_in: number; r: number }[] };
+  ctx.notes.push(`numpy ${res.numpy}, OpenBLAS kernel ${res.openblas_core}, ${res.openblas_threads} thread(s); times W + A @ B (the seed code) inside Python`);
+  for (const c of res.cases) {
+    if (!(c.row0_rel_err < 1e-3)) throw new Error(`numpy merge for ${c.label} is wrong (rel err ${c.row0_rel_err})`);
+    ctx.rows.push({ group: 'merge', shape: c.label, name: 'numpy W + A @ B', by: 'numpy', ms: c.median_s * 1e3, flops: 2 * c.r * c.d_out * c.d_in, bytes: 8 * c.d_out * c.d_in });
+  }
+}
 
-for (const sh of SHAPES) await benchShape(sh, builds);
+/**
+ * A profile of where merge time goes: the same kernel on a W that stays in L2 (64×1024, 256 KB)
+ * measures its compute rate with memory traffic taken out. If streaming a 4096×4096 W runs at about
+ * the same GFLOP/s, the merge is compute-bound, not memory-bound.
+ */
+async function benchInCache(ctx: Ctx): Promise<void> {
+  for (const r of [8, 64]) {
+    const rows = 64, cols = 1024;
+    const w = random(rows * cols, 41, 0.05), a = random(rows * r, 42, 0.02), bm = random(r * cols, 43, 0.05);
+    const cases: Case[] = [];
+    const held: Matrix[] = [];
+    for (const lw of ctx.builds) {
+      const W = lw.matrix(rows, cols, w), A = lw.matrix(rows, r, a), B = lw.matrix(r, cols, bm);
+      held.push(W, A, B);
+      let sign = 1;
+      cases.push({ name: `merge, W in cache (${lw.build})`, by: 'lora-wasm', build: lw.build, fn: () => () => {
+        if (sign > 0) lw.merge(W, A, B, { scale: 0.5 });
+        else lw.unmerge(W, A, B, { scale: 0.5 });
+        sign = -sign;
+      } });
+    }
+    await suite(ctx, 'merge in cache', `64×1024 r=${r} (W in L2)`, 2 * r * rows * cols, 8 * rows * cols, cases);
+    for (const m of held) m.dispose();
+  }
+}
 
-console.log('\nMedians, single thread. GB/s counts W read + written once. Ratios: time / copy of W, and plain JS time / this.');
-console.log(`${'shape'.padEnd(36)} ${'case'.padEnd(28)} ${'ms'.padStart(8)} ${'GFLOP/s'.padStart(8)} ${'GB/s'.padStart(7)} ${'×copy'.padStart(7)} ${'vs JS'.padStart(7)}`);
-for (const row of rows) {
-  const copy = rows.find((x) => x.shape === row.shape && x.name.startsWith('copy'))!;
-  const js = rows.find((x) => x.shape === row.shape && x.name === 'plain JS loops');
-  console.log(
-    `${row.shape.padEnd(36)} ${row.name.padEnd(28)} ${row.ms.toFixed(2).padStart(8)} ${(row.gflops ? row.gflops.toFixed(1) : '-').padStart(8)} ` +
-      `${row.gbs.toFixed(1).padStart(7)} ${(row.ms / copy.ms).toFixed(2).padStart(7)} ${(js ? `${(js.ms / row.ms).toFixed(0)}×` : '-').padStart(7)}`,
-  );
+export async function benchRank(ctx: Ctx): Promise<void> {
+  const shapes = MERGE_SHAPES.filter((sh) => !ctx.quick || QUICK.has(sh.label));
+  for (const sh of shapes) await benchShape(ctx, sh);
+  await benchInCache(ctx);
+  benchNumpy(ctx, shapes);
 }

@@ -8,49 +8,18 @@
  * weight stays byte-for-byte frozen. All data is generated here, seeded.
  */
 import cliProgress from 'cli-progress';
-import { type LoRAWasm, type Linear, seededRandom } from '../src/index.js';
+import type { LoRAWasm, Linear } from '../src/index.js';
+import { type Task, checksum, makeTasks } from './tasks.js';
 
 const D = 32;
 const HIDDEN = 256;
 const CLASSES = 4;
 const N = 4096;
 
-function makeTask(seed: number, dirs: Float32Array) {
-  const next = seededRandom(seed);
-  const x = new Float32Array(N * D);
-  for (let i = 0; i < x.length; i++) x[i] = 2 * next() - 1;
-  const y = new Int32Array(N);
-  for (let i = 0; i < N; i++) {
-    let best = -Infinity;
-    for (let c = 0; c < CLASSES; c++) {
-      let s = 0;
-      for (let j = 0; j < D; j++) s += x[i * D + j]! * dirs[c * D + j]!;
-      if (s > best) {
-        best = s;
-        y[i] = c;
-      }
-    }
-  }
-  return { x: { rows: N, cols: D, data: x }, y };
-}
-
-/** FNV-1a over the bytes of f32 data: a checksum to show W never changes. */
-function checksum(data: Float32Array): string {
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  let h = 0x811c9dc5;
-  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
-  return (h >>> 0).toString(16).padStart(8, '0');
-}
-
 export function finetuneDemo(lw: LoRAWasm): boolean {
-  const next = seededRandom(7);
-  const dirsA = Float32Array.from({ length: CLASSES * D }, () => 2 * next() - 1);
-  // Task B: each hidden direction turned part of the way towards a new random one.
-  const dirsB = dirsA.map((v) => 0.55 * v + 0.9 * (2 * next() - 1));
-  const taskA = makeTask(1, dirsA);
-  const taskB = makeTask(2, dirsB);
+  const { a: taskA, b: taskB } = makeTasks(N, D, CLASSES);
 
-  const accuracy = (model: { predict(x: typeof taskA.x): { data: Float32Array; dispose(): void } }, t: typeof taskA) => {
+  const accuracy = (model: { predict(x: Task['x']): { data: Float32Array; dispose(): void } }, t: Task) => {
     const p = model.predict(t.x);
     const { loss, correct } = lw.softmaxCrossEntropy({ rows: N, cols: CLASSES, data: p.data }, t.y);
     p.dispose();

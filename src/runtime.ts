@@ -14,6 +14,7 @@ import { LoRAError, LoRAMemoryError, LoRATypeError } from './errors.js';
 import { MAX_PAGES, PAGE_BYTES, WasmHeap, formatBytes } from './memory.js';
 import { describeValue } from './operands.js';
 import { LoRAWasm } from './lorawasm.js';
+import { defaultWasm } from './wasm-source.js';
 
 export type Build = 'relaxed' | 'baseline';
 
@@ -114,7 +115,7 @@ async function create(options: InitOptions): Promise<LoRAWasm> {
   const memory = new WebAssembly.Memory({ initial: 1, maximum: maxPages });
   let instance: { exports: KernelExports };
   try {
-    const bytesOrModule = await resolveSource(source ?? defaultUrl(want));
+    const bytesOrModule = await resolveSource(source ?? defaultWasm(want));
     instance = (await instantiate(bytesOrModule as WebAssembly.Module, { env: { memory } })) as unknown as {
       exports: KernelExports;
     };
@@ -153,14 +154,9 @@ async function toUrl(s: string): Promise<URL> {
   try {
     return new URL(s);
   } catch {
-    const { pathToFileURL } = await import(/* webpackIgnore: true */ 'node:url');
+    const { pathToFileURL } = await import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:url');
     return pathToFileURL(s);
   }
-}
-
-function defaultUrl(build: Build): URL {
-  // src/runtime.ts and dist/runtime.js both sit one level below the package root.
-  return new URL(`../build/lora-${build}.wasm`, import.meta.url);
 }
 
 async function resolveSource(source: WasmSource): Promise<WebAssembly.Module | ArrayBuffer | ArrayBufferView> {
@@ -169,7 +165,7 @@ async function resolveSource(source: WasmSource): Promise<WebAssembly.Module | A
   }
   const url = source instanceof URL ? source : await toUrl(String(source));
   if (url.protocol === 'file:') {
-    const fs = await import(/* webpackIgnore: true */ 'node:fs/promises');
+    const fs = await import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:fs/promises');
     return fs.readFile(url);
   }
   const res = await fetch(url);

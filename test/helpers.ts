@@ -5,8 +5,13 @@
 import * as assert from 'uvu/assert';
 import { type Build, type LoRAWasm, init, seededRandom } from '../src/index.js';
 
-/** The flavour this run tests: LORA_SIMD=baseline|relaxed (scripts/test.mjs runs both). */
-export const FLAVOUR = (process.env.LORA_SIMD ?? 'baseline') as Build;
+/**
+ * The flavour this run tests: LORA_SIMD=baseline|relaxed in Node (scripts/test.mjs runs both), or
+ * globalThis.LORA_SIMD in the browser (test/browser/entry.ts, from the page's ?simd=).
+ */
+export const FLAVOUR = ((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LORA_SIMD ??
+  (globalThis as { LORA_SIMD?: string }).LORA_SIMD ??
+  'baseline') as Build;
 
 let instance: Promise<LoRAWasm> | undefined;
 /** The instance under test; fails loudly if the requested flavour did not load. */

@@ -1,11 +1,11 @@
 // The seed article's 6×6, r = 2 example, checked against numpy (test/fixtures/seed_6x6_r2.py).
-import { readFileSync } from 'node:fs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { loraScale } from '../src/index.js';
+import fixture from './fixtures/seed_6x6_r2.json' with { type: 'json' };
 import { U, assertWithinBound, lwUnderTest, reference } from './helpers.js';
 
-const fx = JSON.parse(readFileSync(new URL('./fixtures/seed_6x6_r2.json', import.meta.url), 'utf8')) as {
+const fx = fixture as {
   d_out: number; d_in: number; r: number; alpha: number; scale: number;
   params: { full: number; lora: number };
   W: number[]; A: number[]; B: number[]; x: number[];

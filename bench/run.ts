@@ -1,0 +1,151 @@
+/**
+ * npm run bench [-- --quick] [-- --only merge,gemm,lora]
+ *
+ * Runs every benchmark in one process, so each ratio compares figures from the same run, prints
+ * the tables, checks the targets, and (full runs) rewrites bench/RESULTS.md. benny's JSON, CSV and
+ * chart.html land in bench/results/ (gitignored). Single thread throughout.
+ */
+import { writeFileSync, mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import { detectFeatures, init } from '../src/index.js';
+import type { Ctx, Row } from './common.js';
+import { benchGemm } from './gemm.bench.js';
+import { benchLora } from './lora.bench.js';
+import { benchRank } from './rank.bench.js';
+
+const quick = process.argv.includes('--quick');
+const onlyArg = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
+const only = new Set((onlyArg ?? 'merge,gemm,lora').split(','));
+const started = performance.now();
+
+setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}/`);
+await tf.setBackend('wasm');
+await tf.ready();
+
+const ctx: Ctx = { quick, builds: [await init({ simd: 'baseline' })], rows: [], notes: [] };
+if (detectFeatures().relaxed) ctx.builds.push(await init({ simd: 'relaxed' }));
+else ctx.notes.push('relaxed SIMD is not available in this engine (Node 20 needs --experimental-wasm-relaxed-simd): baseline only');
+ctx.notes.push(`tfjs-backend-wasm ${tf.version_core}, multithreading ${tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 'on' : 'off'} (single thread)`);
+
+if (only.has('merge')) await benchRank(ctx);
+if (only.has('gemm')) await benchGemm(ctx);
+if (only.has('lora')) await benchLora(ctx);
+
+// ---------------------------------------------------------------- tables
+const fmt = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
+const gflops = (r: Row) => (r.flops && r.by !== 'copy' ? r.flops / (r.ms * 1e6) : Number.NaN);
+const gbs = (r: Row) => (r.bytes ? r.bytes / (r.ms * 1e6) : Number.NaN);
+const peer = (shapeRows: Row[], by: Row['by']) => shapeRows.find((x) => x.by === by);
+
+function tables(markdown: boolean): string {
+  const out: string[] = [];
+  const groups = [...new Set(ctx.rows.map((r) => r.group))];
+  for (const group of groups) {
+    const rows = ctx.rows.filter((r) => r.group === group);
+    const peers = (['copy', 'plain JS', 'ml-matrix', 'tfjs-wasm', 'numpy'] as const).filter((p) => rows.some((r) => r.by === p));
+    const head = ['shape', 'case', 'ms', 'GFLOP/s', 'GB/s', ...peers.map((p) => (p === 'copy' ? '× copy' : `vs ${p}`))];
+    const lines = rows.map((r) => {
+      const same = rows.filter((x) => x.shape === r.shape);
+      const ratios = peers.map((p) => {
+        const q = peer(same, p);
+        if (!q || r.by === p) return '';
+        return p === 'copy' ? fmt(r.ms / q.ms, 2) : `${fmt(q.ms / r.ms, q.ms / r.ms < 10 ? 2 : 0)}×`;
+      });
+      return [r.shape, r.name, fmt(r.ms, 2), fmt(gflops(r)), fmt(gbs(r)), ...ratios];
+    });
+    out.push(markdown ? `### ${group}\n` : `\n${group}`);
+    if (markdown) {
+      out.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...lines.map((l) => `| ${l.join(' | ')} |`), '');
+    } else {
+      const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+      const pad = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+      out.push(pad(head), ...lines.map(pad));
+    }
+  }
+  return out.join('\n');
+}
+
+// ---------------------------------------------------------------- targets
+interface Target { claim: string; met: boolean; detail: string }
+const targets: Target[] = [];
+const find = (group: string, pred: (r: Row) => boolean) => ctx.rows.filter((r) => r.group === group && pred(r));
+for (const lw of ctx.builds) {
+  const build = lw.build;
+  const merges = find('merge', (r) => r.name === `merge (${build})`);
+  const big8 = merges.find((r) => r.shape.startsWith('4096×4096 r=8'));
+  const copy8 = find('merge', (r) => r.by === 'copy' && r.shape.startsWith('4096×4096 r=8'))[0];
+  if (big8 && copy8) {
+    const ratio = big8.ms / copy8.ms;
+    targets.push({ claim: `merge 4096×4096 r=8 ≤ 1.3× the W copy (${build})`, met: ratio <= 1.3, detail: `${fmt(ratio, 2)}× (${fmt(big8.ms, 2)} ms vs ${fmt(copy8.ms, 2)} ms)` });
+  }
+  for (const [by, need, label, filter] of [
+    ['tfjs-wasm', 5, 'tfjs-backend-wasm W + s·matMul(A, B)', () => true],
+    ['plain JS', 20, 'plain JS', () => true],
+    ['numpy', 1.5, 'the numpy seed code (r ≤ 16)', (r: Row) => Number(r.shape.match(/r=(\d+)/)![1]) <= 16],
+  ] as const) {
+    const pairs = merges.filter(filter).map((r) => ({ r, q: find('merge', (x) => x.by === by && x.shape === r.shape)[0] })).filter((p) => p.q);
+    if (pairs.length === 0) continue;
+    const worst = pairs.reduce((a, p) => (p.q!.ms / p.r.ms < a.q!.ms / a.r.ms ? p : a));
+    const speedup = worst.q!.ms / worst.r.ms;
+    targets.push({ claim: `merge ≥ ${need}× faster than ${label}, every case (${build})`, met: speedup >= need, detail: `worst ${fmt(speedup, 1)}× at ${worst.r.shape}` });
+  }
+  const r64 = merges.find((r) => r.shape.startsWith('4096×4096 r=64'));
+  const micro = find('micro-kernel', (r) => r.build === build)[0];
+  if (r64 && micro) {
+    const frac = gflops(r64) / gflops(micro);
+    targets.push({ claim: `rank-r kernel at r=64 ≥ 85 % of the GEMM micro-kernel's GFLOP/s (${build})`, met: frac >= 0.85, detail: `${fmt(100 * frac, 0)} % (${fmt(gflops(r64))} vs ${fmt(gflops(micro))} GFLOP/s)` });
+  }
+  const g = find('gemm', (r) => r.name === `X·Wᵀ, W [out, in] (${build})`)[0];
+  const tfFast = find('gemm', (r) => r.name === 'tfjs-wasm matMul(X, Wt)')[0];
+  const tfT = find('gemm', (r) => r.name === 'tfjs-wasm matMul(X, W, false, true)')[0];
+  if (g && tfFast) {
+    const need = build === 'relaxed' ? 1.3 : 1.0;
+    targets.push({ claim: `GEMM X·Wᵀ ≥ ${need}× tfjs matMul(X, Wt) (${build})`, met: tfFast.ms / g.ms >= need, detail: `${fmt(tfFast.ms / g.ms, 2)}×` });
+  }
+  if (g && tfT) targets.push({ claim: `GEMM X·Wᵀ ≥ 10× tfjs matMul(X, W, false, true) (${build})`, met: tfT.ms / g.ms >= 10, detail: `${fmt(tfT.ms / g.ms, 1)}×` });
+  const step = find('training step', (r) => r.name === `training step (${build})`)[0];
+  const fwd = find('training step', (r) => r.name === `forward GEMM X·Wᵀ alone (${build})`)[0];
+  if (step && fwd) targets.push({ claim: `training step ≤ 1.25× the forward GEMM (${build})`, met: step.ms / fwd.ms <= 1.25, detail: `${fmt(step.ms / fwd.ms, 2)}×` });
+}
+
+const seconds = (performance.now() - started) / 1000;
+const machine = `${os.cpus()[0]?.model.trim() ?? 'unknown CPU'}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.arch()}`;
+const command = `npm run bench${quick ? ' -- --quick' : ''}`;
+console.log(`\nMedians, single thread. Ratios: "× copy" is time over the W copy; "vs X" is X's time over this row's.\n${machine}`);
+console.log(tables(false));
+console.log('\nTargets');
+for (const t of targets) console.log(`  ${t.met ? 'met   ' : 'MISSED'}  ${t.claim}: ${t.detail}`);
+for (const n of ctx.notes) console.log(`note: ${n}`);
+console.log(`\n${quick ? 'quick' : 'full'} run: ${fmt(seconds, 0)} s`);
+
+const md = [
+  '# Benchmark results',
+  '',
+  `Latest ${quick ? 'quick' : 'full'} run: ${new Date().toISOString().slice(0, 10)}, ${fmt(seconds, 0)} s. Reproduce with \`${command}\`.`,
+  '',
+  `Machine: ${machine}. Single thread; relaxed SIMD through \`--experimental-wasm-relaxed-simd\`.`,
+  'Medians of benny samples; every case was checked against a float64 reference before it was timed.',
+  '"× copy" is the time over one `Float32Array.prototype.set` copy of W in the same run; "vs X" is X\'s time over the row\'s (higher is faster).',
+  'GB/s counts W read and written once (merge), written once (delta), or C written once (GEMM).',
+  '',
+  '## Targets',
+  '',
+  '| target | met | measured |',
+  '|---|---|---|',
+  ...targets.map((t) => `| ${t.claim} | ${t.met ? 'yes' : '**no**'} | ${t.detail} |`),
+  '',
+  '## Notes',
+  '',
+  ...ctx.notes.map((n) => `- ${n}`),
+  '',
+  '## Figures',
+  '',
+  tables(true),
+  '',
+].join('\n');
+mkdirSync('bench/results', { recursive: true });
+writeFileSync(quick ? 'bench/results/RESULTS-quick.md' : 'bench/RESULTS.md', md);
+console.log(`wrote ${quick ? 'bench/results/RESULTS-quick.md' : 'bench/RESULTS.md'}`);

@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+// Browser and CommonJS bundles (esbuild), after `tsc` has written dist/index.js and its types.
+//
+//   dist/index.js            ESM for Node and bundlers (tsc); .wasm via new URL('../build/…', import.meta.url)
+//   dist/browser.js          ESM for browsers/bundlers, dependencies bundled; .wasm the same way
+//   dist/index.cjs           CommonJS for require() in Node
+//   dist/lora-wasm.inline.js ESM, one file: both .wasm flavours embedded, no server configuration
+//   dist/lora-wasm.iife.js   <script> build exposing the global `LoRAWasm`, both flavours embedded
+//
+// Prints each artifact's size, raw and gzipped.
+import { copyFileSync, readFileSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
+import * as esbuild from 'esbuild';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const inlineWasm = {
+  name: 'inline-wasm',
+  setup(build) {
+    // Swap the URL-based default source for embedded bytes.
+    build.onResolve({ filter: /\/wasm-source\.js$/ }, () => ({ path: `${root}src/wasm-inline.ts` }));
+  },
+};
+const common = {
+  entryPoints: [`${root}src/index.ts`],
+  bundle: true,
+  minify: true,
+  sourcemap: true,
+  target: ['es2022'],
+  legalComments: 'none',
+  loader: { '.wasm': 'binary' },
+  external: ['node:*'],
+  logLevel: 'warning',
+};
+const builds = [
+  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/browser.js` },
+  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/lora-wasm.inline.js`, plugins: [inlineWasm] },
+  { ...common, format: 'iife', platform: 'browser', globalName: 'LoRAWasm', outfile: `${root}dist/lora-wasm.iife.js`, plugins: [inlineWasm] },
+  {
+    ...common,
+    format: 'cjs',
+    platform: 'node',
+    minify: false,
+    outfile: `${root}dist/index.cjs`,
+    define: { 'import.meta.url': '__loraImportMetaUrl' },
+    banner: { js: 'const __loraImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
+  },
+];
+await Promise.all(builds.map((b) => esbuild.build(b)));
+copyFileSync(`${root}dist/index.d.ts`, `${root}dist/index.d.cts`);
+
+const report = ['dist/index.js', 'dist/browser.js', 'dist/index.cjs', 'dist/lora-wasm.inline.js', 'dist/lora-wasm.iife.js', 'build/lora-baseline.wasm', 'build/lora-relaxed.wasm'];
+console.log('artifact                      raw       gzip');
+for (const f of report) {
+  const raw = statSync(`${root}${f}`).size;
+  const gz = gzipSync(readFileSync(`${root}${f}`), { level: 9 }).length;
+  console.log(`${f.padEnd(28)} ${(raw / 1024).toFixed(1).padStart(6)} KB ${(gz / 1024).toFixed(1).padStart(7)} KB`);
+}

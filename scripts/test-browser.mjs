@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+// Runs the uvu suites in headless Chromium, once per wasm flavour (Chromium has relaxed SIMD), and
+// prints uvu-style Total/Passed/Skipped lines for scripts/test.mjs. Any failed test, page error or
+// missing completion fails the run (exit 1).
+import { mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+import { launch, serve } from './browser.mjs';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const out = `${root}build/test-browser/`;
+mkdirSync(out, { recursive: true });
+await esbuild.build({
+  entryPoints: [`${root}test/browser/entry.ts`],
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: ['es2022'],
+  outfile: `${out}tests.js`,
+  sourcemap: 'inline',
+  external: ['node:*'],
+  logLevel: 'warning',
+});
+const html = '<!doctype html><meta charset="utf-8"><title>lora-wasm tests</title><script type="module" src="tests.js"></script>';
+(await import('node:fs')).writeFileSync(`${out}index.html`, html);
+
+const server = await serve({ '/t/': out, '/build/': `${root}build/` });
+const browser = await launch(['--js-flags=--expose-gc']);
+let total = 0;
+let passed = 0;
+let skipped = 0;
+let failed = false;
+const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
+try {
+  for (const simd of ['baseline', 'relaxed']) {
+    const page = await browser.newPage();
+    const lines = [];
+    let done;
+    const finished = new Promise((resolve) => (done = resolve));
+    page.on('console', (m) => {
+      const text = strip(m.text());
+      lines.push(text);
+      if (text.includes('LORA_BROWSER_TESTS_DONE')) done();
+      if (text.includes('LORA_PAGE_ERROR')) {
+        failed = true;
+        console.log(text);
+      }
+    });
+    page.on('pageerror', (e) => {
+      failed = true;
+      console.log(`page error (${simd}): ${e.message}`);
+      done();
+    });
+    const t0 = Date.now();
+    await page.goto(`${server.url}/t/index.html?simd=${simd}`);
+    const timeout = new Promise((resolve) => setTimeout(() => resolve('timeout'), 600_000));
+    if ((await Promise.race([finished, timeout])) === 'timeout') {
+      failed = true;
+      console.log(`chromium (${simd}): the suites did not finish within 10 minutes`);
+    }
+    const text = lines.join('\n');
+    const num = (label) => Number(text.match(new RegExp(`${label}:\\s+(\\d+)`))?.[1] ?? 0);
+    const [t, p, s] = [num('Total'), num('Passed'), num('Skipped')];
+    const build = text.match(/lora-wasm build: (\w+)/)?.[1];
+    if (t === 0 || p + s !== t) {
+      failed = true;
+      console.log(text.split('\n').filter((l) => l.trim() && !/^[•✘ ]+$/.test(l.trim())).slice(-60).join('\n'));
+    }
+    console.log(`chromium ${await browser.version()} (${simd}): ${p} of ${t} passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    void build;
+    total += t;
+    passed += p;
+    skipped += s;
+    await page.close();
+  }
+} finally {
+  await browser.close();
+  await server.close();
+}
+console.log(`\n  Total:     ${total}\n  Passed:    ${passed}\n  Skipped:   ${skipped}\n`);
+process.exit(failed || passed + skipped !== total ? 1 : 0);

@@ -1,0 +1,14 @@
+/**
+ * Where init() finds each flavour's .wasm by default: `build/lora-<flavour>.wasm`
+ * one level above this module (src/, dist/ and dist/browser/ bundles resolve
+ * it the same way; bundlers see the `new URL(…, import.meta.url)` pattern and
+ * ship the file). The single-file bundles swap this module for
+ * wasm-inline.ts, which embeds both flavours' bytes.
+ */
+import type { Build, WasmSource } from './runtime.js';
+
+export function defaultWasm(build: Build): WasmSource {
+  return build === 'relaxed'
+    ? new URL('../build/lora-relaxed.wasm', import.meta.url)
+    : new URL('../build/lora-baseline.wasm', import.meta.url);
+}

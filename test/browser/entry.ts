@@ -1,0 +1,33 @@
+/**
+ * The uvu suites, run inside a browser page (scripts/test-browser.mjs bundles
+ * this file with esbuild and drives headless Chromium). The flavour comes
+ * from ?simd=baseline|relaxed. Suites that need Node itself (child
+ * processes, the file system, Node flags) stay in the Node runs only.
+ */
+const g = globalThis as unknown as Record<string, unknown> & { UVU_QUEUE: unknown[][] };
+g.UVU_DEFER = 1; // queue the suites; exec() below runs them, as uvu's CLI does
+g.UVU_QUEUE = [];
+g.LORA_SIMD = new URLSearchParams(location.search).get('simd') ?? 'relaxed';
+
+const suites: [string, () => Promise<unknown>][] = [
+  ['rank.test.ts', () => import('../rank.test.js')],
+  ['seed.test.ts', () => import('../seed.test.js')],
+  ['errors.test.ts', () => import('../errors.test.js')],
+  ['memory.test.ts', () => import('../memory.test.js')],
+  ['gemm.test.ts', () => import('../gemm.test.js')],
+  ['lora.test.ts', () => import('../lora.test.js')],
+  ['optim.test.ts', () => import('../optim.test.js')],
+  ['train.test.ts', () => import('../train.test.js')],
+];
+
+window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
+window.addEventListener('unhandledrejection', (e) => console.error(`LORA_PAGE_ERROR ${String(e.reason?.stack ?? e.reason)}`));
+
+const { exec } = await import('uvu');
+for (let i = 0; i < suites.length; i++) {
+  g.UVU_INDEX = i;
+  g.UVU_QUEUE.push([suites[i]![0]]);
+  await suites[i]![1]();
+}
+await exec();
+console.log('LORA_BROWSER_TESTS_DONE');
