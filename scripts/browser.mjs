@@ -19,6 +19,10 @@ const TYPES = {
 export function serve(routes, port = 0) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
+    if (url.pathname === '/favicon.ico') {
+      res.writeHead(204).end();
+      return;
+    }
     const prefix = Object.keys(routes).filter((p) => url.pathname.startsWith(p)).sort((a, b) => b.length - a.length)[0];
     let file = prefix === undefined ? undefined : path.join(routes[prefix], decodeURIComponent(url.pathname.slice(prefix.length)));
     if (file && existsSync(file) && statSync(file).isDirectory()) file = path.join(file, 'index.html');

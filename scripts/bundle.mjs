@@ -6,9 +6,10 @@
 //   dist/index.cjs           CommonJS for require() in Node
 //   dist/lora-wasm.inline.js ESM, one file: both .wasm flavours embedded, no server configuration
 //   dist/lora-wasm.iife.js   <script> build exposing the global `LoRAWasm`, both flavours embedded
+//   dist/cjs/*.d.ts          the type declarations again, under a CommonJS package.json, for require()
 //
 // Prints each artifact's size, raw and gzipped.
-import { copyFileSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import * as esbuild from 'esbuild';
@@ -21,6 +22,13 @@ const inlineWasm = {
     build.onResolve({ filter: /\/wasm-source\.js$/ }, () => ({ path: `${root}src/wasm-inline.ts` }));
   },
 };
+const browserFiles = {
+  name: 'browser-files',
+  setup(build) {
+    // No node: imports in browser bundles: the file loader becomes a stub.
+    build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/load-file.browser.ts` }));
+  },
+};
 const common = {
   entryPoints: [`${root}src/index.ts`],
   bundle: true,
@@ -29,13 +37,12 @@ const common = {
   target: ['es2022'],
   legalComments: 'none',
   loader: { '.wasm': 'binary' },
-  external: ['node:*'],
   logLevel: 'warning',
 };
 const builds = [
-  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/browser.js` },
-  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/lora-wasm.inline.js`, plugins: [inlineWasm] },
-  { ...common, format: 'iife', platform: 'browser', globalName: 'LoRAWasm', outfile: `${root}dist/lora-wasm.iife.js`, plugins: [inlineWasm] },
+  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/browser.js`, plugins: [browserFiles] },
+  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/lora-wasm.inline.js`, plugins: [browserFiles, inlineWasm] },
+  { ...common, format: 'iife', platform: 'browser', globalName: 'LoRAWasm', outfile: `${root}dist/lora-wasm.iife.js`, plugins: [browserFiles, inlineWasm] },
   {
     ...common,
     format: 'cjs',
@@ -47,7 +54,13 @@ const builds = [
   },
 ];
 await Promise.all(builds.map((b) => esbuild.build(b)));
-copyFileSync(`${root}dist/index.d.ts`, `${root}dist/index.d.cts`);
+for (const f of ['browser.js', 'lora-wasm.inline.js', 'lora-wasm.iife.js']) {
+  if (readFileSync(`${root}dist/${f}`, 'utf8').includes('node:')) throw new Error(`dist/${f} still mentions a node: module`);
+}
+// Types for require(): the same declarations in a folder that TypeScript reads as CommonJS.
+mkdirSync(`${root}dist/cjs`, { recursive: true });
+writeFileSync(`${root}dist/cjs/package.json`, '{ "type": "commonjs" }\n');
+for (const f of readdirSync(`${root}dist`)) if (f.endsWith('.d.ts')) copyFileSync(`${root}dist/${f}`, `${root}dist/cjs/${f}`);
 
 const report = ['dist/index.js', 'dist/browser.js', 'dist/index.cjs', 'dist/lora-wasm.inline.js', 'dist/lora-wasm.iife.js', 'build/lora-baseline.wasm', 'build/lora-relaxed.wasm'];
 console.log('artifact                      raw       gzip');

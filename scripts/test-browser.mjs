@@ -32,7 +32,7 @@ let skipped = 0;
 let failed = false;
 const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 try {
-  for (const simd of ['baseline', 'relaxed']) {
+  for (const simd of (process.env.LORA_BROWSER_SIMD ?? 'baseline,relaxed').split(',')) {
     const page = await browser.newPage();
     const lines = [];
     let done;

@@ -14,6 +14,7 @@ import { LoRAError, LoRAMemoryError, LoRATypeError } from './errors.js';
 import { MAX_PAGES, PAGE_BYTES, WasmHeap, formatBytes } from './memory.js';
 import { describeValue } from './operands.js';
 import { LoRAWasm } from './lorawasm.js';
+import { pathToUrl, readFileUrl } from './load-file.js';
 import { defaultWasm } from './wasm-source.js';
 
 export type Build = 'relaxed' | 'baseline';
@@ -154,8 +155,7 @@ async function toUrl(s: string): Promise<URL> {
   try {
     return new URL(s);
   } catch {
-    const { pathToFileURL } = await import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:url');
-    return pathToFileURL(s);
+    return pathToUrl(s);
   }
 }
 
@@ -164,10 +164,7 @@ async function resolveSource(source: WasmSource): Promise<WebAssembly.Module | A
     return source;
   }
   const url = source instanceof URL ? source : await toUrl(String(source));
-  if (url.protocol === 'file:') {
-    const fs = await import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:fs/promises');
-    return fs.readFile(url);
-  }
+  if (url.protocol === 'file:') return readFileUrl(url);
   const res = await fetch(url);
   if (!res.ok) throw new Error(`fetch ${url.href} answered ${res.status} ${res.statusText}`);
   if (typeof WebAssembly.compileStreaming === 'function' && res.headers.get('content-type')?.startsWith('application/wasm')) {

@@ -1,0 +1,134 @@
+#!/usr/bin/env node
+// The package as a new user meets it: npm pack, install the tarball into a fresh project, then
+//   import it from ESM and require it from CJS in Node, compile TypeScript against its types with
+//   tsc --strict (ESM and CJS), and bundle pages with esbuild (the main entry, the inlined build)
+//   plus a <script> page with the IIFE build, run in headless Chromium.
+// Prints uvu-style Total/Passed lines; exits 1 on any failure.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+import { launch, serve } from './browser.mjs';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const dir = mkdtempSync(path.join(os.tmpdir(), 'lora-wasm-consumer-'));
+const checks = [];
+const check = async (name, fn) => {
+  try {
+    await fn();
+    checks.push([name, true]);
+    console.log(`  ok    ${name}`);
+  } catch (e) {
+    checks.push([name, false]);
+    console.log(`  FAIL  ${name}\n${String(e.stack ?? e).split('\n').map((l) => `        ${l}`).join('\n')}`);
+  }
+};
+const run = (cmd, args, opts = {}) => {
+  const r = spawnSync(cmd, args, { cwd: dir, encoding: 'utf8', ...opts, env: { ...process.env, FORCE_COLOR: '0', ...opts.env } });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}\n${r.stdout}\n${r.stderr}`);
+  return r.stdout.trim();
+};
+const expect = (got, want, what) => {
+  if (got !== want) throw new Error(`${what}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
+};
+const MERGE = `const W = lw.matrix(2, 3, [1, 2, 3, 4, 5, 6]);
+const A = lw.matrix(2, 1, [1, 2]);
+const B = lw.matrix(1, 3, [0.5, 0.25, 0.125]);
+lw.merge(W, A, B, { scale: loraScale({ alpha: 2, r: 1 }), safe: true });
+const result = Array.from(W.data).join(',') + ' ' + lw.build;`;
+const WANT = (build) => `2,2.5,3.25,6,6,6.5 ${build}`;
+
+try {
+  const tarball = execFileSync('npm', ['pack', '--pack-destination', dir, '--silent'], { cwd: root, encoding: 'utf8' }).trim().split('\n').at(-1);
+  writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
+  run('npm', ['install', `./${tarball}`, '--no-audit', '--no-fund', '--prefer-offline', '--silent']);
+  const installed = readdirSync(path.join(dir, 'node_modules/lora-wasm'));
+  console.log(`installed ${tarball}: ${installed.join(', ')}`);
+
+  await check('import from ESM in Node', () => {
+    writeFileSync(path.join(dir, 'esm.mjs'), `import { init, loraScale } from 'lora-wasm';\nconst lw = await init();\n${MERGE}\nconsole.log(result);\n`);
+    expect(run(process.execPath, ['esm.mjs']), WANT('baseline'), 'ESM merge');
+    expect(run(process.execPath, ['--experimental-wasm-relaxed-simd', 'esm.mjs']), WANT('relaxed'), 'ESM merge, relaxed');
+  });
+  await check('require from CommonJS in Node', () => {
+    writeFileSync(path.join(dir, 'cjs.cjs'), `const { init, loraScale, LoRAShapeError } = require('lora-wasm');\ninit().then((lw) => {\n${MERGE}\nlet typed = false;\ntry { lw.merge(W, B, A); } catch (e) { typed = e instanceof LoRAShapeError; }\nconsole.log(result + ' ' + typed);\n});\n`);
+    expect(run(process.execPath, ['cjs.cjs']), `${WANT('baseline')} true`, 'CJS merge');
+  });
+  await check('tsc --strict against the types (ESM and CJS)', () => {
+    writeFileSync(path.join(dir, 'use.ts'), `import { init, loraScale, LoRAShapeError, type Matrix, type MergeOptions } from 'lora-wasm';
+const lw = await init({ simd: 'auto' });
+const W: Matrix = lw.matrix(4, 4);
+const opts: MergeOptions = { scale: loraScale({ alpha: 8, r: 2 }), safe: true };
+const A = lw.matrix(4, 2);
+const B = lw.matrix(2, 4);
+const out: Matrix = lw.merge(W, A, B, opts);
+const layer = lw.linear({ W, r: 2, alpha: 4 });
+const y: Matrix = layer.forward(lw.matrix(3, 4));
+const n: number = y.rows + layer.trainableParameters;
+const e: unknown = new LoRAShapeError('x');
+export const ok = out === W && n > 0 && e instanceof Error;
+`);
+    writeFileSync(path.join(dir, 'use.cts'), `import { init, type Matrix } from 'lora-wasm';
+export async function main(): Promise<number> {
+  const lw = await init();
+  const m: Matrix = lw.matrix(2, 2, [1, 2, 3, 4]);
+  return m.data[0] ?? 0;
+}
+`);
+    writeFileSync(path.join(dir, 'tsconfig.json'), JSON.stringify({
+      compilerOptions: { strict: true, noEmit: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', lib: ['es2022', 'dom', 'esnext.disposable'], types: [] },
+      files: ['use.ts', 'use.cts'],
+    }));
+    run(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json']);
+  });
+
+  // Pages: the main entry bundled by esbuild (browser condition; .wasm served from ../build/ next to
+  // the bundle's folder), the one-file inlined build, and the IIFE build from a <script> tag.
+  const site = path.join(dir, 'site');
+  mkdirSync(path.join(site, 'js'), { recursive: true });
+  mkdirSync(path.join(site, 'build'), { recursive: true });
+  for (const f of ['lora-baseline.wasm', 'lora-relaxed.wasm']) copyFileSync(path.join(dir, 'node_modules/lora-wasm/build', f), path.join(site, 'build', f));
+  const page = (entry) => `import { init, loraScale } from '${entry}';\nconst lw = await init();\n${MERGE}\ndocument.title = 'done ' + result;\n`;
+  writeFileSync(path.join(dir, 'page.js'), page('lora-wasm'));
+  writeFileSync(path.join(dir, 'page-inline.js'), page('lora-wasm/inline'));
+  for (const [entry, out] of [['page.js', 'app.js'], ['page-inline.js', 'inline.js']]) {
+    await esbuild.build({ absWorkingDir: dir, entryPoints: [entry], bundle: true, format: 'esm', platform: 'browser', outfile: path.join(site, 'js', out), logLevel: 'error' });
+  }
+  copyFileSync(path.join(dir, 'node_modules/lora-wasm/dist/lora-wasm.iife.js'), path.join(site, 'js', 'lora-wasm.iife.js'));
+  writeFileSync(path.join(site, 'app.html'), '<!doctype html><script type="module" src="js/app.js"></script>');
+  writeFileSync(path.join(site, 'inline.html'), '<!doctype html><script type="module" src="js/inline.js"></script>');
+  writeFileSync(path.join(site, 'iife.html'), `<!doctype html><script src="js/lora-wasm.iife.js"></script><script>
+const { init, loraScale } = LoRAWasm;
+init().then((lw) => {\n${MERGE}\ndocument.title = 'done ' + result;\n});</script>`);
+  const server = await serve({ '/': site });
+  const browser = await launch();
+  try {
+    for (const [name, file] of [['esbuild-bundled page (main entry) in Chromium', 'app.html'], ['esbuild-bundled page (lora-wasm/inline) in Chromium', 'inline.html'], ['<script> page (IIFE build) in Chromium', 'iife.html']]) {
+      await check(name, async () => {
+        const p = await browser.newPage();
+        const errors = [];
+        p.on('pageerror', (e) => errors.push(e.message));
+        p.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+        await p.goto(`${server.url}/${file}`);
+        await p.waitForFunction(() => document.title.startsWith('done') || document.title.startsWith('error'), null, { timeout: 30_000 }).catch(() => {});
+        const title = await p.title();
+        await p.close();
+        if (errors.length) throw new Error(errors.join('\n'));
+        expect(title, `done ${WANT('relaxed')}`, file);
+      });
+    }
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+} catch (e) {
+  checks.push(['setup', false]);
+  console.log(`  FAIL  setup\n${e.stack ?? e}`);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+const passed = checks.filter(([, ok]) => ok).length;
+console.log(`\n  Total:     ${checks.length}\n  Passed:    ${passed}\n  Skipped:   0\n`);
+process.exit(passed === checks.length ? 0 : 1);
