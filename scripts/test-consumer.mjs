@@ -5,7 +5,7 @@
 //   plus a <script> page with the IIFE build, run in headless Chromium.
 // Prints uvu-style Total/Passed lines; exits 1 on any failure.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -102,6 +102,10 @@ export async function main(): Promise<number> {
   writeFileSync(path.join(site, 'iife.html'), `<!doctype html><script src="js/lora-wasm.iife.js"></script><script>
 const { init, loraScale } = LoRAWasm;
 init().then((lw) => {\n${MERGE}\ndocument.title = 'done ' + result;\n});</script>`);
+  // The README's <script>-tag example, as written, but for the path it loads the IIFE build from.
+  const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
+  const example = readme.slice(readme.indexOf('**A `<script>` tag**')).match(/```html\n([\s\S]*?)```/)[1];
+  writeFileSync(path.join(site, 'readme.html'), `<!doctype html><body>${example.replace('node_modules/lora-wasm/dist/', 'js/')}`);
   const server = await serve({ '/': site });
   const browser = await launch();
   try {
@@ -119,6 +123,13 @@ init().then((lw) => {\n${MERGE}\ndocument.title = 'done ' + result;\n});</script
         expect(title, `done ${WANT('relaxed')}`, file);
       });
     }
+    await check("the README's <script>-tag example in Chromium", async () => {
+      const p = await browser.newPage();
+      await p.goto(`${server.url}/readme.html`);
+      await p.waitForFunction(() => document.body.textContent.includes(':'), null, { timeout: 30_000 });
+      expect(await p.evaluate(() => document.body.textContent.trim()), 'relaxed: 1.5,2.5,3.5,4.5', 'README example output');
+      await p.close();
+    });
   } finally {
     await browser.close();
     await server.close();
