@@ -3,7 +3,7 @@
  * LoRA-fine-tune it on the shifted task B with every pretrained weight frozen, posting progress.
  */
 import { type LoRAWasm, type Linear, type Sequential, init } from '../src/index.js';
-import { checksum, makeTasks } from '../examples/tasks.js';
+import { checksum, makeTasks, medianMs, pretrainMLP } from '../examples/tasks.js';
 
 export interface StartMessage {
   type: 'start';
@@ -42,28 +42,8 @@ function accuracy(model: Sequential, task: typeof tasks.a): { loss: number; acc:
 }
 
 function pretrained(): { model: Sequential; dense: Linear[] } {
-  if (base) return base;
-  const dense = [
-    lw.dense({ inFeatures: D, outFeatures: HIDDEN, seed: 1 }),
-    lw.dense({ inFeatures: HIDDEN, outFeatures: HIDDEN, seed: 2 }),
-    lw.dense({ inFeatures: HIDDEN, outFeatures: CLASSES, seed: 3 }),
-  ];
-  const model = lw.sequential([dense[0]!, lw.relu(), dense[1]!, lw.relu(), dense[2]!]);
-  const opt = lw.adamw(model.parameters(), { lr: 3e-3, weightDecay: 0 });
-  model.fit(tasks.a.x, tasks.a.y, { loss: 'cross-entropy', optimizer: opt, epochs: 8, batchSize: 64, seed: 1 });
-  opt.dispose();
-  base = { model, dense };
+  base ??= pretrainMLP(lw, tasks.a, D, HIDDEN, CLASSES, 3e-3);
   return base;
-}
-
-function median(fn: () => void, reps: number): number {
-  const t: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    fn();
-    t.push(performance.now() - t0);
-  }
-  return t.sort((a, b) => a - b)[reps >> 1]!;
 }
 
 function train(m: StartMessage): void {
@@ -94,10 +74,10 @@ function train(m: StartMessage): void {
   });
   const after = accuracy(tuned, tasks.b);
   // On-the-fly vs merged: forward time on the whole task, and the cost of merging itself.
-  const onTheFlyMs = median(() => tuned.forward(tasks.b.x), 5);
+  const onTheFlyMs = medianMs(() => tuned.forward(tasks.b.x), 5);
   const fly = tuned.predict(tasks.b.x);
-  const mergeMs = median(() => tuned.unmerge().merge(), 5);
-  const mergedMs = median(() => tuned.forward(tasks.b.x), 5);
+  const mergeMs = medianMs(() => tuned.unmerge().merge(), 5);
+  const mergedMs = medianMs(() => tuned.forward(tasks.b.x), 5);
   const merged = tuned.predict(tasks.b.x);
   let maxDiff = 0;
   for (let i = 0; i < merged.length; i++) maxDiff = Math.max(maxDiff, Math.abs(merged.data[i]! - fly.data[i]!));

@@ -7,6 +7,7 @@
  */
 import { init, loraScale, seededRandom } from '../src/index.js';
 import { finetuneDemo } from './finetune.js';
+import { medianMs } from './tasks.js';
 
 const D_OUT = 4096;
 const D_IN = 4096;
@@ -20,18 +21,8 @@ function fill(x: Float32Array, next: () => number, std: number): Float32Array {
   for (let i = 0; i < x.length; i++) x[i] = (2 * next() - 1) * amp;
   return x;
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const ms = (t: number) => `${t.toFixed(1)} ms`;
 const fmt = (n: number) => n.toLocaleString('en-US');
-function time(fn: () => void, reps: number): number {
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    fn();
-    ts.push(performance.now() - t0);
-  }
-  return median(ts);
-}
 
 /** y = x·Mᵀ (+ s·(x·Bᵀ)·Aᵀ), in float64 JS loops: an independent reference. */
 function forward(x: Float32Array, m: Float32Array, lora?: { a: Float32Array; b: Float32Array; s: number }): Float64Array {
@@ -79,7 +70,7 @@ using scratch = lw.matrix(D_OUT, D_IN);
 const flops = 2 * R * D_OUT * D_IN;
 const timeMerge = (safe: boolean) => {
   let sign = 1;
-  return time(() => {
+  return medianMs(() => {
     if (sign > 0) lw.merge(W, A, B, { scale: s, safe });
     else lw.unmerge(W, A, B, { scale: s, safe });
     sign = -sign;
@@ -89,8 +80,8 @@ const tMerge = timeMerge(false);
 const tSafe = timeMerge(true);
 W.data.set(w0); // exactly the pretrained W again
 const copy = new Float32Array(D_OUT * D_IN);
-const tCopy = time(() => copy.set(W.data), 9);
-const tPlain = time(() => {
+const tCopy = medianMs(() => copy.set(W.data), 9);
+const tPlain = medianMs(() => {
   const a = A.data, b = B.data, w = W.data;
   for (let i = 0; i < D_OUT; i++)
     for (let j = 0; j < D_IN; j++) {

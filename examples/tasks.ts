@@ -3,7 +3,7 @@
  * [-1, 1]^D labelled by which of C hidden directions they project onto most. Task B turns the
  * directions part of the way towards new random ones: the "shifted task" LoRA adapts to.
  */
-import { seededRandom } from '../src/index.js';
+import { type LoRAWasm, type Linear, type Sequential, seededRandom } from '../src/index.js';
 
 export interface Task {
   x: { rows: number; cols: number; data: Float32Array };
@@ -43,4 +43,34 @@ export function checksum(data: Float32Array): string {
   let h = 0x811c9dc5;
   for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
   return (h >>> 0).toString(16).padStart(8, '0');
+}
+
+/** Median wall time of `reps` calls, in ms. */
+export function medianMs(fn: () => void, reps: number): number {
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  return ts.sort((a, b) => a - b)[reps >> 1]!;
+}
+
+/**
+ * The base model both demos start from: a d→hidden→hidden→classes ReLU MLP of dense layers,
+ * "pretrained" on task A with AdamW. Returns the model and its dense layers (whose W LoRA freezes).
+ */
+export function pretrainMLP(
+  lw: LoRAWasm, task: Task, d: number, hidden: number, classes: number, lr: number,
+): { model: Sequential; dense: Linear[] } {
+  const dense = [
+    lw.dense({ inFeatures: d, outFeatures: hidden, seed: 1 }),
+    lw.dense({ inFeatures: hidden, outFeatures: hidden, seed: 2 }),
+    lw.dense({ inFeatures: hidden, outFeatures: classes, seed: 3 }),
+  ];
+  const model = lw.sequential([dense[0]!, lw.relu(), dense[1]!, lw.relu(), dense[2]!]);
+  const opt = lw.adamw(model.parameters(), { lr, weightDecay: 0 });
+  model.fit(task.x, task.y, { loss: 'cross-entropy', optimizer: opt, epochs: 8, batchSize: 64, seed: 1 });
+  opt.dispose();
+  return { model, dense };
 }
