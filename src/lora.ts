@@ -16,10 +16,10 @@
  */
 import { LoRAShapeError, LoRAStateError, LoRATypeError } from './errors.js';
 import { gemmPtr } from './gemm.js';
-import { type Kernels, TILE_COLS, TILE_TMP_BYTES, TileMode, packedABytes, packedBBytes } from './kernels.js';
 import { type Layer, type Parameter, ensureBuffer, gradOperand, linearForward, saveInput, zeros } from './layer.js';
 import { Matrix } from './matrix.js';
 import { type MatrixInput, type Operand, Staging, checkDim, describeValue, operand, shapeOf } from './operands.js';
+import { addRankR } from './rank.js';
 import { seededRandom } from './random.js';
 import type { Engine } from './runtime.js';
 import { loraScale } from './scale.js';
@@ -60,33 +60,6 @@ export function fillRandom(out: Float32Array, seed: number, kind: 'uniform' | 'n
     const rad = Math.sqrt(-2 * Math.log(u)) * scale;
     out[i] = rad * Math.cos(2 * Math.PI * v);
     if (i + 1 < out.length) out[i + 1] = rad * Math.sin(2 * Math.PI * v);
-  }
-}
-
-/** Bytes of packed B kept cache-resident per column block in the rank-r pass. */
-const B_PANEL_BYTES = 128 * 1024;
-
-/**
- * out ← src + s·L·R, L: [n, r] row-major, R: [r, cols] row-major, or with
- * transR its transpose stored [cols, r] (as A is). One pass over out via the
- * rank-r kernel; out may be src.
- */
-export function addRankR(
-  engine: Engine, fn: string, out: number, src: number, l: number, rMat: number, n: number, cols: number, r: number,
-  s: number, transR: boolean,
-): void {
-  const k = engine.kernels as unknown as Kernels;
-  const staging = new Staging(engine.heap, fn);
-  try {
-    const ap = staging.alloc(packedABytes(n, r));
-    const bp = staging.alloc(packedBBytes(cols, r));
-    const tmp = staging.alloc(TILE_TMP_BYTES);
-    k.packA(ap, l, r, 0, 0, n, 0, r, s);
-    k.packB(bp, rMat, transR ? r : cols, transR ? 1 : 0, 0, r, 0, cols);
-    const colBlock = Math.max(TILE_COLS, Math.floor(B_PANEL_BYTES / (r * 4 * TILE_COLS)) * TILE_COLS);
-    k.rankRUpdate(out, src, ap, bp, tmp, n, cols, r, colBlock, TileMode.Add);
-  } finally {
-    staging.release();
   }
 }
 

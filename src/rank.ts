@@ -37,6 +37,8 @@ export const enum RankMode {
 }
 /** Bytes of packed B kept cache-resident per column block. */
 const B_PANEL_BYTES = 128 * 1024;
+/** Columns per packed-B block for rank r: a multiple of 8 whose r·cols·4 bytes fit B_PANEL_BYTES. */
+const colBlockFor = (r: number): number => Math.max(TILE_COLS, Math.floor(B_PANEL_BYTES / (r * 4 * TILE_COLS)) * TILE_COLS);
 const F32_MAX = 3.4028234663852886e38;
 
 export interface ScaleOptions {
@@ -148,7 +150,7 @@ function rankR(
 
     k.packA(ap, a.ptr, r, 0, 0, dOut, 0, r, scale); // s·A, [dOut, r] row-major
     k.packB(bp, b.ptr, dIn, 0, 0, r, 0, dIn); // B, [r, dIn] row-major
-    const colBlock = Math.max(TILE_COLS, Math.floor(B_PANEL_BYTES / (r * 4 * TILE_COLS)) * TILE_COLS);
+    const colBlock = colBlockFor(r);
     const src = w0 ?? target;
 
     if (safe && mode === RankMode.Merge) {
@@ -204,4 +206,27 @@ export function mergeInto<T extends MatrixInput>(
 ): T {
   rankR(engine, 'mergeInto', RankMode.Merge, out, w0, a, b, readScale('mergeInto', opts), readSafe('mergeInto', opts));
   return out;
+}
+
+/**
+ * out ← src + s·L·R, L: [n, r] row-major, R: [r, cols] row-major, or with
+ * transR its transpose stored [cols, r] (as A is). One pass over out via the
+ * rank-r kernel; out may be src.
+ */
+export function addRankR(
+  engine: Engine, fn: string, out: number, src: number, l: number, rMat: number, n: number, cols: number, r: number,
+  s: number, transR: boolean,
+): void {
+  const k = engine.kernels as unknown as Kernels;
+  const staging = new Staging(engine.heap, fn);
+  try {
+    const ap = staging.alloc(packedABytes(n, r));
+    const bp = staging.alloc(packedBBytes(cols, r));
+    const tmp = staging.alloc(TILE_TMP_BYTES);
+    k.packA(ap, l, r, 0, 0, n, 0, r, s);
+    k.packB(bp, rMat, transR ? r : cols, transR ? 1 : 0, 0, r, 0, cols);
+    k.rankRUpdate(out, src, ap, bp, tmp, n, cols, r, colBlockFor(r), TileMode.Add);
+  } finally {
+    staging.release();
+  }
 }
