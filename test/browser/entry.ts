@@ -18,6 +18,7 @@ const suites: [string, () => Promise<unknown>][] = [
   ['lora.test.ts', () => import('../lora.test.js')],
   ['optim.test.ts', () => import('../optim.test.js')],
   ['train.test.ts', () => import('../train.test.js')],
+  ['layers.test.ts', () => import('../layers.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));

@@ -1,0 +1,86 @@
+// Error paths of the dense and ReLU layers, optimizers, losses and fit that the other suites do not reach.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { LoRADisposedError, LoRAError, LoRAShapeError, LoRAStateError, LoRATypeError, init } from '../src/index.js';
+import { WasmHeap } from '../src/memory.js';
+import { FLAVOUR, assertThrowsTyped, lwUnderTest } from './helpers.js';
+
+test('dense layer: bad options, wrong widths and call order give typed errors', async () => {
+  const lw = await lwUnderTest();
+  assertThrowsTyped(() => lw.dense(null as never), LoRATypeError, ['dense: options must be an object']);
+  assertThrowsTyped(() => lw.dense({ inFeatures: 0, outFeatures: 3 }), LoRAShapeError, ['dense: inFeatures must be a positive integer']);
+  const d = lw.dense({ inFeatures: 5, outFeatures: 3 });
+  assertThrowsTyped(() => d.backward(lw.matrix(2, 3)), LoRAStateError, ['backward:', 'forward() before backward()']);
+  assertThrowsTyped(() => d.forward(lw.matrix(2, 4)), LoRAShapeError, ['forward:', 'X is [2, 4]', '5 input features']);
+  d.forward(lw.matrix(2, 5));
+  assertThrowsTyped(() => d.backward(lw.matrix(2, 4)), LoRAShapeError, ['G is [2, 4]', 'Y [2, 3]']);
+  d.dispose();
+  assertThrowsTyped(() => d.forward(lw.matrix(2, 5)), LoRAStateError, ['disposed']);
+});
+
+test('ReLU layer: backward before forward and a wrong G shape give typed errors', async () => {
+  const lw = await lwUnderTest();
+  const r = lw.relu();
+  assertThrowsTyped(() => r.backward(lw.matrix(2, 2)), LoRAStateError, ['forward() before backward()']);
+  const y = r.forward({ rows: 1, cols: 4, data: Float32Array.from([-1, 0, 2, -3]) });
+  assert.equal(Array.from(y.data), [0, 0, 2, 0]);
+  assertThrowsTyped(() => r.backward(lw.matrix(1, 3)), LoRAShapeError, ['G is [1, 3]', 'Y [1, 4]']);
+  assert.equal(Array.from(r.backward({ rows: 1, cols: 4, data: Float32Array.from([5, 6, 7, 8]) }).data), [0, 0, 7, 0]);
+  r.dispose();
+});
+
+test('an optimizer over a disposed parameter, and losses with a bad grad, throw typed errors', async () => {
+  const lw = await lwUnderTest();
+  const value = lw.matrix(2, 2), grad = lw.matrix(2, 2);
+  const opt = lw.sgd([{ name: 'p', value, grad }]);
+  value.dispose();
+  assertThrowsTyped(() => opt.step(), LoRADisposedError, ['step:', 'disposed']);
+  opt.dispose();
+  const p = lw.matrix(2, 3), t = lw.matrix(2, 3);
+  assertThrowsTyped(() => lw.mseLoss(p, t, lw.matrix(3, 2)), LoRAShapeError, ['grad is [3, 2]', 'pred is [2, 3]']);
+  assertThrowsTyped(() => lw.mseLoss(p, t, t), LoRATypeError, ['grad [2, 3] shares memory with target']);
+  assertThrowsTyped(() => lw.softmaxCrossEntropy(p, [0, 1], lw.matrix(2, 2)), LoRAShapeError, ['grad is [2, 2]', 'logits is [2, 3]']);
+  assertThrowsTyped(() => lw.gemm(lw.matrix(2, 2), p, p, 7 as never), LoRATypeError, ['gemm: options must be an object']);
+});
+
+test('fit rejects labels for mse, a Matrix for cross-entropy, a bad batch size, and mismatched output widths', async () => {
+  const lw = await lwUnderTest();
+  const model = lw.sequential([lw.dense({ inFeatures: 3, outFeatures: 2 })]);
+  const opt = lw.sgd(model.parameters());
+  const X = lw.matrix(4, 3);
+  assertThrowsTyped(() => model.fit(X, [0, 1, 0, 1] as never, { loss: 'mse', optimizer: opt }), LoRATypeError, ['fit: targets must be a Matrix']);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(4, 2) as never, { loss: 'cross-entropy', optimizer: opt }), LoRATypeError, ['integer labels']);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(4, 2), { loss: 'mse', optimizer: opt, batchSize: 0 }), LoRAShapeError, ['options.batchSize']);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(4, 5), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['outputs 2 columns but targets have 5']);
+  assertThrowsTyped(() => lw.linear({ W: lw.matrix(3, 3), r: 1, seed: Number.NaN }), LoRATypeError, ['linear: seed must be a number']);
+  model.dispose();
+});
+
+test('init reports an engine without SIMD128 as a LoRAError', async () => {
+  const validate = WebAssembly.validate;
+  WebAssembly.validate = () => false;
+  try {
+    await init({ simd: FLAVOUR, maxMemoryBytes: 3 * 2 ** 20 });
+    assert.unreachable('init succeeded without SIMD');
+  } catch (e) {
+    assert.instance(e, LoRAError);
+    assert.match((e as Error).message, /no WebAssembly SIMD128 support/);
+  } finally {
+    WebAssembly.validate = validate;
+  }
+});
+
+test('freeing a block twice is reported as an internal LoRAError', () => {
+  const heap = new WasmHeap(new WebAssembly.Memory({ initial: 1, maximum: 4 }), 0, 4 * 65536);
+  const p = heap.alloc(100, 'test');
+  heap.free(p);
+  try {
+    heap.free(p);
+    assert.unreachable('double free accepted');
+  } catch (e) {
+    assert.instance(e, LoRAError);
+    assert.match((e as Error).message, /internal: free of unknown wasm block/);
+  }
+});
+
+test.run();
