@@ -17,6 +17,7 @@
 // see: Goto & van de Geijn, "Anatomy of high-performance matrix multiplication", TOMS 2008.
 
 import { packA, packB } from './pack';
+import { madd } from './simd';
 import { TILE_ADD, TILE_AXPBY, TILE_STORE, tile4x8 } from './tile';
 
 /** Block sizes. Twin: GEMM_MC/KC/NC in src/gemm.ts (which sizes the scratch). */
@@ -60,4 +61,69 @@ export function gemm(
       }
     }
   }
+}
+
+/**
+ * c = alpha·x·Yᵀ + beta·c for a single row x: [1, K] and Y: [m, K] (nn.Linear at batch 1).
+ *
+ * A matrix-vector product reads every weight once and does one FMA per weight, so it is
+ * memory-bound; packing Y would read and write it once more for nothing. This reads Y's rows in
+ * place, four at a time: acc[q] += Y[j+q, k..k+4) · x[k..k+4), then one horizontal sum per row.
+ */
+export function gemvT(c: usize, x: usize, y: usize, m: i32, k: i32, alpha: f32, beta: f32): void {
+  const ld = <usize>k << 2;
+  const k4 = k & ~3;
+  let j = 0;
+  for (; j + 4 <= m; j += 4) {
+    const y0 = y + <usize>j * ld;
+    const y1 = y0 + ld, y2 = y1 + ld, y3 = y2 + ld;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    for (let q = 0; q < k4; q += 4) {
+      const o = <usize>q << 2;
+      const xv = v128.load(x + o);
+      a0 = madd(v128.load(y0 + o), xv, a0);
+      a1 = madd(v128.load(y1 + o), xv, a1);
+      a2 = madd(v128.load(y2 + o), xv, a2);
+      a3 = madd(v128.load(y3 + o), xv, a3);
+    }
+    let s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+    for (let q = k4; q < k; q++) {
+      const o = <usize>q << 2;
+      const xs = load<f32>(x + o);
+      s0 += load<f32>(y0 + o) * xs;
+      s1 += load<f32>(y1 + o) * xs;
+      s2 += load<f32>(y2 + o) * xs;
+      s3 += load<f32>(y3 + o) * xs;
+    }
+    const o = c + (<usize>j << 2);
+    store<f32>(o, axpby(alpha, s0, beta, o));
+    store<f32>(o, axpby(alpha, s1, beta, o + 4), 4);
+    store<f32>(o, axpby(alpha, s2, beta, o + 8), 8);
+    store<f32>(o, axpby(alpha, s3, beta, o + 12), 12);
+  }
+  for (; j < m; j++) {
+    const yj = y + <usize>j * ld;
+    let a = f32x4.splat(0);
+    for (let q = 0; q < k4; q += 4) {
+      const o = <usize>q << 2;
+      a = madd(v128.load(yj + o), v128.load(x + o), a);
+    }
+    let s = hsum(a);
+    for (let q = k4; q < k; q++) s += load<f32>(yj + (<usize>q << 2)) * load<f32>(x + (<usize>q << 2));
+    const o = c + (<usize>j << 2);
+    store<f32>(o, axpby(alpha, s, beta, o));
+  }
+}
+
+// @ts-ignore: decorator
+@inline
+function hsum(v: v128): f32 {
+  return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1)) + (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3));
+}
+
+/** alpha·s + beta·c[0]; c is not read when beta == 0 (it may hold garbage). */
+// @ts-ignore: decorator
+@inline
+function axpby(alpha: f32, s: f32, beta: f32, c: usize): f32 {
+  return beta == 0 ? alpha * s : alpha * s + beta * load<f32>(c);
 }

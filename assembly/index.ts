@@ -5,7 +5,7 @@ export { TILE_ROWS, TILE_COLS, TILE_STORE, TILE_ADD, TILE_CHECK, TILE_AXPBY } fr
 export { packA, packB } from './pack';
 export { firstNonFinite, absMax, maxRowAbsSum } from './finite';
 export { rankRUpdate, MODE_DELTA, MODE_MERGE, MODE_CHECK } from './rank';
-export { gemm, GEMM_MC, GEMM_KC, GEMM_NC } from './gemm';
+export { gemm, gemvT, GEMM_MC, GEMM_KC, GEMM_NC } from './gemm';
 export { broadcastRows, columnSums } from './lora';
 export { reluForward, reluBackward } from './activation';
 export { mseLoss, softmaxCrossEntropy } from './loss';

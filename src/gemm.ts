@@ -29,12 +29,18 @@ const SCRATCH_BYTES = (GEMM_MC * GEMM_KC + GEMM_KC * GEMM_NC) * 4 + TILE_TMP_BYT
 
 /**
  * The unchecked kernel call on pointers, for modules that validated already.
- * Allocates the kernel's scratch (≈ 320 KB) for the call.
+ * A single row times Yᵀ (nn.Linear at batch 1) goes to the unpacked
+ * matrix-vector kernel; everything else allocates the GEMM's scratch (≈ 320 KB).
  */
 export function gemmPtr(
   engine: Engine, fn: string, c: number, x: number, y: number, n: number, m: number, k: number,
   transX: boolean, transY: boolean, alpha: number, beta: number,
 ): void {
+  if (n === 1 && transY) {
+    // x is one row whichever way it is stored ([1, K] or [K, 1] are the same K floats)
+    (engine.kernels as unknown as Kernels).gemvT(c, x, y, m, k, alpha, beta);
+    return;
+  }
   const heap = engine.heap;
   const scratch = heap.alloc(SCRATCH_BYTES, fn);
   try {

@@ -37,6 +37,7 @@ export interface Kernels {
     p: number, g: number, m: number, v: number, n: number,
     lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number,
   ): void;
+  gemvT(c: number, x: number, y: number, m: number, k: number, alpha: number, beta: number): void;
   firstNonFinite(x: number, n: number): number;
   absMax(x: number, n: number): number;
   maxRowAbsSum(x: number, rows: number, cols: number): number;

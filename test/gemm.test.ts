@@ -38,6 +38,8 @@ function check(got: Float32Array, ref: { value: Float64Array; mag: Float64Array 
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [1, 7, 3], [5, 1, 9], [4, 8, 4], [3, 9, 257], [65, 17, 5], [66, 263, 300], [129, 8, 513], [7, 300, 64],
   [64, 256, 256], [2, 515, 40],
+  // batch 1 (the matrix-vector kernel when Y is transposed): ragged m and K, long K
+  [1, 4099, 37], [1, 13, 4096], [1, 5, 1], [1, 8, 4], [1, 3, 7],
 ];
 
 test(`gemm matches float64 for every op combination, odd shapes and block edges (${FLAVOUR})`, async () => {
@@ -66,12 +68,28 @@ test(`gemm matches float64 for every op combination, odd shapes and block edges 
 test('beta = 0 never reads C (NaN garbage in C does not leak through)', async () => {
   const lw = await lwUnderTest();
   const r = rng(3);
-  const x = randomF32(r, 9 * 11), y = randomF32(r, 13 * 11);
-  using X = lw.matrix(9, 11, x);
-  using Y = lw.matrix(13, 11, y);
-  using C = lw.matrix(9, 13, new Float32Array(9 * 13).fill(Number.NaN));
-  lw.gemm(C, X, Y, { transY: true });
-  check(C.data, reference(x, y, new Float32Array(9 * 13), 9, 13, 11, false, true, 1, 0), 11, 'beta 0');
+  for (const n of [9, 1]) {
+    const x = randomF32(r, n * 11), y = randomF32(r, 13 * 11);
+    using X = lw.matrix(n, 11, x);
+    using Y = lw.matrix(13, 11, y);
+    using C = lw.matrix(n, 13, new Float32Array(n * 13).fill(Number.NaN));
+    lw.gemm(C, X, Y, { transY: true });
+    check(C.data, reference(x, y, new Float32Array(n * 13), n, 13, 11, false, true, 1, 0), 11, `beta 0, n = ${n}`);
+  }
+});
+
+test('batch 1 with every alpha/beta case matches float64 (the matrix-vector path)', async () => {
+  const lw = await lwUnderTest();
+  const r = rng(5);
+  for (const [alpha, beta] of [[1, 0], [0.5, 1], [-2, 0.25], [0, 1]] as const) {
+    const m = 11, k = 301;
+    const x = randomF32(r, k), y = randomF32(r, m * k), c0 = randomF32(r, m);
+    using X = lw.matrix(1, k, x);
+    using Y = lw.matrix(m, k, y);
+    using C = lw.matrix(1, m, c0);
+    lw.gemm(C, X, Y, { transY: true, alpha, beta });
+    check(C.data, reference(x, y, c0, 1, m, k, false, true, alpha, beta), k, `gemv α=${alpha} β=${beta}`);
+  }
 });
 
 test('matmul allocates its result, and plain operands work', async () => {
