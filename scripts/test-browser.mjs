@@ -61,13 +61,11 @@ try {
     const text = lines.join('\n');
     const num = (label) => Number(text.match(new RegExp(`${label}:\\s+(\\d+)`))?.[1] ?? 0);
     const [t, p, s] = [num('Total'), num('Passed'), num('Skipped')];
-    const build = text.match(/lora-wasm build: (\w+)/)?.[1];
     if (t === 0 || p + s !== t) {
       failed = true;
       console.log(text.split('\n').filter((l) => l.trim() && !/^[•✘ ]+$/.test(l.trim())).slice(-60).join('\n'));
     }
     console.log(`chromium ${await browser.version()} (${simd}): ${p} of ${t} passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    void build;
     total += t;
     passed += p;
     skipped += s;

@@ -166,8 +166,7 @@ test('a view that was detached by memory growth is reported as such', async () =
   const lw: LoRAWasm = await lwUnderTest();
   using m = lw.matrix(4, 4);
   const stale = m.data;
-  using big = lw.matrix(2048, Math.ceil(lw.memoryStats().memoryBytes / 2048));
-  void big;
+  using _grow = lw.matrix(2048, Math.ceil(lw.memoryStats().memoryBytes / 2048)); // grows memory, detaching `stale`
   using A = lw.matrix(4, 1);
   using B = lw.matrix(1, 4);
   try {
