@@ -127,6 +127,7 @@ export class Sequential {
     const N = xs.rows;
     const inCols = xs.cols;
     let labels: Int32Array | undefined;
+    let tData: Float32Array | undefined;
     let outCols = 0;
     if (opts.loss === 'cross-entropy') {
       if (!(targets instanceof Int32Array) && !Array.isArray(targets)) {
@@ -134,17 +135,16 @@ export class Sequential {
       }
       if (targets.length !== N) throw new LoRAShapeError(`${fn}: X is ${shapeOf(xs)} but there are ${targets.length} labels; one per row`);
       labels = Int32Array.from(targets as ArrayLike<number>);
+      const bad = (targets as ArrayLike<number>)[Array.from(targets as ArrayLike<number>).findIndex((v) => !Number.isInteger(v) || v < 0)];
+      if (bad !== undefined) throw new LoRAShapeError(`${fn}: labels must be non-negative integers, got ${bad}`);
     } else {
       const t = operand(e.heap, fn, 'targets', targets);
       if (t.rows !== N) throw new LoRAShapeError(`${fn}: X is ${shapeOf(xs)} but targets is ${shapeOf(t)}; one target row per input row`);
       outCols = t.cols;
+      tData = Float32Array.from(t.plain ? t.plain.data : e.heap.f32(t.ptr, N * outCols));
     }
-    // Copies of the data in JS, so batches can be gathered whatever happens to wasm memory.
+    // A JS copy of the inputs, so batches can be gathered whatever happens to wasm memory meanwhile.
     const xData = Float32Array.from(xs.plain ? xs.plain.data : e.heap.f32(xs.ptr, N * inCols));
-    const tData = labels ? undefined : (() => {
-      const t = operand(e.heap, fn, 'targets', targets);
-      return Float32Array.from(t.plain ? t.plain.data : e.heap.f32(t.ptr, N * outCols));
-    })();
 
     const order = Int32Array.from({ length: N }, (_, i) => i);
     const next = seededRandom(seed);
@@ -171,6 +171,11 @@ export class Sequential {
         this.#grad = ensureBuffer(e, fn, this.#grad, y.rows, y.cols);
         let loss: number;
         if (labels) {
+          // every label must name one of the model's outputs; checked before the first update
+          if (step === 0) {
+            const top = labels.reduce((m, v) => Math.max(m, v), 0);
+            if (top >= y.cols) throw new LoRAShapeError(`${fn}: a label is ${top} but the model outputs ${y.cols} classes`);
+          }
           const lab = new Int32Array(rows);
           for (let r = 0; r < rows; r++) lab[r] = labels[order[b0 + r]!]!;
           loss = softmaxCrossEntropy(e, y, lab, this.#grad).loss;

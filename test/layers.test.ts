@@ -53,6 +53,10 @@ test('fit rejects labels for mse, a Matrix for cross-entropy, a bad batch size, 
   assertThrowsTyped(() => model.fit(X, lw.matrix(4, 2), { loss: 'mse', optimizer: opt, batchSize: 0 }), LoRAShapeError, ['options.batchSize']);
   assertThrowsTyped(() => model.fit(X, lw.matrix(4, 5), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['outputs 2 columns but targets have 5']);
   assertThrowsTyped(() => lw.linear({ W: lw.matrix(3, 3), r: 1, seed: Number.NaN }), LoRATypeError, ['linear: seed must be a number']);
+  const w = model.layers[0]!.parameters()[0]!.value.toArray();
+  assertThrowsTyped(() => model.fit(X, [0, 1, 2, 0], { loss: 'cross-entropy', optimizer: opt }), LoRAShapeError, ['a label is 2', 'outputs 2 classes']);
+  assertThrowsTyped(() => model.fit(X, [0, -1, 1, 0], { loss: 'cross-entropy', optimizer: opt }), LoRAShapeError, ['non-negative integers, got -1']);
+  assert.equal(Array.from(model.layers[0]!.parameters()[0]!.value.data), Array.from(w), 'no update was made');
   model.dispose();
 });
 
