@@ -1,6 +1,5 @@
 /** ReLU as a layer: Y = max(X, 0); ∂L/∂X = G where Y > 0 (equivalently X > 0), else 0. */
 import { LoRAStateError } from './errors.js';
-import type { Kernels } from './kernels.js';
 import { type Layer, type Parameter, ensureBuffer, gradOperand, saveInput } from './layer.js';
 import type { Matrix } from './matrix.js';
 import { type MatrixInput, Staging, operand } from './operands.js';
@@ -27,7 +26,7 @@ export class ReLU implements Layer {
     const e = this.#engine;
     const op = operand(e.heap, 'forward', 'X', x);
     this.#y = saveInput(e, 'forward', 'X', x, op.cols, 'ReLU keeps the width', this.#y);
-    (e.kernels as unknown as Kernels).reluForward(this.#y.ptr, this.#y.ptr, this.#y.rows * this.#y.cols);
+    e.kernels.reluForward(this.#y.ptr, this.#y.ptr, this.#y.rows * this.#y.cols);
     return this.#y;
   }
 
@@ -41,7 +40,7 @@ export class ReLU implements Layer {
     try {
       const gp = staging.input(gOp);
       this.#dx = ensureBuffer(e, fn, this.#dx, y.rows, y.cols);
-      (e.kernels as unknown as Kernels).reluBackward(this.#dx.ptr, gp, y.ptr, y.rows * y.cols);
+      e.kernels.reluBackward(this.#dx.ptr, gp, y.ptr, y.rows * y.cols);
       return this.#dx;
     } finally {
       staging.release();

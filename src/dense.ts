@@ -7,9 +7,8 @@
  */
 import { LoRAStateError, LoRATypeError } from './errors.js';
 import { gemmPtr } from './gemm.js';
-import type { Kernels } from './kernels.js';
 import { type Layer, type Parameter, ensureBuffer, gradOperand, linearForward, saveInput, zeros } from './layer.js';
-import { fillRandom } from './lora.js';
+import { fillRandom } from './random.js';
 import type { Matrix } from './matrix.js';
 import { type MatrixInput, Staging, checkDim, describeValue } from './operands.js';
 import type { Engine } from './runtime.js';
@@ -104,7 +103,7 @@ export class Linear implements Layer {
     try {
       const gp = staging.input(gOp);
       gemmPtr(e, fn, this.gradW.ptr, gp, this.#x.ptr, this.dOut, this.dIn, n, true, false, 1, 0); // ∂W = Gᵀ·X
-      (e.kernels as unknown as Kernels).columnSums(this.gradBias.ptr, gp, n, this.dOut); // ∂b = Σ_rows G
+      e.kernels.columnSums(this.gradBias.ptr, gp, n, this.dOut); // ∂b = Σ_rows G
       if (!this.inputGrad) return undefined;
       this.#dx = ensureBuffer(e, fn, this.#dx, n, this.dIn);
       gemmPtr(e, fn, this.#dx.ptr, gp, this.W.ptr, n, this.dIn, this.dOut, false, false, 1, 0); // ∂X = G·W

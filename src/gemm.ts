@@ -9,7 +9,7 @@
  * W is read in place, never transposed into a copy.
  */
 import { LoRAShapeError, LoRATypeError } from './errors.js';
-import { GEMM_KC, GEMM_MC, GEMM_NC, type Kernels, TILE_TMP_BYTES } from './kernels.js';
+import { GEMM_KC, GEMM_MC, GEMM_NC, TILE_TMP_BYTES } from './kernels.js';
 import { MATRIX_TOKEN, Matrix } from './matrix.js';
 import { type MatrixInput, type Operand, Staging, assertDisjoint, describeValue, operand, shapeOf } from './operands.js';
 import type { Engine } from './runtime.js';
@@ -38,7 +38,7 @@ export function gemmPtr(
 ): void {
   if (n === 1 && transY) {
     // x is one row whichever way it is stored ([1, K] or [K, 1] are the same K floats)
-    (engine.kernels as unknown as Kernels).gemvT(c, x, y, m, k, alpha, beta);
+    engine.kernels.gemvT(c, x, y, m, k, alpha, beta);
     return;
   }
   const heap = engine.heap;
@@ -47,7 +47,7 @@ export function gemmPtr(
     const ap = scratch;
     const bp = ap + GEMM_MC * GEMM_KC * 4;
     const tmp = bp + GEMM_KC * GEMM_NC * 4;
-    (engine.kernels as unknown as Kernels).gemm(c, x, y, n, m, k, transX ? 1 : 0, transY ? 1 : 0, alpha, beta, ap, bp, tmp);
+    engine.kernels.gemm(c, x, y, n, m, k, transX ? 1 : 0, transY ? 1 : 0, alpha, beta, ap, bp, tmp);
   } finally {
     heap.free(scratch);
   }

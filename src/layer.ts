@@ -9,7 +9,6 @@
  */
 import { LoRAShapeError } from './errors.js';
 import { gemmPtr } from './gemm.js';
-import type { Kernels } from './kernels.js';
 import { MATRIX_TOKEN, Matrix } from './matrix.js';
 import { type Operand, operand, shapeOf } from './operands.js';
 import type { Engine } from './runtime.js';
@@ -68,7 +67,7 @@ export function saveInput(
 export function linearForward(
   engine: Engine, fn: string, y: number, x: number, w: number, bias: Matrix | undefined, n: number, dOut: number, dIn: number,
 ): void {
-  if (bias) (engine.kernels as unknown as Kernels).broadcastRows(y, bias.ptr, n, dOut);
+  if (bias) engine.kernels.broadcastRows(y, bias.ptr, n, dOut);
   gemmPtr(engine, fn, y, x, w, n, dOut, dIn, false, true, 1, bias ? 1 : 0);
 }
 

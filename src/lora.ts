@@ -20,7 +20,7 @@ import { type Layer, type Parameter, ensureBuffer, gradOperand, linearForward, s
 import { Matrix } from './matrix.js';
 import { type MatrixInput, type Operand, Staging, checkDim, describeValue, operand, shapeOf } from './operands.js';
 import { addRankR } from './rank.js';
-import { seededRandom } from './random.js';
+import { fillRandom } from './random.js';
 import type { Engine } from './runtime.js';
 import { loraScale } from './scale.js';
 
@@ -44,23 +44,6 @@ export interface LoRALinearOptions {
   seed?: number;
   /** Compute ∂L/∂X in backward (needed unless this is the model's first layer). Default true. */
   inputGrad?: boolean;
-}
-
-/** Fills `out` with uniform(−bound, bound) or normal(0, std) values from a seeded generator. */
-export function fillRandom(out: Float32Array, seed: number, kind: 'uniform' | 'normal', scale: number): void {
-  const next = seededRandom(seed);
-  if (kind === 'uniform') {
-    for (let i = 0; i < out.length; i++) out[i] = (2 * next() - 1) * scale;
-    return;
-  }
-  for (let i = 0; i < out.length; i += 2) {
-    // Box–Muller: two independent N(0, 1) from two uniforms
-    const u = 1 - next();
-    const v = next();
-    const rad = Math.sqrt(-2 * Math.log(u)) * scale;
-    out[i] = rad * Math.cos(2 * Math.PI * v);
-    if (i + 1 < out.length) out[i + 1] = rad * Math.sin(2 * Math.PI * v);
-  }
 }
 
 export class LoRALinear implements Layer {

@@ -3,7 +3,6 @@
  * `grad` is given, writes ∂L/∂pred into it (same shape as pred).
  */
 import { LoRAShapeError, LoRATypeError } from './errors.js';
-import type { Kernels } from './kernels.js';
 import { type MatrixInput, Staging, assertDisjoint, describeValue, operand, shapeOf } from './operands.js';
 import type { Engine } from './runtime.js';
 
@@ -25,7 +24,7 @@ export function mseLoss(engine: Engine, pred: MatrixInput, target: MatrixInput, 
     staging.input(p);
     staging.input(t);
     if (g) staging.output(g, false);
-    const loss = (engine.kernels as unknown as Kernels).mseLoss(p.ptr, t.ptr, g ? g.ptr : 0, p.rows * p.cols);
+    const loss = engine.kernels.mseLoss(p.ptr, t.ptr, g ? g.ptr : 0, p.rows * p.cols);
     staging.commit();
     return loss;
   } finally {
@@ -73,7 +72,7 @@ export function softmaxCrossEntropy(
     const lab = staging.alloc(labels.length * 4 + 4);
     engine.heap.i32(lab, labels.length).set(labels);
     const correctPtr = lab + labels.length * 4;
-    const loss = (engine.kernels as unknown as Kernels).softmaxCrossEntropy(z.ptr, lab, g ? g.ptr : 0, z.rows, z.cols, correctPtr);
+    const loss = engine.kernels.softmaxCrossEntropy(z.ptr, lab, g ? g.ptr : 0, z.rows, z.cols, correctPtr);
     const correct = engine.heap.i32(correctPtr, 1)[0]!;
     staging.commit();
     return { loss, correct };

@@ -99,7 +99,7 @@ export function operand(heap: WasmHeap, fn: string, name: string, x: unknown): O
     resident: inWasm,
     plain: { rows, cols, data },
     buffer: inWasm ? heap : data.buffer,
-    byteStart: inWasm ? data.byteOffset : data.byteOffset,
+    byteStart: data.byteOffset,
     byteEnd: data.byteOffset + data.byteLength,
   };
 }

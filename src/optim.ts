@@ -66,7 +66,7 @@ abstract class Optimizer {
   step(): void {
     if (this.#disposed) throw new LoRAStateError('step: this optimizer was disposed');
     this.t++;
-    const k = this.engine.kernels as unknown as Kernels;
+    const k = this.engine.kernels;
     this.params.forEach((p, i) => {
       p.value.assertLive('step');
       this.update(k, p, this.state[i]!);

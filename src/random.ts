@@ -13,3 +13,20 @@ export function seededRandom(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** Fills `out` with uniform(−bound, bound) or normal(0, std) values from a seeded generator. */
+export function fillRandom(out: Float32Array, seed: number, kind: 'uniform' | 'normal', scale: number): void {
+  const next = seededRandom(seed);
+  if (kind === 'uniform') {
+    for (let i = 0; i < out.length; i++) out[i] = (2 * next() - 1) * scale;
+    return;
+  }
+  for (let i = 0; i < out.length; i += 2) {
+    // Box–Muller: two independent N(0, 1) from two uniforms
+    const u = 1 - next();
+    const v = next();
+    const rad = Math.sqrt(-2 * Math.log(u)) * scale;
+    out[i] = rad * Math.cos(2 * Math.PI * v);
+    if (i + 1 < out.length) out[i + 1] = rad * Math.sin(2 * Math.PI * v);
+  }
+}

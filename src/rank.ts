@@ -113,7 +113,7 @@ function rankR(
   outIn: unknown, w0In: unknown, aIn: unknown, bIn: unknown, scale: number, safe: boolean,
 ): Matrix | undefined {
   const { heap } = engine;
-  const k = engine.kernels as unknown as Kernels;
+  const k = engine.kernels;
   const a = operand(heap, fn, 'A', aIn);
   const b = operand(heap, fn, 'B', bIn);
   const outName = fn === 'mergeInto' ? 'out' : 'W';
@@ -217,7 +217,7 @@ export function addRankR(
   engine: Engine, fn: string, out: number, src: number, l: number, rMat: number, n: number, cols: number, r: number,
   s: number, transR: boolean,
 ): void {
-  const k = engine.kernels as unknown as Kernels;
+  const k = engine.kernels;
   const staging = new Staging(engine.heap, fn);
   try {
     const ap = staging.alloc(packedABytes(n, r));

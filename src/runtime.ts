@@ -11,7 +11,8 @@
  */
 import { instantiate } from '@assemblyscript/loader';
 import { LoRAError, LoRAMemoryError, LoRATypeError } from './errors.js';
-import { MAX_PAGES, PAGE_BYTES, WasmHeap, formatBytes } from './memory.js';
+import type { Kernels } from './kernels.js';
+import { MAX_PAGES, PAGE_BYTES, WasmHeap } from './memory.js';
 import { describeValue } from './operands.js';
 import { LoRAWasm } from './lorawasm.js';
 import { pathToUrl, readFileUrl } from './load-file.js';
@@ -37,13 +38,12 @@ export interface InitOptions {
   maxMemoryBytes?: number;
 }
 
-/** The raw kernel exports; each src/ module declares the slice it calls. */
-export type KernelExports = Record<string, unknown>;
 
 export interface Engine {
   readonly build: Build;
   readonly heap: WasmHeap;
-  readonly kernels: KernelExports;
+  /** The wasm exports, typed once in kernels.ts. */
+  readonly kernels: Kernels;
 }
 
 // (module (func (param v128 v128 v128) (result v128)
@@ -114,11 +114,11 @@ async function create(options: InitOptions): Promise<LoRAWasm> {
 
   const maxPages = Math.floor(maxBytes / PAGE_BYTES);
   const memory = new WebAssembly.Memory({ initial: 1, maximum: maxPages });
-  let instance: { exports: KernelExports };
+  let instance: { exports: Record<string, unknown> };
   try {
     const bytesOrModule = await resolveSource(source ?? defaultWasm(want));
     instance = (await instantiate(bytesOrModule as WebAssembly.Module, { env: { memory } })) as unknown as {
-      exports: KernelExports;
+      exports: Record<string, unknown>;
     };
   } catch (e) {
     throw new LoRAError(`init: could not load the ${want} lora-wasm module: ${(e as Error).message}`, { cause: e });
@@ -129,7 +129,7 @@ async function create(options: InitOptions): Promise<LoRAWasm> {
     throw new LoRATypeError(`init: options.simd is '${simd}' but the given wasm module is the ${build} build`);
   }
   const heap = new WasmHeap(memory, k.heapBase() >>> 0, maxPages * PAGE_BYTES);
-  return new LoRAWasm({ build, heap, kernels: instance.exports });
+  return new LoRAWasm({ build, heap, kernels: instance.exports as unknown as Kernels });
 }
 
 function pickSource(wasm: InitOptions['wasm'], want: Build): WasmSource | undefined {
@@ -173,4 +173,3 @@ async function resolveSource(source: WasmSource): Promise<WebAssembly.Module | A
   return res.arrayBuffer();
 }
 
-export { formatBytes };

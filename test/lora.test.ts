@@ -177,6 +177,8 @@ test('bad input and wrong call order give typed errors', async () => {
   assertThrowsTyped(() => lw.linear(null as never), LoRATypeError, ['linear: options must be an object']);
   layer.dispose();
   assertThrowsTyped(() => layer.forward(lw.matrix(3, 10)), LoRAStateError, ['disposed']);
+  assertThrowsTyped(() => layer.merge(), LoRAStateError, ['merge:', 'disposed']);
+  assertThrowsTyped(() => layer.parameters(), LoRAStateError, ['parameters:', 'disposed']);
   assert.ok(!W.disposed, 'a W the user passed in stays the user’s');
 });
 

@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory.js';
-import { TILE_COLS, TILE_ROWS, TileMode } from '../src/kernels.js';
+import { GEMM_KC, GEMM_MC, GEMM_NC, TILE_COLS, TILE_ROWS, TileMode } from '../src/kernels.js';
 import { RankMode } from '../src/rank.js';
 import { FLAVOUR, lwUnderTest } from './helpers.js';
 
@@ -54,6 +55,33 @@ test('init accepts the module as bytes, as a compiled Module, and as a per-flavo
   assert.is(fromPath.build, 'baseline', 'a file path string works in Node');
 });
 
+test('init fetches http(s) URLs: streaming for application/wasm, bytes otherwise, and a 404 is a LoRAError', async () => {
+  const bytes = wasmBytes('baseline');
+  const server = http.createServer((req, res) => {
+    if (req.url === '/streamed.wasm') res.writeHead(200, { 'content-type': 'application/wasm' }).end(bytes);
+    else if (req.url === '/plain.bin') res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(bytes);
+    else res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  try {
+    for (const path of ['/streamed.wasm', '/plain.bin']) {
+      const lw = await init({ wasm: `${base}${path}`, simd: 'baseline' });
+      using m = lw.matrix(1, 2, [3, 4]);
+      assert.equal(Array.from(m.data), [3, 4], path);
+    }
+    try {
+      await init({ wasm: `${base}/missing.wasm` });
+      assert.unreachable('a 404 loaded');
+    } catch (e) {
+      assert.instance(e, LoRAError);
+      assert.match((e as Error).message, /could not load .*answered 404/);
+    }
+  } finally {
+    await new Promise((resolve) => server.close(resolve));
+  }
+});
+
 test('init rejects bad options and mismatched modules with typed errors', async () => {
   const cases: [Parameters<typeof init>[0], new (...a: never[]) => Error, RegExp][] = [
     [{ simd: 'fast' as 'auto' }, LoRATypeError, /options.simd must be 'auto', 'relaxed' or 'baseline', got "fast"/],
@@ -100,6 +128,9 @@ test('constants mirrored between assembly/ and src/ agree', async () => {
     assert.is(g('TILE_AXPBY'), TileMode.Axpby);
     assert.is(g('TILE_ROWS'), TILE_ROWS);
     assert.is(g('TILE_COLS'), TILE_COLS);
+    assert.is(g('GEMM_MC'), GEMM_MC, 'src/gemm.ts sizes the GEMM scratch from these');
+    assert.is(g('GEMM_KC'), GEMM_KC);
+    assert.is(g('GEMM_NC'), GEMM_NC);
   }
   const asconfig = JSON.parse(readFileSync(new URL('../asconfig.json', import.meta.url), 'utf8'));
   assert.is(asconfig.options.maximumMemory, MAX_PAGES);
