@@ -1,4 +1,4 @@
-// Scans over f32 buffers used as guards before W is written.
+// Scans over f32 buffers used as guards: before W is written, and before a merged layer serves W'.
 // All take a byte pointer and an element count; none allocates.
 
 // IEEE-754 binary32: a value is NaN or ±Inf exactly when its 8 exponent bits
@@ -65,4 +65,25 @@ export function maxRowAbsSum(x: usize, rows: i32, cols: i32): f64 {
     if (s > best) best = s;
   }
   return best;
+}
+
+/**
+ * Index of the first i32 word where a[0..n) and b[0..n) differ, or -1 when their
+ * bytes are equal (a bitwise compare: -0 differs from 0, equal NaN patterns match).
+ * Used to see whether a merged layer's A and B changed since its merge.
+ */
+export function firstDifference(a: usize, b: usize, n: i32): i32 {
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const o = <usize>i << 2;
+    const d = v128.or(
+      v128.or(v128.xor(v128.load(a + o, 0), v128.load(b + o, 0)), v128.xor(v128.load(a + o, 16), v128.load(b + o, 16))),
+      v128.or(v128.xor(v128.load(a + o, 32), v128.load(b + o, 32)), v128.xor(v128.load(a + o, 48), v128.load(b + o, 48))),
+    );
+    if (v128.any_true(d)) break;
+  }
+  for (; i < n; i++) {
+    if (load<i32>(a + (<usize>i << 2)) != load<i32>(b + (<usize>i << 2))) return i;
+  }
+  return -1;
 }

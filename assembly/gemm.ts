@@ -18,9 +18,9 @@
 
 import { packA, packB } from './pack';
 import { madd } from './simd';
-import { TILE_ADD, TILE_AXPBY, TILE_STORE, tile4x8 } from './tile';
+import { EPILOGUE_ADD, EPILOGUE_AXPBY, EPILOGUE_STORE, tile4x8 } from './tile';
 
-/** Block sizes. Twin: GEMM_MC/KC/NC in src/gemm.ts (which sizes the scratch). */
+/** Block sizes. Twin: GEMM_MC/KC/NC in src/kernel/kernels.ts (the kernel layer sizes the scratch from them). */
 export const GEMM_MC: i32 = 64;
 export const GEMM_KC: i32 = 256;
 export const GEMM_NC: i32 = 256;
@@ -28,7 +28,8 @@ export const GEMM_NC: i32 = 256;
 /**
  * C = alpha·op(X)·op(Y) + beta·C. X is [n, K] (transX = 0) or [K, n] (1);
  * Y is [K, m] (transY = 0) or [m, K] (1); C is [n, m]. ap: MC·KC floats,
- * bp: KC·NC floats, tmp: 32 floats, all 16-aligned scratch private to the caller.
+ * bp: KC·NC floats, tmp: 32 floats, all 16-aligned scratch private to the caller (smaller is enough
+ * when n < MC, m < NC or K < KC: ap needs ⌈min(n, MC)/4⌉·4·min(K, KC) floats, bp ⌈min(m, NC)/8⌉·8·min(K, KC)).
  */
 export function gemm(
   c: usize, x: usize, y: usize, n: i32, m: i32, k: i32, transX: i32, transY: i32,
@@ -37,14 +38,14 @@ export function gemm(
   const ldc = <usize>m << 2;
   const ldx = transX ? n : k;
   const ldy = transY ? k : m;
-  const first = beta == 0 ? TILE_STORE : beta == 1 ? TILE_ADD : TILE_AXPBY;
+  const first = beta == 0 ? EPILOGUE_STORE : beta == 1 ? EPILOGUE_ADD : EPILOGUE_AXPBY;
   for (let j0 = 0; j0 < m; j0 += GEMM_NC) {
     const nc = min(GEMM_NC, m - j0);
     const strips = (nc + 7) >> 3;
     for (let p0 = 0; p0 < k; p0 += GEMM_KC) {
       const kc = min(GEMM_KC, k - p0);
-      packB(bp, y, ldy, transY, p0, kc, j0, nc);
-      const mode = p0 == 0 ? first : TILE_ADD;
+      packB(bp, y, ldy, transY, p0, kc, j0, nc, 1);
+      const mode = p0 == 0 ? first : EPILOGUE_ADD;
       for (let i0 = 0; i0 < n; i0 += GEMM_MC) {
         const mc = min(GEMM_MC, n - i0);
         packA(ap, x, ldx, transX, i0, mc, p0, kc, alpha);

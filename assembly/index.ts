@@ -1,10 +1,10 @@
 // Every kernel the .wasm exports. Kernels take byte pointers into the
-// imported memory and sizes; none allocates (src/memory.ts owns the heap).
+// imported memory and sizes; none allocates (src/memory/heap.ts owns the heap).
 export { simdFlavour } from './simd';
-export { TILE_ROWS, TILE_COLS, TILE_STORE, TILE_ADD, TILE_CHECK, TILE_AXPBY } from './tile';
+export { TILE_ROWS, TILE_COLS, EPILOGUE_STORE, EPILOGUE_ADD, EPILOGUE_CHECK, EPILOGUE_AXPBY } from './tile';
 export { packA, packB } from './pack';
-export { firstNonFinite, absMax, maxRowAbsSum } from './finite';
-export { rankRUpdate, MODE_DELTA, MODE_MERGE, MODE_CHECK } from './rank';
+export { firstNonFinite, absMax, maxRowAbsSum, firstDifference } from './finite';
+export { rankUpdate } from './rank';
 export { gemm, gemvT, GEMM_MC, GEMM_KC, GEMM_NC } from './gemm';
 export { broadcastRows, columnSums } from './lora';
 export { reluForward, reluBackward } from './activation';

@@ -5,7 +5,7 @@
 //   N: R[k, j] = Y[k·ld + j]        T: R[k, j] = Y[j·ld + k]      (Y stored [cols, K], e.g. nn.Linear's W)
 //
 //   packA: Ap[rb][k][ii] = alpha·L[i0 + 4·rb + ii, p0 + k]   4-row blocks, zero-padded past `rows`
-//   packB: Bp[sb][k][jj] = R[p0 + k, j0 + 8·sb + jj]          8-column strips, zero-padded past `cols`
+//   packB: Bp[sb][k][jj] = beta·R[p0 + k, j0 + 8·sb + jj]     8-column strips, zero-padded past `cols`
 //
 // Full blocks move as f32x4 (transposing 4×4 in registers where the source
 // runs along the other axis); only ragged edges go element by element.
@@ -74,11 +74,12 @@ export function packA(
   }
 }
 
-/** Packs R[p0 .. p0+kc, j0 .. j0+cols) into ceil(cols/8) strips of kc·8 floats at bp. */
+/** Packs beta·R[p0 .. p0+kc, j0 .. j0+cols) into ceil(cols/8) strips of kc·8 floats at bp. */
 export function packB(
-  bp: usize, y: usize, ld: i32, trans: i32, p0: i32, kc: i32, j0: i32, cols: i32,
+  bp: usize, y: usize, ld: i32, trans: i32, p0: i32, kc: i32, j0: i32, cols: i32, beta: f32,
 ): void {
-  const one = f32x4.splat(1);
+  const bv = f32x4.splat(beta);
+  const scaled = beta != 1;
   const ldb = <usize>ld << 2;
   const strips = (cols + 7) >> 3;
   for (let sb = 0; sb < strips; sb++) {
@@ -89,8 +90,13 @@ export function packB(
       let src = y + <usize>p0 * ldb + (<usize>j << 2);
       for (let k = 0; k < kc; k++) {
         const dst = strip + (<usize>k << 5);
-        v128.store(dst, v128.load(src, 0), 0);
-        v128.store(dst, v128.load(src, 16), 16);
+        if (scaled) {
+          v128.store(dst, f32x4.mul(v128.load(src, 0), bv), 0);
+          v128.store(dst, f32x4.mul(v128.load(src, 16), bv), 16);
+        } else {
+          v128.store(dst, v128.load(src, 0), 0);
+          v128.store(dst, v128.load(src, 16), 16);
+        }
         src += ldb;
       }
     } else if (full) {
@@ -101,12 +107,12 @@ export function packB(
       for (; k + 4 <= kc; k += 4) {
         const o = <usize>k << 2;
         const dst = strip + (<usize>k << 5);
-        transposeStore(v128.load(s0 + o), v128.load(s0 + ldb + o), v128.load(s0 + 2 * ldb + o), v128.load(s0 + 3 * ldb + o), dst, 32, one);
-        transposeStore(v128.load(s4 + o), v128.load(s4 + ldb + o), v128.load(s4 + 2 * ldb + o), v128.load(s4 + 3 * ldb + o), dst + 16, 32, one);
+        transposeStore(v128.load(s0 + o), v128.load(s0 + ldb + o), v128.load(s0 + 2 * ldb + o), v128.load(s0 + 3 * ldb + o), dst, 32, bv);
+        transposeStore(v128.load(s4 + o), v128.load(s4 + ldb + o), v128.load(s4 + 2 * ldb + o), v128.load(s4 + 3 * ldb + o), dst + 16, 32, bv);
       }
       for (; k < kc; k++) {
         for (let jj = 0; jj < 8; jj++) {
-          store<f32>(strip + (<usize>k << 5) + (<usize>jj << 2), load<f32>(s0 + <usize>jj * ldb + (<usize>k << 2)));
+          store<f32>(strip + (<usize>k << 5) + (<usize>jj << 2), beta * load<f32>(s0 + <usize>jj * ldb + (<usize>k << 2)));
         }
       }
     } else {
@@ -116,7 +122,7 @@ export function packB(
           let v: f32 = 0;
           if ((sb << 3) + jj < cols) {
             const off = trans ? (<usize>(j + jj) * <usize>ld + <usize>(p0 + k)) : (<usize>(p0 + k) * <usize>ld + <usize>(j + jj));
-            v = load<f32>(y + (off << 2));
+            v = beta * load<f32>(y + (off << 2));
           }
           store<f32>(dst + (<usize>jj << 2), v);
         }

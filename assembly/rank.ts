@@ -8,23 +8,24 @@
 // caller packs s·A with packA and B with packB (pack.ts) into scratch of
 // O(r·(dOut + dIn)), so the tile reads both panels contiguously (kc = r).
 //
-// Rounding: Δ̂ is the same f32 sum for every mode, so
-//   rankRUpdate(MODE_MERGE) == fl(W0 + rankRUpdate(MODE_DELTA)) bit for bit,
+// The epilogue (tile.ts) says what happens to each finished tile:
+//   EPILOGUE_STORE  out = s·A·B           (delta; w0 unused)
+//   EPILOGUE_ADD    out = w0 + s·A·B      (merge; out may equal w0)
+//   EPILOGUE_CHECK  write nothing; return 1 if any w0 + s·A·B would be NaN/±Inf
+//
+// Rounding: Δ̂ is the same f32 sum for every epilogue, so
+//   rankUpdate(ADD) == fl(W0 + rankUpdate(STORE)) bit for bit,
 // and merge followed by unmerge (scale negated exactly) returns W0 within
 // one rounding of W0 + Δ̂ and one of W0.
 
-import { TILE_ADD, TILE_CHECK, TILE_STORE, tile4x8 } from './tile';
-
-/** Output modes of rankRUpdate (the tile's epilogues). Twin: RankMode in src/rank.ts. */
-export const MODE_DELTA: i32 = TILE_STORE; // out = s·A·B          (w0 unused)
-export const MODE_MERGE: i32 = TILE_ADD;   // out = w0 + s·A·B     (out may equal w0)
-export const MODE_CHECK: i32 = TILE_CHECK; // write nothing; return 1 if any w0 + s·A·B would be NaN/±Inf
+import { tile4x8 } from './tile';
 
 /**
- * out = w0 + Ap·Bp (MODE_MERGE), out = Ap·Bp (MODE_DELTA), or a finiteness
- * check of w0 + Ap·Bp that writes nothing (MODE_CHECK, returns 1 on NaN/±Inf).
+ * out = w0 + Ap·Bp (EPILOGUE_ADD), out = Ap·Bp (EPILOGUE_STORE), or a finiteness
+ * check of w0 + Ap·Bp that writes nothing (EPILOGUE_CHECK, returns 1 on NaN/±Inf).
  *
- * out, w0: [dOut, dIn] row-major; ap = packA(s·A), bp = packB(B), both with kc = r;
+ * out, w0: [dOut, dIn] row-major; ap = packA(sA·A), bp = packB(sB·B), both with kc = r
+ * (sA·sB = s; the caller splits s so that neither packed factor overflows f32);
  * tmp: 128 bytes, 16-byte aligned, private to the caller.
  * colBlock: columns per B panel block (multiple of 8), so that r·colBlock·4 bytes
  * of Bp stay cache-resident while every row block of W streams past it.
@@ -32,9 +33,9 @@ export const MODE_CHECK: i32 = TILE_CHECK; // write nothing; return 1 if any w0 
  * Row blocks are independent, so a caller may split dOut across threads by
  * offsetting out, w0 and ap (by multiples of 4 rows).
  */
-export function rankRUpdate(
+export function rankUpdate(
   out: usize, w0: usize, ap: usize, bp: usize, tmp: usize,
-  dOut: i32, dIn: i32, r: i32, colBlock: i32, mode: i32,
+  dOut: i32, dIn: i32, r: i32, colBlock: i32, epilogue: i32,
 ): i32 {
   const ld = <usize>dIn << 2;
   const rowBlocks = (dOut + 3) >> 2;
@@ -51,7 +52,7 @@ export function rankRUpdate(
       for (let sb = s0; sb < s1; sb++) {
         const off = rowOff + (<usize>sb << 5);
         const nr = min(8, dIn - (sb << 3));
-        if (tile4x8(out + off, w0 + off, ld, pa, bp + <usize>sb * bpStride, r, mr, nr, tmp, mode, 1) != 0) return 1;
+        if (tile4x8(out + off, w0 + off, ld, pa, bp + <usize>sb * bpStride, r, mr, nr, tmp, epilogue, 1) != 0) return 1;
       }
     }
   }

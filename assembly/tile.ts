@@ -4,10 +4,10 @@
 //   Ap: kc·4 floats, k-major (4 rows of the left operand, pre-scaled by the caller)
 //   Bp: kc·8 floats, k-major (8 columns of the right operand)
 // then one epilogue writes the tile to `out` (row stride `ld` bytes):
-//   TILE_STORE  out = acc
-//   TILE_ADD    out = src + acc           (src may be out)
-//   TILE_AXPBY  out = beta·src + acc
-//   TILE_CHECK  nothing is written; returns 1 if any src + acc is NaN/±Inf
+//   EPILOGUE_STORE  out = acc
+//   EPILOGUE_ADD    out = src + acc           (src may be out)
+//   EPILOGUE_AXPBY  out = beta·src + acc
+//   EPILOGUE_CHECK  nothing is written; returns 1 if any src + acc is NaN/±Inf
 // Only the mr × nr corner that exists is touched: edge tiles spill acc to `tmp`
 // (128 bytes, 16-aligned, private to the caller) and finish element-wise.
 //
@@ -18,13 +18,13 @@
 
 import { madd } from './simd';
 
-/** Epilogue modes. Twin: TileMode in src/kernels.ts. */
-export const TILE_STORE: i32 = 0;
-export const TILE_ADD: i32 = 1;
-export const TILE_CHECK: i32 = 2;
-export const TILE_AXPBY: i32 = 3;
+/** Epilogues: what a finished tile does with `out`. Twin: Epilogue in src/kernel/kernels.ts. */
+export const EPILOGUE_STORE: i32 = 0;
+export const EPILOGUE_ADD: i32 = 1;
+export const EPILOGUE_CHECK: i32 = 2;
+export const EPILOGUE_AXPBY: i32 = 3;
 
-/** Tile shape. Twin: TILE_ROWS/TILE_COLS in src/kernels.ts. */
+/** Tile shape. Twin: TILE_ROWS/TILE_COLS in src/kernel/kernels.ts. */
 export const TILE_ROWS: i32 = 4;
 export const TILE_COLS: i32 = 8;
 
@@ -65,7 +65,7 @@ export function tile4x8(
   if (mr == 4 && nr == 8) {
     const o1 = out + ld, o2 = out + 2 * ld, o3 = out + 3 * ld;
     const s1 = src + ld, s2 = src + 2 * ld, s3 = src + 3 * ld;
-    if (mode == TILE_ADD) {
+    if (mode == EPILOGUE_ADD) {
       v128.store(out, f32x4.add(v128.load(src, 0), c00), 0);
       v128.store(out, f32x4.add(v128.load(src, 16), c01), 16);
       v128.store(o1, f32x4.add(v128.load(s1, 0), c10), 0);
@@ -74,12 +74,12 @@ export function tile4x8(
       v128.store(o2, f32x4.add(v128.load(s2, 16), c21), 16);
       v128.store(o3, f32x4.add(v128.load(s3, 0), c30), 0);
       v128.store(o3, f32x4.add(v128.load(s3, 16), c31), 16);
-    } else if (mode == TILE_STORE) {
+    } else if (mode == EPILOGUE_STORE) {
       v128.store(out, c00, 0); v128.store(out, c01, 16);
       v128.store(o1, c10, 0); v128.store(o1, c11, 16);
       v128.store(o2, c20, 0); v128.store(o2, c21, 16);
       v128.store(o3, c30, 0); v128.store(o3, c31, 16);
-    } else if (mode == TILE_AXPBY) {
+    } else if (mode == EPILOGUE_AXPBY) {
       const bv = f32x4.splat(beta);
       v128.store(out, madd(bv, v128.load(src, 0), c00), 0);
       v128.store(out, madd(bv, v128.load(src, 16), c01), 16);
@@ -116,11 +116,11 @@ export function tile4x8(
     for (let jj = 0; jj < nr; jj++) {
       const q = <usize>jj << 2;
       const c = load<f32>(t + q);
-      if (mode == TILE_ADD) {
+      if (mode == EPILOGUE_ADD) {
         store<f32>(oi + q, load<f32>(si + q) + c);
-      } else if (mode == TILE_STORE) {
+      } else if (mode == EPILOGUE_STORE) {
         store<f32>(oi + q, c);
-      } else if (mode == TILE_AXPBY) {
+      } else if (mode == EPILOGUE_AXPBY) {
         // the same single rounding (relaxed) or two (baseline) as the vector path
         store<f32>(oi + q, f32x4.extract_lane(madd(f32x4.splat(beta), f32x4.splat(load<f32>(si + q)), f32x4.splat(c)), 0));
       } else if ((reinterpret<i32>(load<f32>(si + q) + c) & EXP_MASK) == EXP_MASK) {

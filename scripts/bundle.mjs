@@ -1,15 +1,20 @@
 #!/usr/bin/env node
 // Browser and CommonJS bundles (esbuild), after `tsc` has written dist/index.js and its types.
 //
-//   dist/index.js            ESM for Node and bundlers (tsc); .wasm via new URL('../build/…', import.meta.url)
-//   dist/browser.js          ESM for browsers/bundlers, dependencies bundled; .wasm the same way
-//   dist/index.cjs           CommonJS for require() in Node
-//   dist/lora-wasm.inline.js ESM, one file: both .wasm flavours embedded, no server configuration
+//   dist/index.js            ESM for Node (tsc); .wasm read from build/ via new URL('../../build/…', import.meta.url)
+//   dist/lora-wasm.inline.js ESM, one file, both .wasm flavours embedded: the default browser entry
+//                            (the `browser` condition of `lora-wasm`), works in every bundler unconfigured
+//   dist/url/browser.js      ESM for browsers that serve the .wasm themselves (`lora-wasm/url`); fetches
+//                            build/lora-<flavour>.wasm via new URL('../../build/…', import.meta.url)
+//   dist/cjs/index.cjs       CommonJS for require() in Node
 //   dist/lora-wasm.iife.js   <script> build exposing the global `LoRAWasm`, both flavours embedded
 //   dist/cjs/*.d.ts          the type declarations again, under a CommonJS package.json, for require()
+// The URL-loading bundles sit one folder below dist/ so that '../../build/' resolves as it does from
+// src/runtime/ and dist/runtime/.
 //
 // Prints each artifact's size, raw and gzipped.
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import * as esbuild from 'esbuild';
@@ -19,14 +24,14 @@ const inlineWasm = {
   name: 'inline-wasm',
   setup(build) {
     // Swap the URL-based default source for embedded bytes.
-    build.onResolve({ filter: /\/wasm-source\.js$/ }, () => ({ path: `${root}src/wasm-inline.ts` }));
+    build.onResolve({ filter: /\/wasm-source\.js$/ }, () => ({ path: `${root}src/runtime/wasm-inline.ts` }));
   },
 };
 const browserFiles = {
   name: 'browser-files',
   setup(build) {
     // No node: imports in browser bundles: the file loader becomes a stub.
-    build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/load-file.browser.ts` }));
+    build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/runtime/load-file.browser.ts` }));
   },
 };
 const common = {
@@ -40,7 +45,7 @@ const common = {
   logLevel: 'warning',
 };
 const builds = [
-  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/browser.js`, plugins: [browserFiles] },
+  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/url/browser.js`, plugins: [browserFiles] },
   { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/lora-wasm.inline.js`, plugins: [browserFiles, inlineWasm] },
   { ...common, format: 'iife', platform: 'browser', globalName: 'LoRAWasm', outfile: `${root}dist/lora-wasm.iife.js`, plugins: [browserFiles, inlineWasm] },
   {
@@ -48,21 +53,25 @@ const builds = [
     format: 'cjs',
     platform: 'node',
     minify: false,
-    outfile: `${root}dist/index.cjs`,
+    outfile: `${root}dist/cjs/index.cjs`,
     define: { 'import.meta.url': '__loraImportMetaUrl' },
     banner: { js: 'const __loraImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
   },
 ];
 await Promise.all(builds.map((b) => esbuild.build(b)));
-for (const f of ['browser.js', 'lora-wasm.inline.js', 'lora-wasm.iife.js']) {
+for (const f of ['url/browser.js', 'lora-wasm.inline.js', 'lora-wasm.iife.js']) {
   if (readFileSync(`${root}dist/${f}`, 'utf8').includes('node:')) throw new Error(`dist/${f} still mentions a node: module`);
 }
 // Types for require(): the same declarations in a folder that TypeScript reads as CommonJS.
 mkdirSync(`${root}dist/cjs`, { recursive: true });
 writeFileSync(`${root}dist/cjs/package.json`, '{ "type": "commonjs" }\n');
-for (const f of readdirSync(`${root}dist`)) if (f.endsWith('.d.ts')) copyFileSync(`${root}dist/${f}`, `${root}dist/cjs/${f}`);
+for (const f of readdirSync(`${root}dist`, { recursive: true })) {
+  if (!f.endsWith('.d.ts') || f.startsWith('cjs')) continue;
+  mkdirSync(path.dirname(`${root}dist/cjs/${f}`), { recursive: true });
+  copyFileSync(`${root}dist/${f}`, `${root}dist/cjs/${f}`);
+}
 
-const report = ['dist/index.js', 'dist/browser.js', 'dist/index.cjs', 'dist/lora-wasm.inline.js', 'dist/lora-wasm.iife.js', 'build/lora-baseline.wasm', 'build/lora-relaxed.wasm'];
+const report = ['dist/index.js', 'dist/url/browser.js', 'dist/cjs/index.cjs', 'dist/lora-wasm.inline.js', 'dist/lora-wasm.iife.js', 'build/lora-baseline.wasm', 'build/lora-relaxed.wasm'];
 console.log('artifact                      raw       gzip');
 for (const f of report) {
   const raw = statSync(`${root}${f}`).size;

@@ -24,7 +24,7 @@ export async function buildDemo() {
     plugins: [{
       name: 'browser-files',
       setup(build) {
-        build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/load-file.browser.ts` }));
+        build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/runtime/load-file.browser.ts` }));
       },
     }],
   });

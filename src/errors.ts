@@ -3,8 +3,10 @@
  * and also an instance of the built-in class that fits its kind:
  *
  *   LoRAShapeError     RangeError  dims, lengths, shape mismatches
- *   LoRATypeError      TypeError   wrong kind of value (Float64Array, not a matrix, aliasing)
- *   LoRADisposedError  TypeError   a Matrix used after dispose()
+ *   LoRARangeError     RangeError  an option or value outside its range (lr < 0, beta1 = 1, a label ≥ classes)
+ *   LoRATypeError      TypeError   wrong kind of value (Float64Array, not a matrix, a string option, aliasing,
+ *                                  another instance's Matrix)
+ *   LoRADisposedError  TypeError   a Matrix (or a view of one) used after dispose() or garbage collection
  *   LoRANonFiniteError RangeError  NaN/±Inf in an adapter, a scale, or a merge result
  *   LoRAMemoryError    RangeError  wasm memory exhausted (4 GiB or the init() cap)
  *   LoRAStateError     Error       a call out of order (backward before forward, backward while merged)
@@ -43,6 +45,14 @@ export class LoRAShapeError extends RangeError {
   constructor(message: string) {
     super(message);
     branded(this, 'LoRAShapeError', 'LORA_SHAPE');
+  }
+}
+
+export class LoRARangeError extends RangeError {
+  declare readonly code: 'LORA_RANGE';
+  constructor(message: string) {
+    super(message);
+    branded(this, 'LoRARangeError', 'LORA_RANGE');
   }
 }
 
@@ -85,4 +95,18 @@ export class LoRAStateError extends LoRAError {
     this.name = 'LoRAStateError';
     Object.defineProperty(this, 'code', { value: 'LORA_STATE', enumerable: true });
   }
+}
+
+/** A short description of any value, for error messages ('null', '42', '"abc"', 'Float64Array(4)', 'Matrix [2, 3]'). */
+export function describeValue(v: unknown): string {
+  if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
+  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return String(v);
+  if (typeof v === 'string') return JSON.stringify(v.length > 20 ? `${v.slice(0, 20)}…` : v);
+  const tag = (v as { [Symbol.toStringTag]?: unknown })[Symbol.toStringTag];
+  if (ArrayBuffer.isView(v)) return `${String(tag ?? 'view')}(${(v as unknown as { length?: number }).length ?? v.byteLength})`;
+  if (Array.isArray(v)) return `Array(${v.length})`;
+  if (typeof tag === 'string' && tag.startsWith('Matrix [')) return tag;
+  if (typeof v === 'function') return 'a function';
+  return typeof v === 'object' ? ((v as object).constructor?.name ?? 'object') : typeof v;
 }

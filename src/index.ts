@@ -1,28 +1,32 @@
-export { init, detectFeatures } from './runtime.js';
-export type { Build, InitOptions, WasmSource } from './runtime.js';
+export { init } from './init.js';
+export { detectFeatures } from './runtime/load.js';
+export type { InitOptions, WasmSource } from './runtime/load.js';
+export type { Build } from './runtime/engine.js';
 export { LoRAWasm } from './lorawasm.js';
-export { Matrix } from './matrix.js';
-export type { MatrixInput, MatrixLike } from './operands.js';
-export type { MergeOptions, ScaleOptions } from './rank.js';
-export type { GemmOptions } from './gemm.js';
-export { LoRALinear } from './lora.js';
-export type { LoRALinearOptions } from './lora.js';
-export { Linear } from './dense.js';
-export type { LinearOptions } from './dense.js';
-export { ReLU } from './activation.js';
-export type { Layer, Parameter } from './layer.js';
-export { Sequential } from './model.js';
-export type { FitOptions, FitProgress, FitResult } from './model.js';
-export { SGD, AdamW } from './optim.js';
-export type { SGDOptions, AdamWOptions } from './optim.js';
-export type { CrossEntropyResult } from './loss.js';
-export type { MemoryStats } from './memory.js';
-export { loraScale } from './scale.js';
+export { Matrix } from './memory/matrix.js';
+export type { DType } from './memory/matrix.js';
+export type { MemoryStats } from './memory/heap.js';
+export type { MatrixInput, MatrixLike } from './ops/operands.js';
+export type { MergeOptions, ScaleOptions } from './ops/merge.js';
+export type { GemmOptions } from './ops/gemm.js';
+export type { CrossEntropyResult } from './ops/loss.js';
+export { loraScale } from './ops/scale.js';
+export type { LoRAScaleOptions } from './ops/scale.js';
+export { LoRALinear } from './nn/lora-linear.js';
+export type { LoRALinearOptions } from './nn/lora-linear.js';
+export { Linear } from './nn/linear.js';
+export type { LinearOptions } from './nn/linear.js';
+export { ReLU } from './nn/relu.js';
+export type { Layer, Parameter } from './nn/layer.js';
+export { Sequential } from './nn/sequential.js';
+export type { FitOptions, FitProgress, FitResult } from './nn/sequential.js';
+export { SGD, AdamW } from './nn/optim.js';
+export type { SGDOptions, AdamWOptions } from './nn/optim.js';
 export { seededRandom } from './random.js';
-export type { LoRAScaleOptions } from './scale.js';
 export {
   LoRAError,
   LoRAShapeError,
+  LoRARangeError,
   LoRATypeError,
   LoRADisposedError,
   LoRANonFiniteError,

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAShapeError, LoRATypeError } from '../src/index.js';
+import { LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/index.js';
 import { FLAVOUR, U, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 
 /** float64 reference and error scale for C = alpha·op(X)·op(Y) + beta·C0. */
@@ -115,7 +115,9 @@ test('gemm rejects mismatched shapes, aliasing and bad options with typed errors
   using S = lw.matrix(5, 5);
   assertThrowsTyped(() => lw.gemm(S, S, S), LoRATypeError, ['shares memory with X']);
   assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: 'yes' as unknown as boolean }), LoRATypeError, ['options.transY']);
-  assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: true, alpha: Number.NaN }), LoRATypeError, ['options.alpha']);
+  assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: true, alpha: Number.NaN }), LoRANonFiniteError, ['options.alpha', 'NaN']);
+  assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: true, alpha: 1e39 }), LoRANonFiniteError, ['options.alpha', 'f32']);
+  assertThrowsTyped(() => lw.gemm(C, X, Y, { transY: true, beta: -1e39 }), LoRANonFiniteError, ['options.beta', 'f32']);
   assertThrowsTyped(() => lw.matmul(X, { rows: 5, cols: 2, data: new Float64Array(10) as unknown as Float32Array }), LoRATypeError, ['matmul:', 'Y.data']);
 });
 

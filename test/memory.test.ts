@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRADisposedError, LoRAMemoryError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, Matrix, init } from '../src/index.js';
+import { LoRADisposedError, LoRAMemoryError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, Matrix, init } from '../src/index.js';
 import { FLAVOUR, assertBitIdentical, assertThrowsTyped, assertWithinBound, lwUnderTest, randomF32, reference, rng } from './helpers.js';
 
 const GiB = 2 ** 30;
@@ -154,13 +154,14 @@ test('allocation past the 4 GiB wasm32 limit throws LoRAMemoryError and earlier 
   assert.is(lw.memoryStats().liveBlocks, 0);
 });
 
-test('init rejects a bad maxMemoryBytes', async () => {
-  for (const bad of [0, -1, 1024, 5 * GiB, Number.NaN, '1GB']) {
+test('init rejects a bad maxMemoryBytes: out of range is a LoRARangeError, not a number a LoRATypeError', async () => {
+  for (const [bad, cls] of [[0, LoRARangeError], [-1, LoRARangeError], [1024, LoRARangeError], [5 * GiB, LoRARangeError], [Number.NaN, LoRARangeError], ['1GB', LoRATypeError]] as const) {
     try {
       await init({ maxMemoryBytes: bad as number });
       assert.unreachable(`accepted ${String(bad)}`);
     } catch (e) {
-      assert.instance(e, LoRAMemoryError, String(bad));
+      assert.instance(e, cls, String(bad));
+      assert.match((e as Error).message, /init: options\.maxMemoryBytes/);
     }
   }
 });

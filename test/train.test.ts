@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAShapeError, LoRATypeError, type LoRAWasm } from '../src/index.js';
+import { LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm } from '../src/index.js';
 import { assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 
 /** A low-rank regression task: targets come from W + ΔW with a rank-2 ΔW the adapter must find. */
@@ -106,7 +106,7 @@ test('fit rejects bad options and data with typed errors', async () => {
   assertThrowsTyped(() => model.fit(X, lw.matrix(5, 3), { loss: 'l1' as 'mse', optimizer: opt }), LoRATypeError, ["'mse' or 'cross-entropy'"]);
   assertThrowsTyped(() => model.fit(X, lw.matrix(4, 3), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['targets is [4, 3]']);
   assertThrowsTyped(() => model.fit(X, [0, 1], { loss: 'cross-entropy', optimizer: opt }), LoRAShapeError, ['2 labels']);
-  assertThrowsTyped(() => model.fit(X, lw.matrix(5, 3), { loss: 'mse', optimizer: opt, epochs: 0 }), LoRAShapeError, ['options.epochs']);
+  assertThrowsTyped(() => model.fit(X, lw.matrix(5, 3), { loss: 'mse', optimizer: opt, epochs: 0 }), LoRARangeError, ['options.epochs']);
   assertThrowsTyped(() => model.fit(lw.matrix(5, 7), lw.matrix(5, 3), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['X is [5, 7]']);
   assertThrowsTyped(() => lw.sequential([]), LoRATypeError, ['sequential: layers']);
   model.dispose();

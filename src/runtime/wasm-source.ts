@@ -5,10 +5,11 @@
  * ship the file). The single-file bundles swap this module for
  * wasm-inline.ts, which embeds both flavours' bytes.
  */
-import type { Build, WasmSource } from './runtime.js';
+import type { Build } from './engine.js';
+import type { WasmSource } from './load.js';
 
 export function defaultWasm(build: Build): WasmSource {
   return build === 'relaxed'
-    ? new URL('../build/lora-relaxed.wasm', import.meta.url)
-    : new URL('../build/lora-baseline.wasm', import.meta.url);
+    ? new URL('../../build/lora-relaxed.wasm', import.meta.url)
+    : new URL('../../build/lora-baseline.wasm', import.meta.url);
 }

@@ -3,40 +3,54 @@
  *
  * Lifetime is explicit: dispose() (or `using m = lw.matrix(...)`) frees it.
  * A FinalizationRegistry frees forgotten matrices eventually, as a leak
- * backstop only; it is not a substitute for dispose().
+ * backstop only; it is not a substitute for dispose(). A view taken from
+ * `m.data` does not keep the matrix alive: once the matrix is disposed or
+ * collected, passing that view back in is refused (LoRADisposedError).
  */
-import { LoRADisposedError, LoRATypeError } from './errors.js';
-import type { WasmHeap } from './memory.js';
+import { LoRADisposedError, LoRATypeError } from '../errors.js';
+import type { Block, WasmHeap } from './heap.js';
 
 /** `Symbol.dispose` where the engine has it (Node ≥ 20.4, Chromium ≥ 134), else the well-known fallback. */
 export const disposeSymbol: typeof Symbol.dispose =
   (Symbol as { dispose?: typeof Symbol.dispose }).dispose ?? (Symbol.for('Symbol.dispose') as typeof Symbol.dispose);
 
-/** Only lora-wasm creates matrices (lw.matrix, lw.delta); `new Matrix()` from outside is refused. */
+/** Only lora-wasm creates matrices (lw.matrix, lw.delta, layers); `new Matrix()` from outside is refused. */
 export const MATRIX_TOKEN: unique symbol = Symbol('lora-wasm.Matrix');
 
-const backstop = new FinalizationRegistry<{ heap: WasmHeap; ptr: number }>(({ heap, ptr }) => heap.free(ptr));
+const backstop = new FinalizationRegistry<{ heap: WasmHeap; block: Block }>(({ heap, block }) => {
+  if (heap.isLive(block)) heap.free(block);
+});
+
+/** Element types. f16 and bf16 join with half precision. */
+export type DType = 'f32';
 
 export class Matrix {
   /** Number of rows. */
   readonly rows: number;
   /** Number of columns. */
   readonly cols: number;
-  /** @internal byte pointer into wasm memory */
-  readonly ptr: number;
+  /** Element type. */
+  readonly dtype: DType = 'f32';
   /** @internal */
   readonly heap: WasmHeap;
+  /** @internal the allocation; checked for liveness on every use */
+  readonly block: Block;
   #view: Float32Array | undefined;
   #disposed = false;
 
   /** @internal use `lw.matrix(rows, cols, data?)` */
-  constructor(token: typeof MATRIX_TOKEN, heap: WasmHeap, ptr: number, rows: number, cols: number) {
+  constructor(token: typeof MATRIX_TOKEN, heap: WasmHeap, block: Block, rows: number, cols: number) {
     if (token !== MATRIX_TOKEN) throw new LoRATypeError('Matrix: create matrices with lw.matrix(rows, cols, data?)');
     this.heap = heap;
-    this.ptr = ptr;
+    this.block = block;
     this.rows = rows;
     this.cols = cols;
-    backstop.register(this, { heap, ptr }, this);
+    backstop.register(this, { heap, block }, this);
+  }
+
+  /** @internal byte pointer into wasm memory */
+  get ptr(): number {
+    return this.block.ptr;
   }
 
   /**
@@ -47,7 +61,7 @@ export class Matrix {
    */
   get data(): Float32Array {
     this.assertLive('data');
-    this.#view = this.heap.f32(this.ptr, this.rows * this.cols, this.#view);
+    this.#view = this.heap.view(this.block, this.rows * this.cols, this.#view);
     return this.#view;
   }
 
@@ -71,7 +85,7 @@ export class Matrix {
     this.#disposed = true;
     this.#view = undefined;
     backstop.unregister(this);
-    this.heap.free(this.ptr);
+    if (this.heap.isLive(this.block)) this.heap.free(this.block);
   }
 
   [disposeSymbol](): void {
@@ -80,7 +94,7 @@ export class Matrix {
 
   /** @internal */
   assertLive(what: string): void {
-    if (this.#disposed) {
+    if (this.#disposed || !this.heap.isLive(this.block)) {
       throw new LoRADisposedError(`${what}: Matrix [${this.rows}, ${this.cols}] was disposed and cannot be used`);
     }
   }
@@ -88,4 +102,10 @@ export class Matrix {
   get [Symbol.toStringTag](): string {
     return `Matrix [${this.rows}, ${this.cols}]`;
   }
+}
+
+/** A new Matrix over a fresh block (zeroed when asked). */
+export function newMatrix(heap: WasmHeap, what: string, rows: number, cols: number, zeroed = false): Matrix {
+  const bytes = rows * cols * 4;
+  return new Matrix(MATRIX_TOKEN, heap, zeroed ? heap.allocZeroed(bytes, what) : heap.alloc(bytes, what), rows, cols);
 }

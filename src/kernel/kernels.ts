@@ -1,31 +1,51 @@
 /**
- * The wasm exports, typed. Kernels take byte pointers into wasm memory and
- * sizes; src/memory.ts owns every allocation. Each src/ module calls the
- * kernels of its own concept through this one declaration.
+ * The wasm exports, typed, and the constants mirrored from assembly/.
+ *
+ * Only src/kernel/kernel.ts calls these functions. Each signature here is
+ * checked against the bindings `asc` generates (build/lora-baseline.d.ts) by
+ * test/kernel.test.ts: same names, same parameter names and counts, same
+ * return kinds.
  */
 
-/** Epilogue modes of the 4×8 tile. Twin: TILE_* in assembly/tile.ts. */
-export const enum TileMode {
+/** What a finished 4×8 tile does with its output. Twin: EPILOGUE_* in assembly/tile.ts. */
+export const enum Epilogue {
+  /** out = acc */
   Store = 0,
+  /** out = src + acc (src may be out) */
   Add = 1,
+  /** write nothing; report whether any src + acc is NaN/±Inf */
   Check = 2,
+  /** out = beta·src + acc */
   Axpby = 3,
 }
+
 /** Tile shape, and so the packed block sizes. Twin: TILE_ROWS/TILE_COLS in assembly/tile.ts. */
 export const TILE_ROWS = 4;
 export const TILE_COLS = 8;
 
+/** GEMM block sizes. Twin: GEMM_MC/KC/NC in assembly/gemm.ts. */
+export const GEMM_MC = 64;
+export const GEMM_KC = 256;
+export const GEMM_NC = 256;
+
 export interface Kernels {
+  heapBase(): number;
+  simdFlavour(): number;
   packA(ap: number, x: number, ld: number, trans: number, i0: number, rows: number, p0: number, kc: number, alpha: number): void;
-  packB(bp: number, y: number, ld: number, trans: number, p0: number, kc: number, j0: number, cols: number): void;
-  rankRUpdate(
+  packB(bp: number, y: number, ld: number, trans: number, p0: number, kc: number, j0: number, cols: number, beta: number): void;
+  firstNonFinite(x: number, n: number): number;
+  absMax(x: number, n: number): number;
+  maxRowAbsSum(x: number, rows: number, cols: number): number;
+  firstDifference(a: number, b: number, n: number): number;
+  rankUpdate(
     out: number, w0: number, ap: number, bp: number, tmp: number,
-    dOut: number, dIn: number, r: number, colBlock: number, mode: number,
+    dOut: number, dIn: number, r: number, colBlock: number, epilogue: number,
   ): number;
   gemm(
     c: number, x: number, y: number, n: number, m: number, k: number, transX: number, transY: number,
     alpha: number, beta: number, ap: number, bp: number, tmp: number,
   ): void;
+  gemvT(c: number, x: number, y: number, m: number, k: number, alpha: number, beta: number): void;
   broadcastRows(y: number, bias: number, n: number, m: number): void;
   columnSums(out: number, g: number, n: number, m: number): void;
   reluForward(out: number, x: number, n: number): void;
@@ -37,11 +57,14 @@ export interface Kernels {
     p: number, g: number, m: number, v: number, n: number,
     lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number,
   ): void;
-  gemvT(c: number, x: number, y: number, m: number, k: number, alpha: number, beta: number): void;
-  firstNonFinite(x: number, n: number): number;
-  absMax(x: number, n: number): number;
-  maxRowAbsSum(x: number, rows: number, cols: number): number;
 }
+
+/** Every function export init() requires of a module before it calls it a lora-wasm module. */
+export const KERNEL_NAMES: readonly (keyof Kernels)[] = [
+  'heapBase', 'simdFlavour', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'firstDifference',
+  'rankUpdate', 'gemm', 'gemvT', 'broadcastRows', 'columnSums', 'reluForward', 'reluBackward', 'mseLoss',
+  'softmaxCrossEntropy', 'sgdStep', 'adamwStep',
+];
 
 /** Bytes of packed A for `rows` rows and kc: whole 4-row blocks. */
 export const packedABytes = (rows: number, kc: number): number => Math.ceil(rows / TILE_ROWS) * TILE_ROWS * kc * 4;
@@ -49,8 +72,3 @@ export const packedABytes = (rows: number, kc: number): number => Math.ceil(rows
 export const packedBBytes = (cols: number, kc: number): number => Math.ceil(cols / TILE_COLS) * TILE_COLS * kc * 4;
 /** Bytes of the edge-tile spill area. */
 export const TILE_TMP_BYTES = TILE_ROWS * TILE_COLS * 4;
-
-/** GEMM block sizes. Twin: GEMM_MC/KC/NC in assembly/gemm.ts. */
-export const GEMM_MC = 64;
-export const GEMM_KC = 256;
-export const GEMM_NC = 256;

@@ -3,10 +3,11 @@
  * bytes are embedded (esbuild's binary loader), so nothing is fetched.
  */
 // @ts-expect-error: resolved by esbuild's binary loader (scripts/bundle.mjs)
-import baseline from '../build/lora-baseline.wasm';
+import baseline from '../../build/lora-baseline.wasm';
 // @ts-expect-error: resolved by esbuild's binary loader (scripts/bundle.mjs)
-import relaxed from '../build/lora-relaxed.wasm';
-import type { Build, WasmSource } from './runtime.js';
+import relaxed from '../../build/lora-relaxed.wasm';
+import type { Build } from './engine.js';
+import type { WasmSource } from './load.js';
 
 export function defaultWasm(build: Build): WasmSource {
   return (build === 'relaxed' ? relaxed : baseline) as Uint8Array;

@@ -1,0 +1,144 @@
+/**
+ * Linear: a fully trainable nn.Linear, y = x·Wᵀ + b, for pretraining the base
+ * model that LoRA later adapts (see lw.linear for the frozen-W LoRA layer).
+ *
+ *   W: [dOut, dIn], b: [1, dOut]
+ *   ∂L/∂W = Gᵀ·X    ∂L/∂b = Σ_rows G    ∂L/∂X = G·W
+ */
+import { LoRAStateError, LoRATypeError, describeValue } from '../errors.js';
+import { describe } from '../kernel/descriptor.js';
+import type { Matrix } from '../memory/matrix.js';
+import { type MatrixInput, Staging, boolOption, checkDim } from '../ops/operands.js';
+import { fillRandom } from '../random.js';
+import type { Engine } from '../runtime/engine.js';
+import {
+  ActivationCache, type Layer, type Parameter, activationDroppers, allocAll, assertNotDisposed, checkLive, copyInto,
+  gradOperand, inputOperand, layerEngines, linearForward,
+} from './layer.js';
+
+export interface LinearOptions {
+  inFeatures: number;
+  outFeatures: number;
+  /** Seed for PyTorch's default init: W, b ~ U(−1/√dIn, 1/√dIn). Default 0. */
+  seed?: number;
+  /** Compute ∂L/∂X in backward. Default true. */
+  inputGrad?: boolean;
+}
+
+export class Linear implements Layer {
+  readonly dIn: number;
+  readonly dOut: number;
+  /** Trainable weight [dOut, dIn]. */
+  readonly W: Matrix;
+  /** Trainable bias [1, dOut]. */
+  readonly bias: Matrix;
+  readonly gradW: Matrix;
+  readonly gradBias: Matrix;
+  inputGrad: boolean;
+  readonly #engine: Engine;
+  readonly #acts: ActivationCache<'x' | 'y'>;
+  readonly #grads: ActivationCache<'dx'>;
+  #last: { x: Matrix; y: Matrix } | undefined;
+  #disposed = false;
+
+  /** @internal use lw.dense(options) */
+  constructor(engine: Engine, opts: LinearOptions) {
+    const fn = 'dense';
+    if (typeof opts !== 'object' || opts === null) {
+      throw new LoRATypeError(`${fn}: options must be an object like { inFeatures, outFeatures }, got ${describeValue(opts)}`);
+    }
+    checkDim(fn, 'inFeatures', opts.inFeatures);
+    checkDim(fn, 'outFeatures', opts.outFeatures);
+    const seed = opts.seed ?? 0;
+    if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: seed must be a number, got ${describeValue(seed)}`);
+    this.#engine = engine;
+    this.dIn = opts.inFeatures;
+    this.dOut = opts.outFeatures;
+    this.inputGrad = boolOption(fn, 'inputGrad', opts.inputGrad, true);
+    const made = allocAll(engine, fn, [[this.dOut, this.dIn], [1, this.dOut], [this.dOut, this.dIn], [1, this.dOut]]);
+    [this.W, this.bias, this.gradW, this.gradBias] = made as [Matrix, Matrix, Matrix, Matrix];
+    const bound = 1 / Math.sqrt(this.dIn);
+    fillRandom(this.W.data, seed, 'uniform', bound);
+    fillRandom(this.bias.data, seed + 1, 'uniform', bound);
+    this.#acts = new ActivationCache(engine, 'forward');
+    this.#grads = new ActivationCache(engine, 'backward');
+    layerEngines.set(this, engine);
+    activationDroppers.set(this, () => this.#dropActivations());
+  }
+
+  get trainableParameters(): number {
+    return this.dOut * this.dIn + this.dOut;
+  }
+
+  get frozenParameters(): number {
+    return 0;
+  }
+
+  parameters(): Parameter[] {
+    assertNotDisposed(this.#disposed, 'parameters', this.#what);
+    return [
+      { name: 'W', value: this.W, grad: this.gradW },
+      { name: 'bias', value: this.bias, grad: this.gradBias },
+    ];
+  }
+
+  forward(x: MatrixInput): Matrix {
+    const fn = 'forward';
+    this.#check(fn);
+    const e = this.#engine;
+    const xs = inputOperand(e, fn, x, this.dIn, `the layer takes ${this.dIn} input features`);
+    const n = xs.rows;
+    const acts = this.#acts.get({ x: [n, this.dIn], y: [n, this.dOut] });
+    this.#last = undefined;
+    copyInto(e, fn, acts.x, xs);
+    linearForward(e, fn, describe(acts.y, 'Y'), describe(acts.x, 'X'), describe(this.W, 'W'), describe(this.bias, 'bias'));
+    this.#last = acts;
+    return acts.y;
+  }
+
+  backward(g: MatrixInput): Matrix | undefined {
+    const fn = 'backward';
+    this.#check(fn);
+    const acts = this.#last;
+    if (!acts) throw new LoRAStateError(`${fn}: call forward() before backward()`);
+    const e = this.#engine;
+    const n = acts.x.rows;
+    const gOp = gradOperand(e, fn, g, n, this.dOut);
+    const grads = this.#grads.get({ dx: [n, this.dIn] });
+    const staging = new Staging(e.heap, fn);
+    try {
+      const G = staging.input(gOp);
+      staging.load();
+      const k = e.kernel;
+      k.gemm(fn, describe(this.gradW, 'gradW'), G, describe(acts.x, 'X'), { transX: true }); // ∂W = Gᵀ·X
+      k.columnSums(fn, describe(this.gradBias, 'gradBias'), G); // ∂b = Σ_rows G
+      if (!this.inputGrad) return undefined;
+      k.gemm(fn, describe(grads.dx, 'dX'), G, describe(this.W, 'W')); // ∂X = G·W
+      return grads.dx;
+    } finally {
+      staging.release();
+    }
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#dropActivations();
+    for (const m of [this.W, this.bias, this.gradW, this.gradBias]) m.dispose();
+  }
+
+  #dropActivations(): void {
+    this.#acts.clear();
+    this.#grads.clear();
+    this.#last = undefined;
+  }
+
+  get #what(): string {
+    return `Linear [${this.dOut}, ${this.dIn}]`;
+  }
+
+  #check(fn: string): void {
+    assertNotDisposed(this.#disposed, fn, this.#what);
+    checkLive(this.#engine, fn, { W: this.W, bias: this.bias, gradW: this.gradW, gradBias: this.gradBias });
+  }
+}

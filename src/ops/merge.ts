@@ -1,0 +1,219 @@
+/**
+ * delta / merge / unmerge / mergeInto: argument checks, then one rank-r
+ * update through the kernel layer (assembly/rank.ts).
+ *
+ *   A: [dOut, r]   B: [r, dIn]   W, W0, out: [dOut, dIn]   s = scale
+ *   delta      Δ = s·A·B                      (allocates the result)
+ *   merge      W ← W + s·A·B                  (in place, one pass over W)
+ *   unmerge    W ← W − s·A·B                  (in place)
+ *   mergeInto  out ← W0 + s·A·B               (W0 untouched; out may be W0)
+ *
+ * HuggingFace PEFT names the same factors the other way round:
+ *   our A = PEFT `lora_B.weight` [out, r],  our B = PEFT `lora_A.weight` [r, in].
+ *
+ * Where s goes. The kernel multiplies packed (sA·A) by packed (sB·B) with
+ * sA·sB = s. Normally sA = s, sB = 1. When |s|·max|A| would overflow f32
+ * (s = 1e30, A = 1e10, B = 1e-30: the product is 1e10), a power of two moves
+ * from A's side to B's side, exactly; if no split keeps both packed factors
+ * finite, the call is refused before anything is written.
+ *
+ * Overflow inside the sum. P = |s|·max_i Σ_k |A[i,k]|·max|B| bounds every
+ * partial sum of s·A·B. Below f32max/2 nothing can overflow on the way; at or
+ * above it (adapters with values near 1e38) a check pass runs first and the
+ * call is refused if any result would be NaN/±Inf. `safe: true` extends the
+ * bound to max|W0| + P, so W is never left non-finite.
+ *
+ * Order of work: validate everything, allocate (staging, result), copy plain
+ * inputs in, reject non-finite factors, prove the result finite where needed,
+ * then write.
+ */
+import { LoRANonFiniteError, LoRAShapeError } from '../errors.js';
+import { type MatrixDesc, describe } from '../kernel/descriptor.js';
+import { Epilogue } from '../kernel/kernels.js';
+import { Matrix, newMatrix } from '../memory/matrix.js';
+import type { Engine } from '../runtime/engine.js';
+import {
+  type MatrixInput, type Operand, Staging, assertDisjoint, assertSameOrDisjoint, boolOption, f32Option, operand,
+  optionsObject, rejectNonFinite, shapeOf,
+} from './operands.js';
+
+const F32_MAX = 3.4028234663852886e38;
+const SAFE = F32_MAX / 2;
+
+export interface ScaleOptions {
+  /** s in W + s·A·B. Default 1. Use loraScale({ alpha, r }) for PEFT's alpha/r. Applied in f32. */
+  scale?: number;
+}
+
+export interface MergeOptions extends ScaleOptions {
+  /**
+   * Guarantee that W is either fully merged and finite, or left bit-for-bit
+   * untouched (the call then throws LoRANonFiniteError). Costs one read pass
+   * over W, plus a second compute pass only when values come within 2× of
+   * f32's range. A and B are always checked, safe or not.
+   */
+  safe?: boolean;
+}
+
+function readOptions(fn: string, opts: unknown, merge: boolean): { scale: number; safe: boolean } {
+  const o = optionsObject<MergeOptions>(fn, opts, merge ? '{ scale, safe }' : '{ scale }');
+  return {
+    scale: f32Option(fn, 'options.scale', o.scale, 1),
+    safe: merge ? boolOption(fn, 'options.safe', o.safe, false) : false,
+  };
+}
+
+/** Checks A: [dOut, r] and B: [r, dIn] against each other and against the output's [dOut, dIn]. */
+function checkFactors(fn: string, a: Operand, b: Operand, w?: Operand): void {
+  if (a.cols !== b.rows) {
+    throw new LoRAShapeError(
+      `${fn}: A is ${shapeOf(a)} but B is ${shapeOf(b)}; A's columns and B's rows are the rank r and must agree`,
+    );
+  }
+  if (w === undefined) return;
+  if (a.rows !== w.rows) {
+    throw new LoRAShapeError(`${fn}: A is ${shapeOf(a)} but ${w.name} is ${shapeOf(w)}; A must have ${w.name}'s ${w.rows} rows`);
+  }
+  if (b.cols !== w.cols) {
+    throw new LoRAShapeError(
+      `${fn}: B is ${shapeOf(b)} but ${w.name} is ${shapeOf(w)}; B must have ${w.name}'s ${w.cols} columns`,
+    );
+  }
+}
+
+/** The placement of s between the packed factors, and whether partial sums can reach f32's range. */
+export interface ScalePlan {
+  scaleA: number;
+  scaleB: number;
+  /** |s|·max_i Σ_k |A[i,k]|·max|B|: bounds every partial sum of s·A·B. */
+  bound: number;
+}
+
+/**
+ * Scans A and B (rejecting NaN/±Inf with the element named) and places s.
+ * O(r·(dOut + dIn)); throws LoRANonFiniteError before anything is written.
+ */
+export function planScale(engine: Engine, fn: string, a: MatrixDesc, b: MatrixDesc, s: number, rejected: string): ScalePlan {
+  const k = engine.kernel;
+  const maxA = k.absMax(fn, a);
+  if (!Number.isFinite(maxA)) rejectNonFinite(engine, fn, a, rejected);
+  const maxB = k.absMax(fn, b);
+  if (!Number.isFinite(maxB)) rejectNonFinite(engine, fn, b, rejected);
+  const bound = Math.abs(s) * k.maxRowAbsSum(fn, a) * maxB;
+  if (Math.abs(s) * maxA < SAFE) return { scaleA: s, scaleB: 1, bound };
+  // Move 2^e from A's side to B's: both stay exact powers-of-two rescalings.
+  const e = Math.max(1, Math.ceil(Math.log2((Math.abs(s) * maxA) / 2 ** 126)));
+  const scaleA = Math.fround(s / 2 ** e);
+  const scaleB = 2 ** e;
+  if (!(Math.abs(scaleA) * maxA < SAFE && scaleB * maxB < SAFE)) {
+    throw new LoRANonFiniteError(
+      `${fn}: s·A·B cannot be formed in f32 (scale ${s}, max|A| ${maxA}, max|B| ${maxB}); ${rejected}`,
+    );
+  }
+  return { scaleA, scaleB, bound };
+}
+
+/**
+ * The one routine behind every public operation: out = [w0 +] scale·A·B.
+ * For delta, `outIn` and `w0In` are undefined and the result Matrix is
+ * allocated once the arguments have passed their checks.
+ */
+function rankUpdateOp(
+  engine: Engine, fn: string, outIn: unknown, w0In: unknown, aIn: unknown, bIn: unknown, scale: number, safe: boolean,
+): Matrix | undefined {
+  const { heap, kernel } = engine;
+  const a = operand(heap, fn, 'A', aIn);
+  const b = operand(heap, fn, 'B', bIn);
+  const outName = fn === 'mergeInto' ? 'out' : 'W';
+  const out = outIn === undefined ? undefined : operand(heap, fn, outName, outIn);
+  const w0 = w0In === undefined ? undefined : w0In === outIn ? out : operand(heap, fn, 'W0', w0In);
+  checkFactors(fn, a, b, out);
+  if (out && w0 && w0 !== out) {
+    if (w0.rows !== out.rows || w0.cols !== out.cols) {
+      throw new LoRAShapeError(`${fn}: W0 is ${shapeOf(w0)} but out is ${shapeOf(out)}; they must have the same shape`);
+    }
+    assertSameOrDisjoint(fn, out, w0);
+  }
+  if (out) assertDisjoint(fn, out, [a, b]);
+
+  const staging = new Staging(heap, fn);
+  let result: Matrix | undefined;
+  try {
+    const ad = staging.input(a);
+    const bd = staging.input(b);
+    const w0d = w0 && w0 !== out ? staging.input(w0) : undefined;
+    let outd = out ? staging.output(out, w0 === out) : undefined;
+    if (!out) {
+      result = newMatrix(heap, fn, a.rows, b.cols);
+      outd = describe(result, 'result');
+    }
+    staging.load();
+    const target = outd!;
+    const src = w0d ?? target;
+
+    const rejected = out ? `the adapter was rejected and ${out.name} was not modified` : 'the adapter was rejected';
+    const plan = planScale(engine, fn, ad, bd, scale, rejected);
+    const update = { out: target, src, a: ad, b: bd, scaleA: plan.scaleA, scaleB: plan.scaleB };
+
+    if (out) {
+      const srcName = w0 === out ? out.name : 'W0';
+      let bound = plan.bound;
+      if (safe) bound += kernel.absMax(fn, src); // NaN/Inf in W0 makes this NaN/Inf: the check runs
+      if (!(bound < SAFE) && kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Check })) {
+        const i = safe ? kernel.firstNonFinite(fn, src) : -1;
+        const why =
+          i >= 0
+            ? `${srcName}[${Math.floor(i / src.cols)}, ${i % src.cols}] is not finite`
+            : `${srcName} + s·A·B would overflow f32 to ±Infinity`;
+        throw new LoRANonFiniteError(
+          `${fn}: ${why}; ${safe ? 'with safe: true ' : ''}${out.name} was left untouched`,
+        );
+      }
+      kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Add });
+    } else {
+      kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Store });
+      if (!(plan.bound < SAFE)) {
+        const i = kernel.firstNonFinite(fn, target);
+        if (i >= 0) {
+          throw new LoRANonFiniteError(`${fn}: s·A·B overflows f32 at [${Math.floor(i / target.cols)}, ${i % target.cols}]`);
+        }
+      }
+    }
+    staging.commit();
+    return result;
+  } catch (e) {
+    result?.dispose();
+    throw e;
+  } finally {
+    staging.release();
+  }
+}
+
+/** Δ = s·A·B as a new Matrix [dOut, dIn] (allocates; dispose it when done). */
+export function delta(engine: Engine, a: MatrixInput, b: MatrixInput, opts?: ScaleOptions): Matrix {
+  const { scale } = readOptions('delta', opts, false);
+  return rankUpdateOp(engine, 'delta', undefined, undefined, a, b, scale, false)!;
+}
+
+/** W ← W + s·A·B in place; returns W. */
+export function merge<T extends MatrixInput>(engine: Engine, w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+  const { scale, safe } = readOptions('merge', opts, true);
+  rankUpdateOp(engine, 'merge', w, w, a, b, scale, safe);
+  return w;
+}
+
+/** W ← W − s·A·B in place (undoes merge with the same A, B, s); returns W. */
+export function unmerge<T extends MatrixInput>(engine: Engine, w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+  const { scale, safe } = readOptions('unmerge', opts, true);
+  rankUpdateOp(engine, 'unmerge', w, w, a, b, -scale, safe);
+  return w;
+}
+
+/** out ← W0 + s·A·B, leaving W0 untouched (out may be W0 itself); returns out. */
+export function mergeInto<T extends MatrixInput>(
+  engine: Engine, out: T, w0: MatrixInput, a: MatrixInput, b: MatrixInput, opts?: MergeOptions,
+): T {
+  const { scale, safe } = readOptions('mergeInto', opts, true);
+  rankUpdateOp(engine, 'mergeInto', out, w0, a, b, scale, safe);
+  return out;
+}

@@ -1,0 +1,250 @@
+/**
+ * Argument checking and staging shared by every operation and layer.
+ *
+ * An operand is a resident Matrix, or a plain `{ rows, cols, data: Float32Array }`
+ * (the convenience path: copied into wasm memory for the call and, for
+ * outputs, copied back afterwards). A plain object whose `data` is a
+ * Matrix's own view (`m.data`) is used in place, as long as that Matrix is
+ * alive; a view of a disposed or collected Matrix is refused, and so is any
+ * other view on wasm memory (it could point anywhere).
+ *
+ * Everything here runs before any kernel: an operation that throws from
+ * here has written nothing.
+ */
+import { LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { type MatrixDesc, describe, describeBlock, shapeOf } from '../kernel/descriptor.js';
+import type { Block, WasmHeap } from '../memory/heap.js';
+import { Matrix } from '../memory/matrix.js';
+import type { Engine } from '../runtime/engine.js';
+
+export { shapeOf };
+
+/** A plain row-major f32 matrix, the slower convenience path. */
+export interface MatrixLike {
+  readonly rows: number;
+  readonly cols: number;
+  readonly data: Float32Array;
+}
+
+/** Anything an operation accepts as a matrix. */
+export type MatrixInput = Matrix | MatrixLike;
+
+export interface Operand {
+  readonly name: string;
+  readonly rows: number;
+  readonly cols: number;
+  /** Set for operands already in wasm memory; staged ones get theirs from Staging. */
+  desc: MatrixDesc | undefined;
+  /** JS data to copy in (plain operands only). */
+  readonly plain: Float32Array | undefined;
+  /** Identity of the bytes, for aliasing checks. */
+  readonly buffer: unknown;
+  readonly byteStart: number;
+  readonly byteEnd: number;
+}
+
+/** Throws LoRAShapeError unless `v` is a positive safe integer. */
+export function checkDim(fn: string, what: string, v: unknown): asserts v is number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) {
+    throw new LoRAShapeError(`${fn}: ${what} must be a positive integer, got ${describeValue(v)}`);
+  }
+}
+
+export function isFloat32Array(x: unknown): x is Float32Array {
+  return x instanceof Float32Array || (ArrayBuffer.isView(x) && (x as { [Symbol.toStringTag]?: string })[Symbol.toStringTag] === 'Float32Array');
+}
+
+/** Checks a Matrix belongs to this instance and is alive (the kernel layer checks again on every use). */
+export function checkMatrix(heap: WasmHeap, fn: string, name: string, m: Matrix): void {
+  if (m.heap !== heap) throw new LoRATypeError(`${fn}: ${name} (Matrix ${shapeOf(m)}) belongs to another lora-wasm instance`);
+  if (m.disposed || !heap.isLive(m.block)) throw new LoRADisposedError(`${fn}: ${name} is a disposed Matrix ${shapeOf(m)}`);
+}
+
+/** Validates one matrix argument (kind, dims, data, liveness, instance) and describes it. */
+export function operand(heap: WasmHeap, fn: string, name: string, x: unknown): Operand {
+  if (x instanceof Matrix) {
+    checkMatrix(heap, fn, name, x);
+    const bytes = x.rows * x.cols * 4;
+    return { name, rows: x.rows, cols: x.cols, desc: describe(x, name), plain: undefined, buffer: heap, byteStart: x.ptr, byteEnd: x.ptr + bytes };
+  }
+  if (typeof x !== 'object' || x === null || Array.isArray(x) || ArrayBuffer.isView(x) || !('data' in x)) {
+    throw new LoRATypeError(`${fn}: ${name} must be a Matrix or { rows, cols, data: Float32Array }, got ${describeValue(x)}`);
+  }
+  const m = x as { rows?: unknown; cols?: unknown; data?: unknown };
+  checkDim(fn, `${name}.rows`, m.rows);
+  checkDim(fn, `${name}.cols`, m.cols);
+  const data = m.data;
+  if (!isFloat32Array(data)) {
+    const hint = ArrayBuffer.isView(data) || Array.isArray(data) ? '; convert with Float32Array.from(…)' : '';
+    throw new LoRATypeError(`${fn}: ${name}.data must be a Float32Array, got ${describeValue(data)}${hint}`);
+  }
+  const rows = m.rows;
+  const cols = m.cols;
+  const owner = heap.ownerOf(data);
+  if (owner !== undefined && !heap.isLive(owner)) {
+    throw new LoRADisposedError(
+      `${fn}: ${name}.data is a view of a Matrix that was disposed or garbage-collected; keep the Matrix itself and pass it`,
+    );
+  }
+  if (data.length !== rows * cols) {
+    const detached = data.length === 0 && data.buffer.byteLength === 0 ? ' (a detached view: read matrix.data again after allocating)' : '';
+    throw new LoRAShapeError(
+      `${fn}: ${name}.data has length ${data.length} but ${name} is [${rows}, ${cols}]; it needs ${rows * cols}${detached}`,
+    );
+  }
+  if (owner !== undefined) {
+    const desc: MatrixDesc = { heap, block: owner, offset: data.byteOffset - owner.ptr, rows, cols, ld: cols, dtype: 'f32', name };
+    return { name, rows, cols, desc, plain: undefined, buffer: heap, byteStart: data.byteOffset, byteEnd: data.byteOffset + data.byteLength };
+  }
+  if (heap.owns(data)) {
+    throw new LoRATypeError(`${fn}: ${name}.data is a view on wasm memory that no Matrix owns; pass the Matrix (or its own m.data view)`);
+  }
+  return { name, rows, cols, desc: undefined, plain: data, buffer: data.buffer, byteStart: data.byteOffset, byteEnd: data.byteOffset + data.byteLength };
+}
+
+const overlaps = (a: Operand, b: Operand): boolean =>
+  a.buffer === b.buffer && a.byteStart < b.byteEnd && b.byteStart < a.byteEnd;
+
+/** Throws LoRATypeError when `out` shares any byte with one of `inputs`. */
+export function assertDisjoint(fn: string, out: Operand, inputs: readonly Operand[]): void {
+  for (const x of inputs) {
+    if (overlaps(out, x)) {
+      throw new LoRATypeError(
+        `${fn}: ${out.name} ${shapeOf(out)} shares memory with ${x.name} ${shapeOf(x)}; ` +
+          `the output must not alias this input`,
+      );
+    }
+  }
+}
+
+/** Throws LoRATypeError when `out` and `x` overlap without being the very same bytes. */
+export function assertSameOrDisjoint(fn: string, out: Operand, x: Operand): void {
+  if (overlaps(out, x) && !(out.byteStart === x.byteStart && out.byteEnd === x.byteEnd)) {
+    throw new LoRATypeError(
+      `${fn}: ${out.name} ${shapeOf(out)} partly overlaps ${x.name} ${shapeOf(x)}; ` +
+        `they must be the same matrix or not share memory at all`,
+    );
+  }
+}
+
+/** Throws LoRANonFiniteError naming the first NaN/±Inf of a JS array. */
+export function rejectNonFiniteArray(fn: string, name: string, data: ArrayLike<number>, cols: number, what: string): void {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (!Number.isFinite(v)) {
+      throw new LoRANonFiniteError(`${fn}: ${name}[${Math.floor(i / cols)}, ${i % cols}] is ${v}; ${what}`);
+    }
+  }
+}
+
+/** Throws LoRANonFiniteError naming the first NaN/±Inf of a resident operand. */
+export function rejectNonFinite(engine: Engine, fn: string, d: MatrixDesc, what: string): void {
+  const i = engine.kernel.firstNonFinite(fn, d);
+  if (i < 0) return;
+  const value = engine.kernel.element(fn, d, i);
+  throw new LoRANonFiniteError(`${fn}: ${d.name}[${Math.floor(i / d.cols)}, ${i % d.cols}] is ${value}; ${what}`);
+}
+
+/**
+ * Temporary wasm copies for plain operands: `input()` copies in, `output()`
+ * reserves and copies back on `commit()`. `release()` frees every temporary
+ * (call it in `finally`), so a failed call leaks nothing and writes nothing back.
+ * Allocate everything (`reserve`) before copying anything in: an allocation may
+ * grow memory and detach views.
+ */
+export class Staging {
+  private readonly temps: Block[] = [];
+  private readonly writeBacks: Operand[] = [];
+  private readonly copies: Operand[] = [];
+  constructor(
+    private readonly heap: WasmHeap,
+    private readonly fn: string,
+  ) {}
+
+  /** Gives `op` a descriptor: in place when resident, else a temporary filled from its data. */
+  input(op: Operand): MatrixDesc {
+    if (op.desc) return op.desc;
+    op.desc = this.temp(op.rows, op.cols, op.name);
+    this.copies.push(op);
+    return op.desc;
+  }
+
+  /** Like input(), and the result is copied back to the plain object on commit(). */
+  output(op: Operand, copyIn: boolean): MatrixDesc {
+    if (op.desc) return op.desc;
+    op.desc = this.temp(op.rows, op.cols, op.name);
+    if (copyIn) this.copies.push(op);
+    this.writeBacks.push(op);
+    return op.desc;
+  }
+
+  /** A temporary [rows, cols] block, freed on release(). */
+  temp(rows: number, cols: number, name: string): MatrixDesc {
+    const block = this.heap.alloc(rows * cols * 4, this.fn);
+    this.temps.push(block);
+    return describeBlock(this.heap, block, rows, cols, name);
+  }
+
+  /** Copies the plain inputs into their temporaries: call once every allocation is done. */
+  load(): void {
+    for (const op of this.copies) this.heap.view(op.desc!.block, op.rows * op.cols).set(op.plain!);
+    this.copies.length = 0;
+  }
+
+  commit(): void {
+    for (const op of this.writeBacks) op.plain!.set(this.heap.view(op.desc!.block, op.rows * op.cols));
+  }
+
+  release(): void {
+    for (const b of this.temps) this.heap.free(b);
+    this.temps.length = 0;
+  }
+}
+
+// ---------------------------------------------------------------- options
+
+/** An optional options object; anything else is a LoRATypeError. */
+export function optionsObject<T extends object>(fn: string, opts: unknown, example: string): Partial<T> {
+  if (opts === undefined) return {};
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) {
+    throw new LoRATypeError(`${fn}: options must be an object like ${example}, got ${describeValue(opts)}`);
+  }
+  return opts as Partial<T>;
+}
+
+/**
+ * A number option, finite in f32 and inside [lo, hi] (bounds inclusive unless
+ * `open`). Wrong kind → LoRATypeError; outside the range → LoRARangeError;
+ * finite in f64 but not in f32 → LoRANonFiniteError. Returns the f32 value.
+ */
+export function f32Option(
+  fn: string, name: string, v: unknown, dflt: number, range: { lo?: number; hi?: number; loOpen?: boolean; hiOpen?: boolean } = {},
+): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number') throw new LoRATypeError(`${fn}: ${name} must be a number, got ${describeValue(v)}`);
+  const f = Math.fround(v);
+  if (!Number.isFinite(f)) {
+    throw new LoRANonFiniteError(`${fn}: ${name} must be finite in f32 (|x| < 3.4e38), got ${v}`);
+  }
+  const { lo = -Infinity, hi = Infinity, loOpen = false, hiOpen = false } = range;
+  if ((loOpen ? !(f > lo) : !(f >= lo)) || (hiOpen ? !(f < hi) : !(f <= hi))) {
+    const l = `${loOpen ? '(' : '['}${lo}`;
+    const h = `${hi}${hiOpen ? ')' : ']'}`;
+    throw new LoRARangeError(`${fn}: ${name} must be in ${l}, ${h}, got ${v}`);
+  }
+  return f;
+}
+
+export function boolOption(fn: string, name: string, v: unknown, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw new LoRATypeError(`${fn}: ${name} must be a boolean, got ${describeValue(v)}`);
+  return v;
+}
+
+/** A positive integer option; wrong kind → LoRATypeError, not a positive integer → LoRARangeError. */
+export function countOption(fn: string, name: string, v: unknown, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number') throw new LoRATypeError(`${fn}: ${name} must be a number, got ${describeValue(v)}`);
+  if (!Number.isSafeInteger(v) || v < 1) throw new LoRARangeError(`${fn}: ${name} must be a positive integer, got ${v}`);
+  return v;
+}

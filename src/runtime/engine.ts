@@ -1,0 +1,17 @@
+/**
+ * Engine: one loaded module with its memory, as every layer above sees it.
+ * It sits below everything (it imports only types), so loading, operations
+ * and layers all depend on it and it depends on none of them.
+ */
+import type { KernelLayer } from '../kernel/kernel.js';
+import type { WasmHeap } from '../memory/heap.js';
+
+/** The two .wasm flavours, compiled from one source (assembly/simd.ts). */
+export type Build = 'relaxed' | 'baseline';
+
+export interface Engine {
+  readonly build: Build;
+  readonly heap: WasmHeap;
+  /** The only way to run a kernel. */
+  readonly kernel: KernelLayer;
+}
