@@ -55,6 +55,11 @@ export interface GemmCall {
   beta?: number;
 }
 
+/** What a module says of itself before any heap exists: its flavour and the first byte past its static data. */
+export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: number } {
+  return { relaxed: kernels.simdFlavour() === 1, heapBase: kernels.heapBase() >>> 0 };
+}
+
 export class KernelLayer {
   readonly heap: WasmHeap;
   readonly #k: Kernels;

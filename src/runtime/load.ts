@@ -13,7 +13,7 @@
  */
 import { instantiate } from '@assemblyscript/loader';
 import { LoRAError, LoRARangeError, LoRATypeError, describeValue } from '../errors.js';
-import { KernelLayer } from '../kernel/kernel.js';
+import { KernelLayer, moduleInfo } from '../kernel/kernel.js';
 import { KERNEL_NAMES, type Kernels } from '../kernel/kernels.js';
 import { MAX_PAGES, PAGE_BYTES, WasmHeap } from '../memory/heap.js';
 
@@ -126,11 +126,12 @@ export async function loadEngine(options: InitOptions): Promise<Engine> {
     );
   }
   const kernels = exports as unknown as Kernels;
-  const build: Build = kernels.simdFlavour() === 1 ? 'relaxed' : 'baseline';
+  const info = moduleInfo(kernels);
+  const build: Build = info.relaxed ? 'relaxed' : 'baseline';
   if (simd !== 'auto' && build !== simd) {
     throw new LoRATypeError(`init: options.simd is '${simd}' but the given wasm module is the ${build} build`);
   }
-  const heap = new WasmHeap(memory, kernels.heapBase() >>> 0, maxPages * PAGE_BYTES);
+  const heap = new WasmHeap(memory, info.heapBase, maxPages * PAGE_BYTES);
   return { build, heap, kernel: new KernelLayer(heap, kernels) };
 }
 
