@@ -19,6 +19,7 @@ const suites: [string, () => Promise<unknown>][] = [
   ['optim.test.ts', () => import('../optim.test.js')],
   ['train.test.ts', () => import('../train.test.js')],
   ['layers.test.ts', () => import('../layers.test.js')],
+  ['reliability.test.ts', () => import('../reliability.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
