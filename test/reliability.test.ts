@@ -204,7 +204,8 @@ test('a forward that runs out of memory leaves the last forward intact: backward
   };
   const layer = make(lw);
   layer.forward({ rows: 5, cols: 24, data: x });
-  assertThrowsTyped(() => layer.forward({ rows: 40_000, cols: 24, data: new Float32Array(40_000 * 24) }), LoRAMemoryError, ['forward:']);
+  // X [20000, 24] (1.9 MB) fits under the 3 MiB cap, Y [20000, 32] does not: the failure comes after X could be copied.
+  assertThrowsTyped(() => layer.forward({ rows: 20_000, cols: 24, data: randomF32(rng(24), 20_000 * 24) }), LoRAMemoryError, ['forward:']);
   layer.backward({ rows: 5, cols: 32, data: gy });
   const ref = make(await lwUnderTest());
   ref.forward({ rows: 5, cols: 24, data: x });
