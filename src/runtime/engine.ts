@@ -9,6 +9,9 @@ import type { WasmHeap } from '../memory/heap.js';
 /** The two .wasm flavours, compiled from one source (assembly/simd.ts). */
 export type Build = 'relaxed' | 'baseline';
 
+/** A .wasm source: a URL (fetched, or read from disk for file: URLs), the bytes, or a compiled module. */
+export type WasmSource = string | URL | ArrayBuffer | ArrayBufferView | WebAssembly.Module;
+
 export interface Engine {
   readonly build: Build;
   readonly heap: WasmHeap;

@@ -17,12 +17,11 @@ import { KernelLayer, moduleInfo } from '../kernel/kernel.js';
 import { KERNEL_NAMES, type Kernels } from '../kernel/kernels.js';
 import { MAX_PAGES, PAGE_BYTES, WasmHeap } from '../memory/heap.js';
 
-import type { Build, Engine } from './engine.js';
+import type { Build, Engine, WasmSource } from './engine.js';
+
+export type { WasmSource };
 import { pathToUrl, readFileUrl } from './load-file.js';
 import { defaultWasm } from './wasm-source.js';
-
-/** A .wasm source: a URL (fetched, or read from disk for file: URLs), the bytes, or a compiled module. */
-export type WasmSource = string | URL | ArrayBuffer | ArrayBufferView | WebAssembly.Module;
 
 export interface InitOptions {
   /** Which flavour to run. 'auto' (default) prefers relaxed where the engine supports it. */

@@ -6,8 +6,7 @@
 import baseline from '../../build/lora-baseline.wasm';
 // @ts-expect-error: resolved by esbuild's binary loader (scripts/bundle.mjs)
 import relaxed from '../../build/lora-relaxed.wasm';
-import type { Build } from './engine.js';
-import type { WasmSource } from './load.js';
+import type { Build, WasmSource } from './engine.js';
 
 export function defaultWasm(build: Build): WasmSource {
   return (build === 'relaxed' ? relaxed : baseline) as Uint8Array;

@@ -5,8 +5,7 @@
  * ship the file). The single-file bundles swap this module for
  * wasm-inline.ts, which embeds both flavours' bytes.
  */
-import type { Build } from './engine.js';
-import type { WasmSource } from './load.js';
+import type { Build, WasmSource } from './engine.js';
 
 export function defaultWasm(build: Build): WasmSource {
   return build === 'relaxed'
