@@ -5,6 +5,7 @@
  */
 import b from 'benny';
 import { type LoRAWasm, seededRandom } from '../src/index.js';
+import { bound } from '../test/reference.js';
 
 export interface Row {
   /** Table the row belongs to, e.g. 'merge'. */
@@ -73,19 +74,19 @@ export async function suite(ctx: Ctx, group: string, shape: string, flops: numbe
 
 /**
  * Checks sampled entries of `got` ([rows, cols]) against float64 `want(i, j)`
- * within the f32 summation bound (k + 6)·u·mag(i, j); throws so that a wrong
+ * within the shared f32 bound (test/reference.ts, 6 roundings of slack); throws so that a wrong
  * fast kernel fails the bench instead of being timed.
  */
 export function verify(
   name: string, got: ArrayLike<number>, rows: number, cols: number, k: number,
-  want: (i: number, j: number) => { value: number; mag: number },
+  want: (i: number, j: number) => { value: number; mag: number }, extra = 6,
 ): void {
   const sampleRows = [0, 1, 2, 3, 5, rows >> 1, rows - 1].filter((i) => i < rows);
   for (const i of sampleRows) {
     for (let j = 0; j < cols; j += j < 16 ? 1 : 13) {
       const { value, mag } = want(i, j);
       const g = got[i * cols + j]!;
-      if (!(Math.abs(g - value) <= (k + 6) * 2 ** -24 * mag + 1e-30)) {
+      if (!(Math.abs(g - value) <= bound(k, extra, mag))) {
         throw new Error(`${name}: wrong result at [${i}, ${j}]: ${g} vs ${value}; refusing to time a wrong kernel`);
       }
     }

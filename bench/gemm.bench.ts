@@ -6,19 +6,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Matrix } from '../src/index.js';
+import { linearElement } from '../test/reference.js';
 import { type Case, type Ctx, random, suite, verify } from './common.js';
-
-/** float64 (x·wᵀ)[i, j] for x: [n, k], w: [m, k]. */
-const linearRef = (x: Float32Array, w: Float32Array, k: number) => (i: number, j: number) => {
-  let value = 0;
-  let mag = 0;
-  for (let q = 0; q < k; q++) {
-    const p = x[i * k + q]! * w[j * k + q]!;
-    value += p;
-    mag += Math.abs(p);
-  }
-  return { value, mag };
-};
 
 export async function benchGemm(ctx: Ctx): Promise<void> {
   const n = 256, k = 4096, m = 4096;
@@ -32,9 +21,9 @@ export async function benchGemm(ctx: Ctx): Promise<void> {
     const X = lw.matrix(n, k, x), W = lw.matrix(m, k, w), Wt = lw.matrix(k, m, wt), Y = lw.matrix(n, m);
     held.push(X, W, Wt, Y);
     lw.gemm(Y, X, W, { transY: true });
-    verify(`gemm X·Wᵀ ${build}`, Y.data, n, m, k, linearRef(x, w, k));
+    verify(`gemm X·Wᵀ ${build}`, Y.data, n, m, k, linearElement(x, w, n, m, k));
     lw.gemm(Y, X, Wt);
-    verify(`gemm X·Wt ${build}`, Y.data, n, m, k, linearRef(x, w, k));
+    verify(`gemm X·Wt ${build}`, Y.data, n, m, k, linearElement(x, w, n, m, k));
     cases.push({ name: `X·Wᵀ, W [out, in] (${build})`, by: 'lora-wasm', build, fn: () => () => lw.gemm(Y, X, W, { transY: true }) });
     cases.push({ name: `X·Wt, Wt [in, out] (${build})`, by: 'lora-wasm', build, fn: () => () => lw.gemm(Y, X, Wt) });
   }
@@ -42,7 +31,7 @@ export async function benchGemm(ctx: Ctx): Promise<void> {
   const tfRun = (transB: boolean) => (transB ? tf.matMul(tX, tW, false, true) : tf.matMul(tX, tWt));
   for (const transB of [false, true]) {
     const t = tfRun(transB);
-    verify(`tfjs matMul transB=${transB}`, t.dataSync() as Float32Array, n, m, k, linearRef(x, w, k));
+    verify(`tfjs matMul transB=${transB}`, t.dataSync() as Float32Array, n, m, k, linearElement(x, w, n, m, k));
     t.dispose();
   }
   cases.push({ name: 'tfjs-wasm matMul(X, Wt)', by: 'tfjs-wasm', speed: 'slow', fn: () => () => tfRun(false).dispose() });
@@ -60,7 +49,7 @@ export async function benchGemm(ctx: Ctx): Promise<void> {
     held.length = 0;
     held.push(X, W, Y);
     lw.gemm(Y, X, W, { transY: true });
-    verify(`micro ${lw.build}`, Y.data, mn, mm, mk, linearRef(mx, mw, mk));
+    verify(`micro ${lw.build}`, Y.data, mn, mm, mk, linearElement(mx, mw, mn, mm, mk));
     micro.push({ name: `4×8 tile in cache, 64×256×256 (${lw.build})`, by: 'lora-wasm', build: lw.build, fn: () => () => lw.gemm(Y, X, W, { transY: true }) });
   }
   await suite(ctx, 'micro-kernel', '64×256×256 in cache', 2 * mn * mm * mk, 0, micro);

@@ -4,6 +4,7 @@
  * AdamW) against the forward GEMM alone at batch 64.
  */
 import type { LoRALinear, Matrix } from '../src/index.js';
+import { gemm64, gemmElement, linearElement, loraElement } from '../test/reference.js';
 import { type Case, type Ctx, random, suite, verify } from './common.js';
 
 const D = 4096;
@@ -25,11 +26,9 @@ export async function benchLora(ctx: Ctx): Promise<void> {
       merged.A.data.set(onTheFly.A.data);
       merged.merge();
       held.push(onTheFly, merged, X, W);
-      const y1 = onTheFly.forward(X).toArray();
-      const y2 = merged.forward(X).data;
-      let worst = 0;
-      for (let i = 0; i < y1.length; i++) worst = Math.max(worst, Math.abs(y1[i]! - y2[i]!));
-      if (!(worst < 1e-4)) throw new Error(`lora forward ${build}: merged and on-the-fly differ by ${worst}`);
+      const want = loraElement(x, w, onTheFly.A.toArray(), onTheFly.B.toArray(), n, D, D, R, onTheFly.scale);
+      verify(`on-the-fly forward ${build}`, onTheFly.forward(X).data, n, D, D + R, want, 8);
+      verify(`merged forward ${build}`, merged.forward(X).data, n, D, D + R, want, 8);
       cases.push({ name: `on-the-fly forward (${build})`, by: 'lora-wasm', build, fn: () => () => onTheFly.forward(X) });
       cases.push({ name: `merged forward (${build})`, by: 'lora-wasm', build, fn: () => () => merged.forward(X) });
     }
@@ -47,14 +46,16 @@ export async function benchLora(ctx: Ctx): Promise<void> {
     const layer = lw.linear({ W, r: R, alpha: 32, inputGrad: false });
     const opt = lw.adamw(layer.parameters(), { lr: 1e-4 });
     held.push(layer, opt, X, W, T, G, Y);
-    verify(`training forward ${build}`, layer.forward(X).data, n, D, D, (i, j) => {
-      let value = 0, mag = 0;
-      for (let q = 0; q < D; q++) {
-        value += x[i * D + q]! * w[j * D + q]!;
-        mag += Math.abs(x[i * D + q]! * w[j * D + q]!);
-      }
-      return { value, mag };
-    });
+    verify(`training forward ${build}`, layer.forward(X).data, n, D, D, linearElement(x, w, n, D, D));
+    lw.gemm(Y, X, W, { transY: true });
+    verify(`forward GEMM ${build}`, Y.data, n, D, D, linearElement(x, w, n, D, D));
+    // one training step's gradient: ∂A = s·Gᵀ·H with H = X·Bᵀ, against float64 (G from this step's loss)
+    lw.mseLoss(layer.forward(X), T, G);
+    layer.backward(G);
+    const h = gemm64({ data: x, rows: n, cols: D }, { data: layer.B.toArray(), rows: R, cols: D, trans: true });
+    const g = G.toArray();
+    verify(`training step ∂A ${build}`, layer.gradA.data, D, R, n + D, (j, k) =>
+      gemmElement({ data: g, rows: n, cols: D, trans: true }, { data: h.value, mag: h.mag, rows: n, cols: R }, j, k, { alpha: layer.scale }));
     cases.push({ name: `forward GEMM X·Wᵀ alone (${build})`, by: 'lora-wasm', build, fn: () => () => lw.gemm(Y, X, W, { transY: true }) });
     cases.push({ name: `training step (${build})`, by: 'lora-wasm', build, fn: () => () => {
       lw.mseLoss(layer.forward(X), T, G);

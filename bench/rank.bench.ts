@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs-core';
 import { Matrix as MlMatrix } from 'ml-matrix';
 import type { Matrix } from '../src/index.js';
+import { rankElement } from '../test/reference.js';
 import { type Case, type Ctx, random, suite, verify } from './common.js';
 
 interface Shape {
@@ -27,17 +28,7 @@ export const MERGE_SHAPES: Shape[] = [
 const QUICK = new Set(['768×768 r=8 (BERT-base attention)', '4096×4096 r=8 (7B attention)', '4096×4096 r=64']);
 
 /** float64 W0 + s·A·B at (i, j), with the magnitude the f32 error scales with. */
-const mergeRef = (w: Float32Array | undefined, a: Float32Array, bm: Float32Array, sh: Shape, s: number) => (i: number, j: number) => {
-  let acc = 0;
-  let mag = 0;
-  for (let k = 0; k < sh.r; k++) {
-    const p = a[i * sh.r + k]! * bm[k * sh.dIn + j]!;
-    acc += p;
-    mag += Math.abs(p);
-  }
-  const w0 = w ? w[i * sh.dIn + j]! : 0;
-  return { value: w0 + s * acc, mag: Math.abs(w0) + Math.abs(s) * mag };
-};
+const mergeRef = (w: Float32Array | undefined, a: Float32Array, bm: Float32Array, sh: Shape, s: number) => rankElement(w, a, bm, sh.dOut, sh.r, sh.dIn, s);
 
 async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
   const { dOut, dIn, r } = sh;
@@ -52,6 +43,8 @@ async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
   const delta: Case[] = [];
 
   const copyDst = new Float32Array(dOut * dIn);
+  copyDst.set(w0);
+  if (copyDst.some((v, i) => !Object.is(v, w0[i]))) throw new Error('copy of W: wrong result; refusing to time it');
   merge.push({ name: 'copy of W (Float32Array.set)', by: 'copy', fn: () => () => copyDst.set(w0) });
 
   for (const lw of ctx.builds) {
@@ -63,9 +56,12 @@ async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
     const D = lw.delta(A, B, { scale: s });
     verify(`delta ${build}`, D.data, dOut, dIn, r, mergeRef(undefined, a, bm, sh, s));
     D.dispose();
-    lw.merge(W, A, B, { scale: s, safe: true });
-    verify(`merge ${build}`, W.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, s));
-    lw.unmerge(W, A, B, { scale: s });
+    for (const safe of [true, false]) {
+      lw.merge(W, A, B, { scale: s, safe });
+      verify(`merge${safe ? ' safe' : ''} ${build}`, W.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, s));
+      lw.unmerge(W, A, B, { scale: s, safe });
+      verify(`unmerge${safe ? ' safe' : ''} ${build}`, W.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, 0));
+    }
     // merge and unmerge are the same kernel at the same cost; alternating keeps W bounded.
     const alternate = (safe: boolean) => () => {
       let sign = 1;
@@ -176,6 +172,9 @@ async function benchInCache(ctx: Ctx): Promise<void> {
     for (const lw of ctx.builds) {
       const W = lw.matrix(rows, cols, w), A = lw.matrix(rows, r, a), B = lw.matrix(r, cols, bm);
       held.push(W, A, B);
+      lw.merge(W, A, B, { scale: 0.5 });
+      verify(`merge in cache ${lw.build}`, W.data, rows, cols, r, rankElement(w, a, bm, rows, r, cols, 0.5));
+      lw.unmerge(W, A, B, { scale: 0.5 });
       let sign = 1;
       cases.push({ name: `merge, W in cache (${lw.build})`, by: 'lora-wasm', build: lw.build, fn: () => () => {
         if (sign > 0) lw.merge(W, A, B, { scale: 0.5 });

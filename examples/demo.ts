@@ -7,6 +7,7 @@
  */
 import { init, loraScale, seededRandom } from '../src/index.js';
 import { finetuneDemo } from './finetune.js';
+import { gemm64, loraReference } from '../test/reference.js';
 import { medianMs } from './tasks.js';
 
 const D_OUT = 4096;
@@ -24,27 +25,11 @@ function fill(x: Float32Array, next: () => number, std: number): Float32Array {
 const ms = (t: number) => `${t.toFixed(1)} ms`;
 const fmt = (n: number) => n.toLocaleString('en-US');
 
-/** y = x·Mᵀ (+ s·(x·Bᵀ)·Aᵀ), in float64 JS loops: an independent reference. */
-function forward(x: Float32Array, m: Float32Array, lora?: { a: Float32Array; b: Float32Array; s: number }): Float64Array {
-  const y = new Float64Array(BATCH * D_OUT);
-  const h = new Float64Array(BATCH * R);
-  if (lora) {
-    for (let n = 0; n < BATCH; n++)
-      for (let k = 0; k < R; k++) {
-        let acc = 0;
-        for (let j = 0; j < D_IN; j++) acc += x[n * D_IN + j]! * lora.b[k * D_IN + j]!;
-        h[n * R + k] = acc;
-      }
-  }
-  for (let n = 0; n < BATCH; n++)
-    for (let i = 0; i < D_OUT; i++) {
-      let acc = 0;
-      for (let j = 0; j < D_IN; j++) acc += x[n * D_IN + j]! * m[i * D_IN + j]!;
-      if (lora) for (let k = 0; k < R; k++) acc += lora.s * h[n * R + k]! * lora.a[i * R + k]!;
-      y[n * D_OUT + i] = acc;
-    }
-  return y;
-}
+/** y = x·Mᵀ (+ s·(x·Bᵀ)·Aᵀ) in float64: the independent reference the tests use (test/reference.ts). */
+const forward = (x: Float32Array, m: Float32Array, lora?: { a: Float32Array; b: Float32Array; s: number }): Float64Array =>
+  lora
+    ? loraReference(x, m, lora.a, lora.b, undefined, BATCH, D_IN, D_OUT, R, lora.s).value
+    : gemm64({ data: x, rows: BATCH, cols: D_IN }, { data: m, rows: D_OUT, cols: D_IN, trans: true }).value;
 
 const lw = await init();
 const next = seededRandom(42);

@@ -1,6 +1,7 @@
 /**
- * Shared test helpers: the instance under test, a seeded RNG, float64
- * references and the tolerance they are compared with.
+ * Shared test helpers: the instance under test, a seeded RNG, random data,
+ * bitwise and typed-error assertions. The float64 references and the
+ * tolerance live in reference.ts (shared with bench/ and examples/).
  */
 import * as assert from 'uvu/assert';
 import { type Build, type LoRAWasm, init, seededRandom } from '../src/index.js';
@@ -32,67 +33,6 @@ export function randomF32(r: () => number, n: number, amp = 1): Float32Array {
   const x = new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = (2 * r() - 1) * amp;
   return x;
-}
-
-export interface Reference {
-  /** W0 + s·A·B in float64 (or s·A·B when w0 is undefined). */
-  value: Float64Array;
-  /** |W0| + |s|·Σ_k |A[i,k]·B[k,j]|: the magnitude rounding errors scale with. */
-  mag: Float64Array;
-}
-
-/** float64 reference for out = [w0 +] s·A·B with A: [dOut, r], B: [r, dIn]. */
-export function reference(
-  w0: Float32Array | undefined, a: Float32Array, b: Float32Array, dOut: number, r: number, dIn: number, s: number,
-): Reference {
-  const value = new Float64Array(dOut * dIn);
-  const mag = new Float64Array(dOut * dIn);
-  for (let i = 0; i < dOut; i++) {
-    for (let j = 0; j < dIn; j++) {
-      let acc = 0;
-      let m = 0;
-      for (let k = 0; k < r; k++) {
-        const p = a[i * r + k]! * b[k * dIn + j]!;
-        acc += p;
-        m += Math.abs(p);
-      }
-      const w = w0 ? w0[i * dIn + j]! : 0;
-      value[i * dIn + j] = w + s * acc;
-      mag[i * dIn + j] = Math.abs(w) + Math.abs(s) * m;
-    }
-  }
-  return { value, mag };
-}
-
-export const U = 2 ** -24; // unit roundoff of f32
-
-/**
- * Worst-case bound for an f32 result of W0 + s·Σ_k A·B summed over k terms:
- * (k + 4)·u·mag, from the standard recursive-summation bound γ_{k+1} plus the
- * rounding of s·A and of the final add. Rigorous, not tuned: a kernel that is
- * wrong by a single term of O(1) exceeds it.
- */
-export function assertWithinBound(got: Float32Array, ref: Reference, k: number, label: string): void {
-  const c = (k + 4) * U;
-  let worst = 0;
-  let at = -1;
-  for (let i = 0; i < got.length; i++) {
-    const err = Math.abs(got[i]! - ref.value[i]!);
-    const tol = c * ref.mag[i]! + 2 ** -140;
-    if (!(err <= tol)) {
-      // NaN compares false and is reported too
-      if (at < 0 || err / tol > worst) {
-        worst = err / tol;
-        at = i;
-      }
-    }
-  }
-  if (at >= 0) {
-    assert.unreachable(
-      `${label}: element ${at} is ${got[at]} but the float64 reference is ${ref.value[at]} ` +
-        `(error ${Math.abs(got[at]! - ref.value[at]!)} > bound ${c * ref.mag[at]!}, ${worst.toFixed(1)}× over)`,
-    );
-  }
 }
 
 /** Exact bitwise equality of two f32 arrays, reporting the first difference. */

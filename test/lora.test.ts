@@ -1,35 +1,19 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAShapeError, LoRAStateError, LoRATypeError, type LoRALinear, type LoRAWasm } from '../src/index.js';
-import { FLAVOUR, U, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { assertWithinBound, loraReference } from './reference.js';
 
 interface Net {
   n: number; dIn: number; dOut: number; r: number; s: number;
   x: Float64Array; w: Float64Array; a: Float64Array; b: Float64Array; bias: Float64Array | undefined;
 }
 
-/** float64 forward: Y = X·Wᵀ + s·(X·Bᵀ)·Aᵀ + bias, and |terms| for the error bound. */
-function forward64(t: Net): { y: Float64Array; mag: Float64Array } {
-  const { n, dIn, dOut, r, s, x, w, a, b, bias } = t;
-  const h = new Float64Array(n * r);
-  const hAbs = new Float64Array(n * r);
-  for (let i = 0; i < n; i++) for (let k = 0; k < r; k++) {
-    let acc = 0, abs = 0;
-    for (let j = 0; j < dIn; j++) { acc += x[i * dIn + j]! * b[k * dIn + j]!; abs += Math.abs(x[i * dIn + j]! * b[k * dIn + j]!); }
-    h[i * r + k] = acc;
-    hAbs[i * r + k] = abs;
-  }
-  const y = new Float64Array(n * dOut);
-  const mag = new Float64Array(n * dOut);
-  for (let i = 0; i < n; i++) for (let o = 0; o < dOut; o++) {
-    let acc = bias ? bias[o]! : 0, abs = bias ? Math.abs(bias[o]!) : 0;
-    for (let j = 0; j < dIn; j++) { acc += x[i * dIn + j]! * w[o * dIn + j]!; abs += Math.abs(x[i * dIn + j]! * w[o * dIn + j]!); }
-    for (let k = 0; k < r; k++) { acc += s * h[i * r + k]! * a[o * r + k]!; abs += Math.abs(s * a[o * r + k]!) * hAbs[i * r + k]!; }
-    y[i * dOut + o] = acc;
-    mag[i * dOut + o] = abs;
-  }
-  return { y, mag };
-}
+/** float64 forward of a Net, through the shared reference. */
+const forward64 = (t: Net) => {
+  const ref = loraReference(t.x, t.w, t.a, t.b, t.bias, t.n, t.dIn, t.dOut, t.r, t.s);
+  return { y: ref.value, mag: ref.mag };
+};
 
 /** A layer with random W, bias, A and B (A nonzero, unlike a fresh adapter) and its float64 twin. */
 function makeLayer(lw: LoRAWasm, seed: number, shape?: { n: number; dIn: number; dOut: number; r: number }, withBias = true) {
@@ -46,12 +30,9 @@ function makeLayer(lw: LoRAWasm, seed: number, shape?: { n: number; dIn: number;
   return { layer, net, x };
 }
 
-function within(got: Float32Array, want: Float64Array, mag: Float64Array, k: number, label: string): void {
-  for (let i = 0; i < got.length; i++) {
-    const tol = (k + 8) * U * mag[i]! + 2 ** -120;
-    if (!(Math.abs(got[i]! - want[i]!) <= tol)) assert.unreachable(`${label}: [${i}] ${got[i]} vs ${want[i]} (tol ${tol})`);
-  }
-}
+/** The LoRA forward makes two passes over Y: 8 roundings of slack beyond the k-term sums. */
+const within = (got: Float32Array, want: Float64Array, mag: Float64Array, k: number, label: string) =>
+  assertWithinBound(got, { value: want, mag }, k, label, 8);
 
 test(`forward matches the float64 reference, unmerged and merged (${FLAVOUR})`, async () => {
   const lw = await lwUnderTest();

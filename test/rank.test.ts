@@ -1,9 +1,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRANonFiniteError, type LoRAWasm, type Matrix, loraScale } from '../src/index.js';
-import {
-  FLAVOUR, U, assertBitIdentical, assertThrowsTyped, assertWithinBound, lwUnderTest, randInt, randomF32, reference, rng,
-} from './helpers.js';
+import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { U, assertWithinBound, rankReference } from './reference.js';
 
 interface Shape {
   dOut: number;
@@ -69,8 +68,8 @@ test(`delta, merge, mergeInto and unmerge match the float64 reference on ${SHAPE
     const W = lw.matrix(dOut, dIn, c.w);
     const out = lw.matrix(dOut, dIn);
     try {
-      const ref = reference(c.w, c.a, c.b, dOut, r, dIn, c.s);
-      const refDelta = reference(undefined, c.a, c.b, dOut, r, dIn, c.s);
+      const ref = rankReference(c.w, c.a, c.b, dOut, r, dIn, c.s);
+      const refDelta = rankReference(undefined, c.a, c.b, dOut, r, dIn, c.s);
 
       const D = lw.delta(A, B, { scale: c.s });
       assertWithinBound(D.data, refDelta, r, `delta ${label(c)}`);
@@ -109,7 +108,7 @@ test('the bound helper rejects a kernel that is off by one rank-1 term', () => {
   const dOut = 5, dIn = 6, k = 3;
   const a = randomF32(r, dOut * k);
   const b = randomF32(r, k * dIn);
-  const ref = reference(undefined, a, b, dOut, k, dIn, 1);
+  const ref = rankReference(undefined, a, b, dOut, k, dIn, 1);
   const wrong = Float32Array.from(ref.value);
   assertWithinBound(wrong, ref, k, 'exact'); // the f32 rounding of the reference passes
   // Drop the k = 0 term from element 7: the kind of bug an edge tile makes.
@@ -143,7 +142,7 @@ test('plain { rows, cols, data } operands give bit-identical results and are wri
   assertBitIdentical(out.data, Wm.data, 'plain mergeInto == resident merge');
 
   using D = lw.delta(A, Bm, { scale: c.s });
-  assertWithinBound(D.data, reference(undefined, c.a, c.b, 37, 6, 45, c.s), 6, 'delta on mixed operands');
+  assertWithinBound(D.data, rankReference(undefined, c.a, c.b, 37, 6, 45, c.s), 6, 'delta on mixed operands');
   const before = lw.memoryStats().liveBlocks;
   lw.unmerge(W, A, B, { scale: c.s });
   assert.is(lw.memoryStats().liveBlocks, before, 'staging copies are freed');
@@ -156,7 +155,7 @@ test('a plain object whose data is a Matrix view is used in place, without a cop
   using A = lw.matrix(9, 2, c.a);
   using B = lw.matrix(2, 10, c.b);
   lw.merge({ rows: 9, cols: 10, data: W.data }, A, B, { scale: c.s });
-  assertWithinBound(W.data, reference(c.w, c.a, c.b, 9, 2, 10, c.s), 2, 'merge through W.data');
+  assertWithinBound(W.data, rankReference(c.w, c.a, c.b, 9, 2, 10, c.s), 2, 'merge through W.data');
 });
 
 test('scale defaults to 1 and is applied in f32', async () => {
@@ -165,9 +164,9 @@ test('scale defaults to 1 and is applied in f32', async () => {
   using A = lw.matrix(6, 3, c.a);
   using B = lw.matrix(3, 10, c.b);
   using D1 = lw.delta(A, B);
-  assertWithinBound(D1.data, reference(undefined, c.a, c.b, 6, 3, 10, 1), 3, 'default scale');
+  assertWithinBound(D1.data, rankReference(undefined, c.a, c.b, 6, 3, 10, 1), 3, 'default scale');
   using D2 = lw.delta(A, B, { scale: 0.1 });
-  assertWithinBound(D2.data, reference(undefined, c.a, c.b, 6, 3, 10, Math.fround(0.1)), 3, 'scale 0.1');
+  assertWithinBound(D2.data, rankReference(undefined, c.a, c.b, 6, 3, 10, Math.fround(0.1)), 3, 'scale 0.1');
   using D3 = lw.delta(A, B, { scale: 0 });
   assert.ok(D3.data.every((v) => v === 0), 'scale 0 gives a zero delta');
 });
@@ -260,7 +259,7 @@ test('safe: true accepts near-overflow values whose exact result is finite (no f
   using A = lw.matrix(rows, 1, a);
   using B = lw.matrix(1, cols, b);
   lw.merge(W, A, B, { safe: true });
-  assertWithinBound(W.data, reference(w, a, b, rows, 1, cols, 1), 1, 'safe near-overflow merge');
+  assertWithinBound(W.data, rankReference(w, a, b, rows, 1, cols, 1), 1, 'safe near-overflow merge');
   W.dispose();
 });
 

@@ -11,6 +11,7 @@ import type { Kernels } from '../src/kernel/kernels.js';
 import { WasmHeap } from '../src/memory/heap.js';
 import { LoRAWasm as Facade } from '../src/lorawasm.js';
 import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { bound } from './reference.js';
 
 /** A fresh instance of its own (a distinct cap gives a distinct memoised instance). */
 const fresh = (mib: number): Promise<LoRAWasm> => init({ simd: FLAVOUR, maxMemoryBytes: mib * 2 ** 20 });
@@ -23,11 +24,10 @@ const assertUnchanged = (ms: Matrix[], before: Float32Array[], label: string): v
 test('safe merge: s·A that overflows f32 is placed so the exact, finite result comes out (1e10 + 1, B = 0, 1.5e38)', async () => {
   const lw = await lwUnderTest();
   const f = Math.fround;
-  const U4 = 4 * 2 ** -24;
   for (const [a, b, s] of [[1e10, 1e-30, 1e30], [1e10, 0, 1e30], [2, 0.25, 3e38]] as const) {
     const exact = f(a) * f(b) * f(s); // the true Δ of the f32 inputs, in f64
     const within = (got: number, want: number, what: string) =>
-      assert.ok(Number.isFinite(got) && Math.abs(got - want) <= U4 * Math.abs(want), `${what} a=${a} b=${b} s=${s}: ${got} vs ${want}`);
+      assert.ok(Number.isFinite(got) && Math.abs(got - want) <= bound(1, 4, Math.abs(want)), `${what} a=${a} b=${b} s=${s}: ${got} vs ${want}`);
     for (const safe of [true, false]) {
       using W = lw.matrix(1, 1, [1]);
       using A = lw.matrix(1, 1, [a]);
@@ -386,7 +386,7 @@ async function wasmBytes(): Promise<ArrayBuffer | Uint8Array> {
 
 test('a wasm trap inside a layer, an optimizer, fit or a merge surfaces as a LoRAError', async () => {
   const memory = new WebAssembly.Memory({ initial: 1, maximum: 1024 });
-  const { instance } = await WebAssembly.instantiate(await wasmBytes(), { env: { memory } });
+  const { instance } = await WebAssembly.instantiate(await wasmBytes() as BufferSource, { env: { memory } });
   const real = instance.exports as unknown as Kernels;
   for (const [kernel, run] of [
     ['gemm', (lw: Facade) => lw.linear({ W: lw.matrix(8, 8), r: 2 }).forward(lw.matrix(4, 8))],

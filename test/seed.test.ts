@@ -3,7 +3,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { loraScale } from '../src/index.js';
 import fixture from './fixtures/seed_6x6_r2.json' with { type: 'json' };
-import { U, assertWithinBound, lwUnderTest, reference } from './helpers.js';
+import { lwUnderTest } from './helpers.js';
+import { assertWithinBound, loraReference, rankReference } from './reference.js';
 
 const fx = fixture as {
   d_out: number; d_in: number; r: number; alpha: number; scale: number;
@@ -14,7 +15,7 @@ const fx = fixture as {
 const { d_out: dOut, d_in: dIn, r } = fx;
 const f32 = (v: number[]) => Float32Array.from(v);
 /** Magnitudes for the bound come from our own float64 reference of the same inputs. */
-const mag = (s: number) => reference(f32(fx.W), f32(fx.A), f32(fx.B), dOut, r, dIn, s).mag;
+const mag = (s: number) => rankReference(f32(fx.W), f32(fx.A), f32(fx.B), dOut, r, dIn, s).mag;
 
 test('W + A·B matches numpy on the 6×6, r = 2 example', async () => {
   const lw = await lwUnderTest();
@@ -22,12 +23,12 @@ test('W + A·B matches numpy on the 6×6, r = 2 example', async () => {
   using A = lw.matrix(dOut, r, fx.A);
   using B = lw.matrix(r, dIn, fx.B);
   using D = lw.delta(A, B);
-  assertWithinBound(D.data, { value: Float64Array.from(fx.delta), mag: reference(undefined, f32(fx.A), f32(fx.B), dOut, r, dIn, 1).mag }, r, 'delta vs numpy');
+  assertWithinBound(D.data, { value: Float64Array.from(fx.delta), mag: rankReference(undefined, f32(fx.A), f32(fx.B), dOut, r, dIn, 1).mag }, r, 'delta vs numpy');
   lw.merge(W, A, B);
   assertWithinBound(W.data, { value: Float64Array.from(fx.merged), mag: mag(1) }, r, 'merge vs numpy');
 });
 
-test('with s = alpha/r the merged and on-the-fly outputs match numpy', async () => {
+test('with s = alpha/r the scaled merge matches numpy', async () => {
   const lw = await lwUnderTest();
   const s = loraScale({ alpha: fx.alpha, r });
   assert.is(s, fx.scale);
@@ -36,22 +37,25 @@ test('with s = alpha/r the merged and on-the-fly outputs match numpy', async () 
   using B = lw.matrix(r, dIn, fx.B);
   lw.merge(W, A, B, { scale: s });
   assertWithinBound(W.data, { value: Float64Array.from(fx.merged_scaled), mag: mag(s) }, r, 'scaled merge vs numpy');
-  // y = x·W'ᵀ from our merged W, in float64, against numpy's on-the-fly x·Wᵀ + s·(x·Bᵀ)·Aᵀ.
+});
+
+test("a LoRALinear on the example gives numpy's outputs, on the fly and merged", async () => {
+  const lw = await lwUnderTest();
+  using W = lw.matrix(dOut, dIn, fx.W);
+  const layer = lw.linear({ W, r, alpha: fx.alpha });
+  assert.is(layer.scale, fx.scale);
+  layer.A.data.set(fx.A);
+  layer.B.data.set(fx.B);
   const n = fx.x.length / dIn;
-  const merged = W.data;
-  for (let b = 0; b < n; b++) {
-    for (let i = 0; i < dOut; i++) {
-      let y = 0;
-      let m = 0;
-      for (let j = 0; j < dIn; j++) {
-        y += fx.x[b * dIn + j]! * merged[i * dIn + j]!;
-        m += Math.abs(fx.x[b * dIn + j]! * fx.merged_scaled[i * dIn + j]!);
-      }
-      const want = fx.y_on_the_fly[b * dOut + i]!;
-      assert.ok(Math.abs(y - want) <= (r + 4) * U * 4 * m, `y[${b}, ${i}] = ${y} vs numpy ${want}`);
-      assert.ok(Math.abs(fx.y_merged[b * dOut + i]! - want) <= 1e-12 * (1 + m), 'numpy agrees with itself');
-    }
-  }
+  const X = { rows: n, cols: dIn, data: f32(fx.x) };
+  // magnitudes from our float64 reference of the same inputs; values are numpy's
+  const { mag: m } = loraReference(fx.x, fx.W, fx.A, fx.B, undefined, n, dIn, dOut, r, fx.scale);
+  const onTheFly = layer.forward(X).toArray();
+  assertWithinBound(onTheFly, { value: Float64Array.from(fx.y_on_the_fly), mag: m }, dIn + r, 'on the fly vs numpy', 8);
+  layer.merge();
+  const merged = layer.forward(X).toArray();
+  assertWithinBound(merged, { value: Float64Array.from(fx.y_merged), mag: m }, dIn + r, 'merged vs numpy', 8);
+  layer.dispose();
 });
 
 test.run();
