@@ -3,7 +3,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRADisposedError, LoRAError, LoRARangeError, LoRAShapeError, LoRAStateError, LoRATypeError, init } from '../src/index.js';
 import { WasmHeap } from '../src/memory/heap.js';
-import { FLAVOUR, assertThrowsTyped, lwUnderTest } from './helpers.js';
+import { FLAVOUR, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { assertWithinBound, gemm64 } from './reference.js';
 
 test('dense layer: bad options, wrong widths and call order give typed errors', async () => {
   const lw = await lwUnderTest();
@@ -84,6 +85,26 @@ test('freeing a block twice is reported as an internal LoRAError', () => {
   } catch (e) {
     assert.instance(e, LoRAError);
     assert.match((e as Error).message, /internal: free of a wasm block that is not live/);
+  }
+});
+
+test('dense layer gradients (gradW, gradBias, dX) match float64', async () => {
+  const lw = await lwUnderTest();
+  for (const [n, dIn, dOut] of [[1, 1, 1], [5, 9, 7], [33, 17, 12]] as const) {
+    const d = lw.dense({ inFeatures: dIn, outFeatures: dOut, seed: n });
+    const g = rng(n + 40);
+    const x = randomF32(g, n * dIn), gy = randomF32(g, n * dOut);
+    const w = d.W.toArray(), bias = d.bias.toArray();
+    const y = d.forward({ rows: n, cols: dIn, data: x });
+    const X = { data: x, rows: n, cols: dIn };
+    const G = { data: gy, rows: n, cols: dOut };
+    const c0 = Float64Array.from({ length: n * dOut }, (_, q) => bias[q % dOut]!);
+    assertWithinBound(y.data, gemm64(X, { data: w, rows: dOut, cols: dIn, trans: true }, { beta: 1, c0 }), dIn, `forward ${n}×${dIn}→${dOut}`, 6);
+    const dx = d.backward(G)!;
+    assertWithinBound(d.gradW.data, gemm64({ ...G, trans: true }, X), n, 'gradW = Gᵀ·X', 6);
+    assertWithinBound(d.gradBias.data, gemm64({ data: new Float64Array(n).fill(1), rows: 1, cols: n }, G), n, 'gradBias = Σ rows of G', 6);
+    assertWithinBound(dx.data, gemm64(G, { data: w, rows: dOut, cols: dIn }), dOut, 'dX = G·W', 6);
+    d.dispose();
   }
 });
 

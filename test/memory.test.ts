@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import { LoRADisposedError, LoRAMemoryError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, Matrix, init } from '../src/index.js';
 import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, rankReference } from './reference.js';
+import { type Block, WasmHeap } from '../src/memory/heap.js';
 
 const GiB = 2 ** 30;
 
@@ -32,7 +33,7 @@ test('10,000 allocate/dispose cycles leave wasm memory the same size', async () 
 });
 
 test('interleaved frees coalesce: a block freed in the middle is reused', async () => {
-  const lw = await lwUnderTest();
+  const lw = await init({ simd: FLAVOUR, maxMemoryBytes: 41 * 2 ** 20 }); // its own heap: no holes left by other suites
   const a = lw.matrix(100, 100), b = lw.matrix(100, 100), c = lw.matrix(100, 100);
   const bPtr = b.ptr;
   b.dispose();
@@ -175,6 +176,46 @@ test('matrix() rejects bad dims and data with typed errors', async () => {
   assertThrowsTyped(() => lw.matrix(2, 2, new Float64Array(4) as unknown as Float32Array), LoRATypeError, ['Float64Array', 'Float32Array.from']);
   assertThrowsTyped(() => lw.matrix(2, 2, [1, 2, 3]), LoRAShapeError, ['length 3', '[2, 2]', '4']);
   assertThrowsTyped(() => lw.matrix(2, 2, 'abcd' as unknown as number[]), LoRATypeError);
+});
+
+test('heap property test: random alloc/free never overlaps, keeps the free list sorted and coalesced, and lowers the top', () => {
+  const heap = new WasmHeap(new WebAssembly.Memory({ initial: 1, maximum: 512 }), 1000, 512 * 65536);
+  const g = rng(77);
+  const live: Block[] = [];
+  const check = (step: number) => {
+    const { base, top, free, live: blocks } = heap.layout();
+    const ranges = [...blocks.map((b) => ({ ...b, kind: 'live' })), ...free.map((f) => ({ ...f, kind: 'free' }))].sort((a, b) => a.ptr - b.ptr);
+    let at = base;
+    for (const r of ranges) {
+      assert.ok(r.ptr % 64 === 0 && r.size % 64 === 0 && r.size > 0, `step ${step}: aligned ${r.kind} range`);
+      assert.is(r.ptr, at, `step ${step}: ranges tile [base, top) with no overlap and no gap (at ${r.ptr}, expected ${at})`);
+      at = r.ptr + r.size;
+    }
+    assert.is(at, top, `step ${step}: the ranges end at the top`);
+    for (let i = 1; i < free.length; i++) {
+      assert.ok(free[i - 1]!.ptr + free[i - 1]!.size < free[i]!.ptr, `step ${step}: free list sorted and coalesced`);
+    }
+    const last = ranges.at(-1);
+    assert.ok(!last || last.kind === 'live', `step ${step}: no free range at the top (the top was lowered)`);
+    assert.is(blocks.length, live.length, `step ${step}: live count`);
+  };
+  for (let step = 0; step < 4000; step++) {
+    if (live.length === 0 || g() < 0.55) {
+      const bytes = g() < 0.1 ? 1 + Math.floor(g() * 200_000) : 1 + Math.floor(g() * 3000);
+      live.push(heap.alloc(bytes, 'prop'));
+    } else {
+      const [b] = live.splice(Math.floor(g() * live.length), 1);
+      heap.free(b!);
+      assert.not.ok(heap.isLive(b!), 'a freed block is dead');
+    }
+    check(step);
+  }
+  for (const b of live.splice(0)) heap.free(b);
+  check(-1);
+  const end = heap.layout();
+  assert.is(end.top, end.base, 'everything freed: the top is back at the base');
+  assert.equal(end.free, [], 'and the free list is empty');
+  assert.is(heap.stats().allocations > 2000, true);
 });
 
 test.run();

@@ -62,6 +62,43 @@ test('SGD with momentum, weight decay and nesterov follows torch.optim.SGD', asy
   }
 });
 
+test('AdamW and SGD update several parameters of different shapes, each by its own torch formula', async () => {
+  const lw = await lwUnderTest();
+  const shapes = [[3, 5], [1, 7], [4, 4], [9, 1]] as const;
+  for (const kind of ['adamw', 'sgd'] as const) {
+    const g = rng(kind === 'adamw' ? 31 : 32);
+    const p0 = shapes.map(([r, c]) => randomF32(g, r * c));
+    const params = shapes.map(([r, c], i) => ({ name: `p${i}`, value: lw.matrix(r, c, p0[i]!), grad: lw.matrix(r, c) }));
+    const opt = kind === 'adamw' ? lw.adamw(params, { lr: 0.02, weightDecay: 0.05 }) : lw.sgd(params, { lr: 0.05, momentum: 0.8 });
+    const ref = p0.map((p) => ({ p: Float64Array.from(p), m: new Float64Array(p.length), v: new Float64Array(p.length) }));
+    for (let t = 1; t <= 4; t++) {
+      const gs = params.map((q) => randomF32(g, q.value.length));
+      params.forEach((q, i) => q.grad.data.set(gs[i]!));
+      opt.step();
+      ref.forEach((st, i) => {
+        for (let j = 0; j < st.p.length; j++) {
+          const gj = gs[i]![j]!;
+          if (kind === 'adamw') {
+            st.p[j] = st.p[j]! * (1 - 0.02 * 0.05);
+            st.m[j] = 0.9 * st.m[j]! + 0.1 * gj;
+            st.v[j] = 0.999 * st.v[j]! + 0.001 * gj * gj;
+            st.p[j] = st.p[j]! - (0.02 * (st.m[j]! / (1 - 0.9 ** t))) / (Math.sqrt(st.v[j]! / (1 - 0.999 ** t)) + 1e-8);
+          } else {
+            st.m[j] = t === 1 ? gj : 0.8 * st.m[j]! + gj;
+            st.p[j] = st.p[j]! - 0.05 * st.m[j]!;
+          }
+        }
+        close(params[i]!.value.data, st.p, 1e-5, `${kind} step ${t}, parameter ${i} [${shapes[i]!.join(', ')}]`);
+      });
+    }
+    opt.dispose();
+    for (const q of params) {
+      q.value.dispose();
+      q.grad.dispose();
+    }
+  }
+});
+
 test('optimizers reject bad params and options', async () => {
   const lw = await lwUnderTest();
   assertThrowsTyped(() => lw.adamw([]), LoRATypeError, ['adamw: params must be a non-empty array']);

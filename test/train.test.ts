@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm } from '../src/index.js';
+import { LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm, seededRandom } from '../src/index.js';
 import { assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 
 /** A low-rank regression task: targets come from W + ΔW with a rank-2 ΔW the adapter must find. */
@@ -95,6 +95,89 @@ test('an MLP pretrained with dense layers classifies, then LoRA adapts it to a s
   assert.is(tuned.trainableParameters, 4 * (d + 32) + 2 * (32 + classes));
   assert.is(tuned.frozenParameters, 32 * d + 32 + classes * 32 + classes);
   for (const m of [unmergedP, mergedP, tuned, opt, opt2, base]) m.dispose();
+});
+
+test('fit with a partial last batch equals the same loop written out by hand, bit for bit', async () => {
+  const lw = await lwUnderTest();
+  const { w, x, y } = task(12, 10, 6, 5);
+  const make = () => {
+    const layer = lw.linear({ W: { rows: 5, cols: 6, data: w }, r: 2, seed: 4 });
+    const model = lw.sequential([layer]);
+    return { layer, model, opt: lw.sgd(model.parameters(), { lr: 0.05, momentum: 0.5 }) };
+  };
+  const a = make();
+  const res = a.model.fit({ rows: 10, cols: 6, data: x }, { rows: 10, cols: 5, data: y }, { loss: 'mse', optimizer: a.opt, epochs: 3, batchSize: 4, seed: 9 });
+  assert.is(res.steps, 9, '3 batches (4, 4, 2) per epoch');
+  // the same: seeded Fisher–Yates per epoch, batches of 4, 4 and 2, MSE, backward, step
+  const b = make();
+  const next = seededRandom(9);
+  const order = Array.from({ length: 10 }, (_, i) => i);
+  const losses: number[] = [];
+  for (let epoch = 0; epoch < 3; epoch++) {
+    for (let i = 9; i > 0; i--) {
+      const j = Math.floor(next() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    let sum = 0;
+    for (let b0 = 0; b0 < 10; b0 += 4) {
+      const rows = Math.min(4, 10 - b0);
+      const bx = new Float32Array(rows * 6), by = new Float32Array(rows * 5);
+      for (let r = 0; r < rows; r++) {
+        bx.set(x.subarray(order[b0 + r]! * 6, order[b0 + r]! * 6 + 6), r * 6);
+        by.set(y.subarray(order[b0 + r]! * 5, order[b0 + r]! * 5 + 5), r * 5);
+      }
+      const out = b.model.forward({ rows, cols: 6, data: bx });
+      using G = lw.matrix(rows, 5);
+      sum += lw.mseLoss(out, { rows, cols: 5, data: by }, G);
+      b.model.backward(G);
+      b.opt.step();
+    }
+    losses.push(sum / 3);
+  }
+  assertBitIdentical(a.layer.A.data, b.layer.A.data, 'A');
+  assertBitIdentical(a.layer.B.data, b.layer.B.data, 'B');
+  assert.equal(res.epochLoss, losses, 'epoch losses include the partial batch');
+  for (const m of [a, b]) {
+    m.model.dispose();
+    m.opt.dispose();
+  }
+});
+
+test('a training loop allocates nothing after its first step at each batch size (heap counters)', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(13);
+  using W1 = lw.matrix(32, 24, randomF32(g, 32 * 24));
+  using W2 = lw.matrix(6, 32, randomF32(g, 6 * 32));
+  const model = lw.sequential([lw.linear({ W: W1, r: 4 }), lw.relu(), lw.linear({ W: W2, r: 2 })]);
+  const opt = lw.adamw(model.parameters(), { lr: 0.01 });
+  using X = lw.matrix(16, 24, randomF32(g, 16 * 24));
+  using T = lw.matrix(16, 6, randomF32(g, 16 * 6));
+  using G = lw.matrix(16, 6);
+  const labels = Int32Array.from({ length: 16 }, (_, i) => i % 6);
+  const step = (loss: 'mse' | 'ce') => {
+    const y = model.forward(X);
+    if (loss === 'mse') lw.mseLoss(y, T, G);
+    else lw.softmaxCrossEntropy(y, labels, G);
+    model.backward(G);
+    opt.step();
+  };
+  step('mse');
+  step('ce');
+  const before = lw.memoryStats().allocations;
+  for (let i = 0; i < 5; i++) {
+    step('mse');
+    step('ce');
+  }
+  assert.is(lw.memoryStats().allocations, before, 'forward + loss + backward + step allocated nothing');
+  // fit, 10 rows in batches of 4, 4 and 2: after the first epoch no step allocates
+  const counts: number[] = [];
+  model.fit({ rows: 10, cols: 24, data: randomF32(g, 240) }, Array.from({ length: 10 }, (_, i) => i % 6), {
+    loss: 'cross-entropy', optimizer: opt, epochs: 4, batchSize: 4, onProgress: () => counts.push(lw.memoryStats().allocations),
+  });
+  assert.is(counts.length, 12);
+  assert.equal(counts.slice(3), new Array(9).fill(counts[2]), `allocations per step after epoch 1: ${counts.join(' ')}`);
+  model.dispose();
+  opt.dispose();
 });
 
 test('fit rejects bad options and data with typed errors', async () => {
