@@ -4,13 +4,14 @@
 //   dist/index.js            ESM for Node (tsc); .wasm read from build/ via new URL('../../build/…', import.meta.url)
 //   dist/lora-wasm.inline.js ESM, one file, both .wasm flavours embedded: the default browser entry
 //                            (the `browser` condition of `lora-wasm`), works in every bundler unconfigured
-//   dist/url/browser.js      ESM for browsers that serve the .wasm themselves (`lora-wasm/url`); fetches
-//                            build/lora-<flavour>.wasm via new URL('../../build/…', import.meta.url)
+//   dist/browser.js          ESM for browsers that serve the .wasm themselves (`lora-wasm/url`); fetches
+//                            build/lora-<flavour>.wasm via new URL('../build/…', import.meta.url), so a
+//                            consumer's bundle at site/js/app.js looks for site/build/lora-relaxed.wasm
 //   dist/cjs/index.cjs       CommonJS for require() in Node
 //   dist/lora-wasm.iife.js   <script> build exposing the global `LoRAWasm`, both flavours embedded
 //   dist/cjs/*.d.ts          the type declarations again, under a CommonJS package.json, for require()
-// The URL-loading bundles sit one folder below dist/ so that '../../build/' resolves as it does from
-// src/runtime/ and dist/runtime/.
+// src/runtime/wasm-source.ts says '../../build/' (right for dist/runtime/ and dist/cjs/index.cjs);
+// the one-level browser bundle gets the same module with '../build/'.
 //
 // Prints each artifact's size, raw and gzipped.
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
@@ -25,6 +26,17 @@ const inlineWasm = {
   setup(build) {
     // Swap the URL-based default source for embedded bytes.
     build.onResolve({ filter: /\/wasm-source\.js$/ }, () => ({ path: `${root}src/runtime/wasm-inline.ts` }));
+  },
+};
+const urlOneUp = {
+  name: 'wasm-url-one-level',
+  setup(build) {
+    build.onResolve({ filter: /\/wasm-source\.js$/ }, () => ({ path: 'wasm-source', namespace: 'wasm-url' }));
+    build.onLoad({ filter: /.*/, namespace: 'wasm-url' }, () => ({
+      loader: 'ts',
+      contents: readFileSync(`${root}src/runtime/wasm-source.ts`, 'utf8').replaceAll("'../../build/", "'../build/"),
+      resolveDir: `${root}src/runtime`,
+    }));
   },
 };
 const browserFiles = {
@@ -45,7 +57,7 @@ const common = {
   logLevel: 'warning',
 };
 const builds = [
-  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/url/browser.js`, plugins: [browserFiles] },
+  { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/browser.js`, plugins: [browserFiles, urlOneUp] },
   { ...common, format: 'esm', platform: 'browser', outfile: `${root}dist/lora-wasm.inline.js`, plugins: [browserFiles, inlineWasm] },
   { ...common, format: 'iife', platform: 'browser', globalName: 'LoRAWasm', outfile: `${root}dist/lora-wasm.iife.js`, plugins: [browserFiles, inlineWasm] },
   {
@@ -59,7 +71,8 @@ const builds = [
   },
 ];
 await Promise.all(builds.map((b) => esbuild.build(b)));
-for (const f of ['url/browser.js', 'lora-wasm.inline.js', 'lora-wasm.iife.js']) {
+if (!readFileSync(`${root}dist/browser.js`, 'utf8').includes('../build/lora-relaxed.wasm')) throw new Error('dist/browser.js lost its ../build/ .wasm URL');
+for (const f of ['browser.js', 'lora-wasm.inline.js', 'lora-wasm.iife.js']) {
   if (readFileSync(`${root}dist/${f}`, 'utf8').includes('node:')) throw new Error(`dist/${f} still mentions a node: module`);
 }
 // Types for require(): the same declarations in a folder that TypeScript reads as CommonJS.
@@ -71,7 +84,7 @@ for (const f of readdirSync(`${root}dist`, { recursive: true })) {
   copyFileSync(`${root}dist/${f}`, `${root}dist/cjs/${f}`);
 }
 
-const report = ['dist/index.js', 'dist/url/browser.js', 'dist/cjs/index.cjs', 'dist/lora-wasm.inline.js', 'dist/lora-wasm.iife.js', 'build/lora-baseline.wasm', 'build/lora-relaxed.wasm'];
+const report = ['dist/index.js', 'dist/browser.js', 'dist/cjs/index.cjs', 'dist/lora-wasm.inline.js', 'dist/lora-wasm.iife.js', 'build/lora-baseline.wasm', 'build/lora-relaxed.wasm'];
 console.log('artifact                      raw       gzip');
 for (const f of report) {
   const raw = statSync(`${root}${f}`).size;

@@ -1,11 +1,14 @@
 #!/usr/bin/env node
-// The package as a new user meets it: npm pack, install the tarball into a fresh project, then
-//   import it from ESM and require it from CJS in Node, compile TypeScript against its types with
-//   tsc --strict (ESM and CJS), and bundle pages with esbuild (the main entry, the inlined build)
-//   plus a <script> page with the IIFE build, run in headless Chromium.
+// The package as a new user meets it: copy the tree as a fresh clone has it (tracked and untracked,
+//   nothing ignored, so no build/ or dist/), `npm pack` there (the prepack script must build
+//   everything), install the tarball into a fresh project, then import it from ESM and require it
+//   from CJS in Node, compile TypeScript against its types with tsc --strict (ESM and CJS), and bundle
+//   pages with esbuild: the main entry with no configuration and no .wasm copied, the inlined build,
+//   the URL-loading build (with and without its .wasm served), plus a <script> page with the IIFE build,
+//   run in headless Chromium.
 // Prints uvu-style Total/Passed lines; exits 1 on any failure.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,11 +44,32 @@ const result = Array.from(W.data).join(',') + ' ' + lw.build;`;
 const WANT = (build) => `2,2.5,3.25,6,6,6.5 ${build}`;
 
 try {
-  const tarball = execFileSync('npm', ['pack', '--pack-destination', dir, '--silent'], { cwd: root, encoding: 'utf8' }).trim().split('\n').at(-1);
+  // A never-built copy of the tree, as a clone has it; node_modules is linked (installing is CI's job).
+  const clone = path.join(dir, 'clone');
+  const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: root, encoding: 'utf8' }).split('\0').filter(Boolean);
+  for (const f of files) {
+    if (!existsSync(path.join(root, f))) continue; // deleted in the working tree
+    mkdirSync(path.dirname(path.join(clone, f)), { recursive: true });
+    copyFileSync(path.join(root, f), path.join(clone, f));
+  }
+  symlinkSync(path.join(root, 'node_modules'), path.join(clone, 'node_modules'));
+  if (existsSync(path.join(clone, 'build')) || existsSync(path.join(clone, 'dist'))) throw new Error('the clone already has build/ or dist/');
+  const tarball = execFileSync('npm', ['pack', '--pack-destination', dir, '--silent'], { cwd: clone, encoding: 'utf8' }).trim().split('\n').at(-1);
   writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
   run('npm', ['install', `./${tarball}`, '--no-audit', '--no-fund', '--prefer-offline', '--silent']);
   const installed = readdirSync(path.join(dir, 'node_modules/lora-wasm'));
-  console.log(`installed ${tarball}: ${installed.join(', ')}`);
+  console.log(`installed ${tarball} (packed from a never-built copy): ${installed.join(', ')}`);
+
+  await check('npm pack from a never-built tree ships dist/ and both .wasm, and no @internal member in the types', () => {
+    const pkg = path.join(dir, 'node_modules/lora-wasm');
+    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cjs/index.cjs', 'dist/lora-wasm.inline.js', 'dist/browser.js', 'dist/lora-wasm.iife.js', 'build/lora-relaxed.wasm', 'build/lora-baseline.wasm']) {
+      if (!existsSync(path.join(pkg, f))) throw new Error(`the package lacks ${f}`);
+    }
+    const matrix = readFileSync(path.join(pkg, 'dist/memory/matrix.d.ts'), 'utf8');
+    for (const internal of ['readonly heap', 'readonly block', 'get ptr', 'assertLive']) {
+      if (matrix.includes(internal)) throw new Error(`the published Matrix type still shows ${internal}`);
+    }
+  });
 
   await check('import from ESM in Node', () => {
     writeFileSync(path.join(dir, 'esm.mjs'), `import { init, loraScale } from 'lora-wasm';\nconst lw = await init();\n${MERGE}\nconsole.log(result);\n`);
@@ -86,16 +110,23 @@ export async function main(): Promise<number> {
 
   // Pages: the main entry bundled by esbuild (browser condition; .wasm served from ../build/ next to
   // the bundle's folder), the one-file inlined build, and the IIFE build from a <script> tag.
+  // site/ serves bundles only; site-url/ also serves build/*.wasm next to js/ for the URL-loading entry.
   const site = path.join(dir, 'site');
   mkdirSync(path.join(site, 'js'), { recursive: true });
-  mkdirSync(path.join(site, 'build'), { recursive: true });
-  for (const f of ['lora-baseline.wasm', 'lora-relaxed.wasm']) copyFileSync(path.join(dir, 'node_modules/lora-wasm/build', f), path.join(site, 'build', f));
-  const page = (entry) => `import { init, loraScale } from '${entry}';\nconst lw = await init();\n${MERGE}\ndocument.title = 'done ' + result;\n`;
+  mkdirSync(path.join(site, 'u/build'), { recursive: true });
+  mkdirSync(path.join(site, 'u/js'), { recursive: true });
+  // the README's rule for lora-wasm/url: a bundle at u/js/url.js loads u/build/lora-<flavour>.wasm
+  for (const f of ['lora-baseline.wasm', 'lora-relaxed.wasm']) copyFileSync(path.join(dir, 'node_modules/lora-wasm/build', f), path.join(site, 'u/build', f));
+  const page = (entry) =>
+    `import { init, loraScale } from '${entry}';\ntry {\nconst lw = await init();\n${MERGE}\ndocument.title = 'done ' + result;\n} catch (e) { document.title = 'error ' + e.name + ': ' + e.message; }\n`;
   writeFileSync(path.join(dir, 'page.js'), page('lora-wasm'));
   writeFileSync(path.join(dir, 'page-inline.js'), page('lora-wasm/inline'));
-  for (const [entry, out] of [['page.js', 'app.js'], ['page-inline.js', 'inline.js']]) {
-    await esbuild.build({ absWorkingDir: dir, entryPoints: [entry], bundle: true, format: 'esm', platform: 'browser', outfile: path.join(site, 'js', out), logLevel: 'error' });
+  writeFileSync(path.join(dir, 'page-url.js'), page('lora-wasm/url'));
+  for (const [entry, out] of [['page.js', 'js/app.js'], ['page-inline.js', 'js/inline.js'], ['page-url.js', 'u/js/url.js'], ['page-url.js', 'js/url-unserved.js']]) {
+    await esbuild.build({ absWorkingDir: dir, entryPoints: [entry], bundle: true, format: 'esm', platform: 'browser', outfile: path.join(site, out), logLevel: 'error' });
   }
+  writeFileSync(path.join(site, 'u/url.html'), '<!doctype html><script type="module" src="js/url.js"></script>');
+  writeFileSync(path.join(site, 'url-unserved.html'), '<!doctype html><script type="module" src="js/url-unserved.js"></script>');
   copyFileSync(path.join(dir, 'node_modules/lora-wasm/dist/lora-wasm.iife.js'), path.join(site, 'js', 'lora-wasm.iife.js'));
   writeFileSync(path.join(site, 'app.html'), '<!doctype html><script type="module" src="js/app.js"></script>');
   writeFileSync(path.join(site, 'inline.html'), '<!doctype html><script type="module" src="js/inline.js"></script>');
@@ -109,7 +140,12 @@ init().then((lw) => {\n${MERGE}\ndocument.title = 'done ' + result;\n});</script
   const server = await serve({ '/': site });
   const browser = await launch();
   try {
-    for (const [name, file] of [['esbuild-bundled page (main entry) in Chromium', 'app.html'], ['esbuild-bundled page (lora-wasm/inline) in Chromium', 'inline.html'], ['<script> page (IIFE build) in Chromium', 'iife.html']]) {
+    for (const [name, file] of [
+      ["esbuild-bundled page (main entry, no configuration, no .wasm copied) in Chromium", 'app.html'],
+      ['esbuild-bundled page (lora-wasm/inline) in Chromium', 'inline.html'],
+      ['esbuild-bundled page (lora-wasm/url, .wasm served beside it) in Chromium', 'u/url.html'],
+      ['<script> page (IIFE build) in Chromium', 'iife.html'],
+    ]) {
       await check(name, async () => {
         const p = await browser.newPage();
         const errors = [];
@@ -123,6 +159,16 @@ init().then((lw) => {\n${MERGE}\ndocument.title = 'done ' + result;\n});</script
         expect(title, `done ${WANT('relaxed')}`, file);
       });
     }
+    await check('lora-wasm/url with no .wasm served fails with a LoRAError that names the remedy', async () => {
+      const p = await browser.newPage();
+      await p.goto(`${server.url}/url-unserved.html`);
+      await p.waitForFunction(() => document.title.startsWith('done') || document.title.startsWith('error'), null, { timeout: 30_000 });
+      const title = await p.title();
+      await p.close();
+      for (const words of ['error LoRAError', '404', 'lora-relaxed.wasm', 'init({ wasm', "import 'lora-wasm'"]) {
+        if (!title.includes(words)) throw new Error(`the error "${title}" should mention "${words}"`);
+      }
+    });
     await check("the README's <script>-tag example in Chromium", async () => {
       const p = await browser.newPage();
       await p.goto(`${server.url}/readme.html`);
