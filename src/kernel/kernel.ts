@@ -162,7 +162,7 @@ export class KernelLayer {
   copy(fn: string, dst: MatrixDesc, src: MatrixDesc): void {
     const pd = this.#ptr(fn, dst);
     const ps = this.#ptr(fn, src);
-    new Uint8Array(this.heap.memory.buffer).copyWithin(pd, ps, ps + src.rows * src.cols * ITEM_BYTES[src.dtype]);
+    this.heap.copyBytes(pd, ps, src.rows * src.cols * ITEM_BYTES[src.dtype]);
   }
 
   /** The value of element `index` of d (for error messages). */

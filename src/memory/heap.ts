@@ -205,6 +205,11 @@ export class WasmHeap {
     return this.views.get(view);
   }
 
+  /** memmove of `bytes` from `src` to `dst` inside wasm memory. */
+  copyBytes(dst: number, src: number, bytes: number): void {
+    new Uint8Array(this.memory.buffer).copyWithin(dst, src, src + bytes);
+  }
+
   /** Scratch views for the kernel layer's own reads (never handed to users). */
   f32At(ptr: number, length: number): Float32Array {
     return new Float32Array(this.memory.buffer, ptr, length);
