@@ -56,7 +56,7 @@ export function gemm(
           const row = c + <usize>(i0 + (rb << 2)) * ldc + (<usize>j0 << 2);
           for (let sb = 0; sb < strips; sb++) {
             const o = row + (<usize>sb << 5);
-            tile4x8(o, o, ldc, pa, bp + (<usize>sb * <usize>kc << 5), kc, mr, min(8, nc - (sb << 3)), tmp, mode, beta);
+            tile4x8<f32, f32>(o, o, ldc, pa, bp + (<usize>sb * <usize>kc << 5), kc, mr, min(8, nc - (sb << 3)), tmp, mode, beta, ldc, 0, 0);
           }
         }
       }

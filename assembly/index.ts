@@ -3,6 +3,7 @@
 export { simdFlavour } from './simd';
 export { TILE_ROWS, TILE_COLS, EPILOGUE_STORE, EPILOGUE_ADD, EPILOGUE_CHECK, EPILOGUE_AXPBY } from './tile';
 export { packA, packB } from './pack';
+export { convert, DTYPE_F32, DTYPE_F16, DTYPE_BF16 } from './convert';
 export { firstNonFinite, absMax, maxRowAbsSum, firstDifference } from './finite';
 export { rankUpdate } from './rank';
 export { gemm, gemvT, GEMM_MC, GEMM_KC, GEMM_NC } from './gemm';

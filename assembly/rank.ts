@@ -18,6 +18,7 @@
 // and merge followed by unmerge (scale negated exactly) returns W0 within
 // one rounding of W0 + Δ̂ and one of W0.
 
+import { DTYPE_F32 } from './convert';
 import { tile4x8 } from './tile';
 
 /**
@@ -30,14 +31,34 @@ import { tile4x8 } from './tile';
  * colBlock: columns per B panel block (multiple of 8), so that r·colBlock·4 bytes
  * of Bp stay cache-resident while every row block of W streams past it.
  *
+ * outDt, srcDt: the element types of out and w0 (DTYPE_F32/F16/BF16, convert.ts); a half w0 is
+ * decoded exactly and a half out encoded once: out = round(f32(w0) + Ap·Bp).
+ *
  * Row blocks are independent, so a caller may split dOut across threads by
  * offsetting out, w0 and ap (by multiples of 4 rows).
  */
 export function rankUpdate(
   out: usize, w0: usize, ap: usize, bp: usize, tmp: usize,
-  dOut: i32, dIn: i32, r: i32, colBlock: i32, epilogue: i32,
+  dOut: i32, dIn: i32, r: i32, colBlock: i32, epilogue: i32, outDt: i32, srcDt: i32,
 ): i32 {
-  const ld = <usize>dIn << 2;
+  // one specialised loop per (src, out) storage type: the all-f32 merge is the f32 kernel alone
+  if (outDt == DTYPE_F32) {
+    return srcDt == DTYPE_F32
+      ? rankLoop<f32, f32>(out, w0, ap, bp, tmp, dOut, dIn, r, colBlock, epilogue, outDt, srcDt)
+      : rankLoop<u16, f32>(out, w0, ap, bp, tmp, dOut, dIn, r, colBlock, epilogue, outDt, srcDt);
+  }
+  return srcDt == DTYPE_F32
+    ? rankLoop<f32, u16>(out, w0, ap, bp, tmp, dOut, dIn, r, colBlock, epilogue, outDt, srcDt)
+    : rankLoop<u16, u16>(out, w0, ap, bp, tmp, dOut, dIn, r, colBlock, epilogue, outDt, srcDt);
+}
+
+function rankLoop<S, O>(
+  out: usize, w0: usize, ap: usize, bp: usize, tmp: usize,
+  dOut: i32, dIn: i32, r: i32, colBlock: i32, epilogue: i32, outDt: i32, srcDt: i32,
+): i32 {
+  const ob = <usize>sizeof<O>(), sbytes = <usize>sizeof<S>();
+  const ld = <usize>dIn * ob;
+  const lds = <usize>dIn * sbytes;
   const rowBlocks = (dOut + 3) >> 2;
   const strips = (dIn + 7) >> 3;
   const stripsPerBlock = max(1, colBlock >> 3);
@@ -47,12 +68,14 @@ export function rankUpdate(
     const s1 = min(strips, s0 + stripsPerBlock);
     for (let rb = 0; rb < rowBlocks; rb++) {
       const mr = min(4, dOut - (rb << 2));
-      const rowOff = <usize>(rb << 2) * ld;
+      const o = out + <usize>(rb << 2) * ld;
+      const w = w0 + <usize>(rb << 2) * lds;
       const pa = ap + <usize>rb * apStride;
       for (let sb = s0; sb < s1; sb++) {
-        const off = rowOff + (<usize>sb << 5);
+        const col = <usize>(sb << 3);
         const nr = min(8, dIn - (sb << 3));
-        if (tile4x8(out + off, w0 + off, ld, pa, bp + <usize>sb * bpStride, r, mr, nr, tmp, epilogue, 1) != 0) return 1;
+        const hit = tile4x8<S, O>(o + col * ob, w + col * sbytes, ld, pa, bp + <usize>sb * bpStride, r, mr, nr, tmp, epilogue, 1, lds, srcDt, outDt);
+        if (hit != 0) return 1;
       }
     }
   }

@@ -3,19 +3,26 @@
 //   acc[4][8] = Σ_{k < kc} Ap[k][0..4)ᵀ · Bp[k][0..8)
 //   Ap: kc·4 floats, k-major (4 rows of the left operand, pre-scaled by the caller)
 //   Bp: kc·8 floats, k-major (8 columns of the right operand)
-// then one epilogue writes the tile to `out` (row stride `ld` bytes):
+// then one epilogue writes the tile to `out` (row stride `ld` bytes; src's is `lds`):
 //   EPILOGUE_STORE  out = acc
 //   EPILOGUE_ADD    out = src + acc           (src may be out)
-//   EPILOGUE_AXPBY  out = beta·src + acc
-//   EPILOGUE_CHECK  nothing is written; returns 1 if any src + acc is NaN/±Inf
+//   EPILOGUE_AXPBY  out = beta·src + acc      (f32 only)
+//   EPILOGUE_CHECK  nothing is written; returns 1 if any src + acc would be NaN/±Inf as stored
 // Only the mr × nr corner that exists is touched: edge tiles spill acc to `tmp`
 // (128 bytes, 16-aligned, private to the caller) and finish element-wise.
+//
+// Element types are compile-time type parameters, S for src and O for out: f32, or u16 for a half
+// type (f16 or bf16, told apart at run time by srcDt/outDt, convert.ts). Each instantiation is its
+// own code, so the all-f32 tile (GEMM, f32 merges) compiles to exactly the f32 kernel, untouched by
+// the half-precision epilogues. A half src is decoded exactly, the sum is formed in f32 and a half
+// out is encoded once: out = round_out(f32(src) + acc).
 //
 // 8 accumulators + 2 B vectors + 1 splat = 11 of the 16 xmm registers V8 has
 // on x64: XNNPACK's f32-gemm 4x8 "splat" design for wasmsimd on x86.
 // see: https://github.com/google/XNNPACK/tree/master/src/f32-gemm (4x8-wasmsimd-splat)
 // Unrolling the k loop by 2 measured ~30 % slower in V8, so it stays simple.
 
+import { itemBytes, load1, load4, nonFiniteAs, store1, store8 } from './convert';
 import { madd } from './simd';
 
 /** Epilogues: what a finished tile does with `out`. Twin: Epilogue in src/kernel/kernels.ts. */
@@ -39,9 +46,10 @@ function nonFinite(v: v128): v128 {
 
 // @ts-ignore: decorator
 @inline
-export function tile4x8(
+export function tile4x8<S, O>(
   out: usize, src: usize, ld: usize, pa: usize, pb: usize, kc: i32,
   mr: i32, nr: i32, tmp: usize, mode: i32, beta: f32,
+  lds: usize, srcDt: i32, outDt: i32,
 ): i32 {
   let c00 = f32x4.splat(0), c01 = f32x4.splat(0);
   let c10 = f32x4.splat(0), c11 = f32x4.splat(0);
@@ -62,6 +70,9 @@ export function tile4x8(
     pb += 32;
   }
 
+  if (sizeof<S>() != 4 || sizeof<O>() != 4) {
+    return typedEpilogue<S, O>(out, src, ld, lds, mr, nr, tmp, mode, srcDt, outDt, c00, c01, c10, c11, c20, c21, c30, c31);
+  }
   if (mr == 4 && nr == 8) {
     const o1 = out + ld, o2 = out + 2 * ld, o3 = out + 3 * ld;
     const s1 = src + ld, s2 = src + 2 * ld, s3 = src + 3 * ld;
@@ -129,4 +140,69 @@ export function tile4x8(
     }
   }
   return 0;
+}
+
+/**
+ * The epilogue of a tile whose src or out is half precision (S or O is u16). Full tiles move rows
+ * of 8 through load4/store8 (convert.ts); edge tiles go element by element with the same arithmetic.
+ */
+// @ts-ignore: decorator
+@inline
+function typedEpilogue<S, O>(
+  out: usize, src: usize, ld: usize, lds: usize, mr: i32, nr: i32, tmp: usize, mode: i32, srcDt: i32, outDt: i32,
+  c00: v128, c01: v128, c10: v128, c11: v128, c20: v128, c21: v128, c30: v128, c31: v128,
+): i32 {
+  const ss = <usize>sizeof<S>();
+  if (mr == 4 && nr == 8) {
+    if (mode == EPILOGUE_CHECK) {
+      const m = v128.or(
+        v128.or(rowCheck(src, ss, c00, c01, srcDt, outDt), rowCheck(src + lds, ss, c10, c11, srcDt, outDt)),
+        v128.or(rowCheck(src + 2 * lds, ss, c20, c21, srcDt, outDt), rowCheck(src + 3 * lds, ss, c30, c31, srcDt, outDt)),
+      );
+      return v128.any_true(m) ? 1 : 0;
+    }
+    const add = mode == EPILOGUE_ADD;
+    rowStore(out, src, ss, c00, c01, add, srcDt, outDt);
+    rowStore(out + ld, src + lds, ss, c10, c11, add, srcDt, outDt);
+    rowStore(out + 2 * ld, src + 2 * lds, ss, c20, c21, add, srcDt, outDt);
+    rowStore(out + 3 * ld, src + 3 * lds, ss, c30, c31, add, srcDt, outDt);
+    return 0;
+  }
+  v128.store(tmp, c00, 0); v128.store(tmp, c01, 16);
+  v128.store(tmp, c10, 32); v128.store(tmp, c11, 48);
+  v128.store(tmp, c20, 64); v128.store(tmp, c21, 80);
+  v128.store(tmp, c30, 96); v128.store(tmp, c31, 112);
+  const os = itemBytes(outDt);
+  for (let ii = 0; ii < mr; ii++) {
+    const t = tmp + (<usize>ii << 5);
+    const oi = out + <usize>ii * ld;
+    const si = src + <usize>ii * lds;
+    for (let jj = 0; jj < nr; jj++) {
+      const c = load<f32>(t + (<usize>jj << 2));
+      if (mode == EPILOGUE_CHECK) {
+        if (v128.any_true(nonFiniteAs(f32x4.splat(load1(si + <usize>jj * ss, srcDt) + c), outDt))) return 1;
+      } else {
+        store1(oi + <usize>jj * os, mode == EPILOGUE_ADD ? load1(si + <usize>jj * ss, srcDt) + c : c, outDt);
+      }
+    }
+  }
+  return 0;
+}
+
+/** One row of 8: out = [src +] acc, decoded and encoded per dtype. */
+// @ts-ignore: decorator
+@inline
+function rowStore(out: usize, src: usize, ss: usize, c0: v128, c1: v128, add: bool, srcDt: i32, outDt: i32): void {
+  if (add) {
+    c0 = f32x4.add(load4(src, srcDt), c0);
+    c1 = f32x4.add(load4(src + 4 * ss, srcDt), c1);
+  }
+  store8(out, c0, c1, outDt);
+}
+
+/** Lanes of src + acc that would be NaN/±Inf once stored as outDt. */
+// @ts-ignore: decorator
+@inline
+function rowCheck(src: usize, ss: usize, c0: v128, c1: v128, srcDt: i32, outDt: i32): v128 {
+  return v128.or(nonFiniteAs(f32x4.add(load4(src, srcDt), c0), outDt), nonFiniteAs(f32x4.add(load4(src + 4 * ss, srcDt), c1), outDt));
 }

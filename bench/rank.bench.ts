@@ -60,7 +60,9 @@ async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
       lw.merge(W, A, B, { scale: s, safe });
       verify(`merge${safe ? ' safe' : ''} ${build}`, W.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, s));
       lw.unmerge(W, A, B, { scale: s, safe });
-      verify(`unmerge${safe ? ' safe' : ''} ${build}`, W.data, dOut, dIn, r, mergeRef(w0, a, bm, sh, 0));
+      // back to W0 within one rounding of W0 + Δ and one of W0: the magnitude is |W0| + |s·Δ|
+      const merged = mergeRef(w0, a, bm, sh, s);
+      verify(`unmerge${safe ? ' safe' : ''} ${build}`, W.data, dOut, dIn, r, (i, j) => ({ value: w0[i * dIn + j]!, mag: merged(i, j).mag }));
     }
     // merge and unmerge are the same kernel at the same cost; alternating keeps W bounded.
     const alternate = (safe: boolean) => () => {

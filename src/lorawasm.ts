@@ -3,13 +3,14 @@
  * The facade over every public operation: each method validates its
  * arguments (src/ops/, src/nn/) before the kernel layer runs anything.
  */
-import { type Matrix } from './memory/matrix.js';
+import type { DType, HalfDType, Matrix } from './memory/matrix.js';
 import type { MemoryStats } from './memory/heap.js';
-import { createMatrix } from './ops/create.js';
+import { type MatrixOptions, createMatrix } from './ops/create.js';
+import { convert } from './ops/convert.js';
 import { type GemmOptions, gemm, matmul } from './ops/gemm.js';
 import { type CrossEntropyResult, mseLoss, softmaxCrossEntropy } from './ops/loss.js';
-import { type MergeOptions, type ScaleOptions, delta, merge, mergeInto, unmerge } from './ops/merge.js';
-import type { MatrixInput } from './ops/operands.js';
+import { type DeltaOptions, type MergeOptions, type ScaleOptions, delta, merge, mergeInto, unmerge } from './ops/merge.js';
+import type { AnyMatrixInput, MatrixInput } from './ops/operands.js';
 import type { Layer, Parameter } from './nn/layer.js';
 import { Linear, type LinearOptions } from './nn/linear.js';
 import { LoRALinear, type LoRALinearOptions } from './nn/lora-linear.js';
@@ -45,25 +46,39 @@ export class LoRAWasm {
   }
 
   /**
-   * Allocates a [rows, cols] row-major f32 Matrix in wasm memory, zero-filled
-   * or copied from `data` (a Float32Array, including another Matrix's `data`,
-   * or a number[] of rows·cols numbers). Free it with dispose().
+   * Allocates a [rows, cols] row-major Matrix in wasm memory, zero-filled or
+   * copied from `data` (a Float32Array, including another Matrix's `data`, or a
+   * number[] of rows·cols numbers). With `{ dtype: 'f16' | 'bf16' }` the matrix
+   * holds half-precision values: `data` may then also be a Uint16Array of bit
+   * patterns; floats are encoded round-to-nearest-even. Free it with dispose().
    */
-  matrix(rows: number, cols: number, data?: Float32Array | readonly number[]): Matrix {
-    return createMatrix(this.#engine, rows, cols, data);
+  matrix(rows: number, cols: number, data?: Float32Array | readonly number[], opts?: MatrixOptions<'f32'>): Matrix;
+  matrix<D extends HalfDType>(rows: number, cols: number, data: Float32Array | Uint16Array | readonly number[] | undefined, opts: MatrixOptions<D>): Matrix<D>;
+  matrix(rows: number, cols: number, data?: Float32Array | Uint16Array | readonly number[], opts?: MatrixOptions): Matrix<DType> {
+    return createMatrix(this.#engine, rows, cols, data, opts);
   }
-  /** Δ = s·A·B. A: [dOut, r], B: [r, dIn]. Allocates and returns a new Matrix [dOut, dIn]. */
-  delta(a: MatrixInput, b: MatrixInput, opts?: ScaleOptions): Matrix {
+
+  /**
+   * dst ← src between any two dtypes of one shape (f32 ↔ f16 ↔ bf16), in SIMD.
+   * Encoding rounds to nearest, ties to even; NaN, ±Inf, ±0 and f16 subnormals are kept. Returns dst.
+   */
+  convert<T extends AnyMatrixInput>(dst: T, src: AnyMatrixInput): T {
+    return convert(this.#engine, dst, src);
+  }
+  /** Δ = s·A·B. A: [dOut, r], B: [r, dIn], any dtypes. Allocates and returns a new Matrix [dOut, dIn] (f32 unless options.dtype). */
+  delta(a: AnyMatrixInput, b: AnyMatrixInput, opts?: ScaleOptions & { dtype?: 'f32' }): Matrix;
+  delta<D extends HalfDType>(a: AnyMatrixInput, b: AnyMatrixInput, opts: ScaleOptions & { dtype: D }): Matrix<D>;
+  delta(a: AnyMatrixInput, b: AnyMatrixInput, opts?: DeltaOptions): Matrix<DType> {
     return delta(this.#engine, a, b, opts);
   }
 
   /** W ← W + s·A·B in place, one fused pass over W. W: [dOut, dIn]. Returns W. */
-  merge<T extends MatrixInput>(w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+  merge<T extends AnyMatrixInput>(w: T, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
     return merge(this.#engine, w, a, b, opts);
   }
 
   /** W ← W − s·A·B in place: undoes merge() with the same A, B and scale. Returns W. */
-  unmerge<T extends MatrixInput>(w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+  unmerge<T extends AnyMatrixInput>(w: T, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
     return unmerge(this.#engine, w, a, b, opts);
   }
 
@@ -72,7 +87,7 @@ export class LoRAWasm {
    * W0, so adapters can be hot-swapped from a frozen W0 with zero drift.
    * out may be W0 itself (then it is merge()). Returns out.
    */
-  mergeInto<T extends MatrixInput>(out: T, w0: MatrixInput, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+  mergeInto<T extends AnyMatrixInput>(out: T, w0: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
     return mergeInto(this.#engine, out, w0, a, b, opts);
   }
 

@@ -26,17 +26,17 @@ export interface MatrixDesc {
   readonly name: string;
 }
 
-/** Bytes per element. Twin of the dtype codes the half-precision kernels will take. */
-export const ITEM_BYTES: Record<DType, number> = { f32: 4 };
+/** Bytes per element. */
+export const ITEM_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2 };
 
 /** The descriptor of a whole Matrix. Liveness is checked where it is used, not here. */
-export function describe(m: Matrix, name: string): MatrixDesc {
+export function describe(m: Matrix<DType>, name: string): MatrixDesc {
   return { heap: m.heap, block: m.block, offset: 0, rows: m.rows, cols: m.cols, ld: m.cols, dtype: m.dtype, name };
 }
 
 /** A descriptor over a block the caller just allocated (temporaries, staging). */
-export function describeBlock(heap: WasmHeap, block: Block, rows: number, cols: number, name: string): MatrixDesc {
-  return { heap, block, offset: 0, rows, cols, ld: cols, dtype: 'f32', name };
+export function describeBlock(heap: WasmHeap, block: Block, rows: number, cols: number, name: string, dtype: DType = 'f32'): MatrixDesc {
+  return { heap, block, offset: 0, rows, cols, ld: cols, dtype, name };
 }
 
 export const shapeOf = (x: { rows: number; cols: number }): string => `[${x.rows}, ${x.cols}]`;

@@ -20,11 +20,16 @@
  * bug or a stale object from writing into someone else's memory.
  */
 import { LoRADisposedError, LoRAError, LoRATypeError } from '../errors.js';
+import { halfValue } from '../memory/half.js';
 import type { Block, WasmHeap } from '../memory/heap.js';
+import { DTYPES, type DType } from '../memory/matrix.js';
 import { ITEM_BYTES, type MatrixDesc, shapeOf } from './descriptor.js';
 import {
-  Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, type Kernels, TILE_COLS, TILE_ROWS, TILE_TMP_BYTES, packedABytes, packedBBytes,
+  DTYPE_CODE, Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, type Kernels, TILE_COLS, TILE_ROWS, TILE_TMP_BYTES, packedABytes, packedBBytes,
 } from './kernels.js';
+
+const F32: readonly DType[] = ['f32'];
+const ALIGN = (n: number): number => Math.ceil(n / 64) * 64;
 
 /** Bytes of packed B kept cache-resident per column block of a rank-r update. */
 const B_PANEL_BYTES = 128 * 1024;
@@ -32,7 +37,10 @@ const B_PANEL_BYTES = 128 * 1024;
 export const colBlockFor = (r: number): number =>
   Math.max(TILE_COLS, Math.floor(B_PANEL_BYTES / (r * 4 * TILE_COLS)) * TILE_COLS);
 
-/** One rank-r update: out = [src +] (scaleA·L)·(scaleB·R). */
+/**
+ * One rank-r update: out = [src +] (scaleA·L)·(scaleB·R). out and src may be f32, f16 or bf16
+ * (a half out is rounded once); L and R may be any of the three too (decoded into f32 scratch).
+ */
 export interface RankUpdate {
   /** [n, cols]; not written by Epilogue.Check. */
   out: MatrixDesc;
@@ -73,15 +81,15 @@ export class KernelLayer {
   // ------------------------------------------------------------ guards
 
   /** The byte pointer of a checked descriptor. */
-  #ptr(fn: string, d: MatrixDesc, contiguous = true): number {
+  #ptr(fn: string, d: MatrixDesc, contiguous = true, dtypes: readonly DType[] = F32): number {
     if (d.heap !== this.heap) {
       throw new LoRATypeError(`${fn}: ${d.name} (Matrix ${shapeOf(d)}) belongs to another lora-wasm instance`);
     }
     if (!this.heap.isLive(d.block)) {
       throw new LoRADisposedError(`${fn}: ${d.name} (Matrix ${shapeOf(d)}) was disposed and cannot be used`);
     }
-    if (d.dtype !== 'f32') {
-      throw new LoRATypeError(`${fn}: ${d.name} is ${d.dtype} but this operation supports f32 only`);
+    if (!dtypes.includes(d.dtype)) {
+      throw new LoRATypeError(`${fn}: ${d.name} is ${d.dtype} but this operation supports ${dtypes.join(', ')} only`);
     }
     const end = d.offset + ((d.rows - 1) * d.ld + d.cols) * ITEM_BYTES[d.dtype];
     if (d.rows < 1 || d.cols < 1 || d.ld < d.cols || d.offset < 0 || end > d.block.size || (contiguous && d.ld !== d.cols)) {
@@ -133,22 +141,30 @@ export class KernelLayer {
 
   // ------------------------------------------------------------ scans
 
-  /** Index of the first NaN/±Inf in d (row-major), or -1. */
+  /** Index of the first NaN/±Inf in d (row-major, any dtype), or -1. */
   firstNonFinite(fn: string, d: MatrixDesc): number {
-    const p = this.#ptr(fn, d);
-    return this.#call(fn, () => this.#k.firstNonFinite(p, d.rows * d.cols));
+    const p = this.#ptr(fn, d, true, DTYPES);
+    return this.#call(fn, () => this.#k.firstNonFinite(p, d.rows * d.cols, DTYPE_CODE[d.dtype]));
   }
 
-  /** max |d[i, j]|: NaN if any is NaN, +Inf if any is ±Inf. */
+  /** max |d[i, j]| (any dtype): NaN if any is NaN, +Inf if any is ±Inf. */
   absMax(fn: string, d: MatrixDesc): number {
-    const p = this.#ptr(fn, d);
-    return this.#call(fn, () => this.#k.absMax(p, d.rows * d.cols));
+    const p = this.#ptr(fn, d, true, DTYPES);
+    return this.#call(fn, () => this.#k.absMax(p, d.rows * d.cols, DTYPE_CODE[d.dtype]));
   }
 
-  /** max_i Σ_j |d[i, j]|, in f64. */
+  /** max_i Σ_j |d[i, j]| (any dtype), in f64. */
   maxRowAbsSum(fn: string, d: MatrixDesc): number {
-    const p = this.#ptr(fn, d);
-    return this.#call(fn, () => this.#k.maxRowAbsSum(p, d.rows, d.cols));
+    const p = this.#ptr(fn, d, true, DTYPES);
+    return this.#call(fn, () => this.#k.maxRowAbsSum(p, d.rows, d.cols, DTYPE_CODE[d.dtype]));
+  }
+
+  /** dst ← src converted between any two dtypes (same shape): half encodes round to nearest, ties to even. */
+  convert(fn: string, dst: MatrixDesc, src: MatrixDesc): void {
+    this.#fits(fn, dst.rows === src.rows && dst.cols === src.cols, 'convert', [dst, src]);
+    const pd = this.#ptr(fn, dst, true, DTYPES);
+    const ps = this.#ptr(fn, src, true, DTYPES);
+    this.#call(fn, () => this.#k.convert(pd, DTYPE_CODE[dst.dtype], ps, DTYPE_CODE[src.dtype], src.rows * src.cols));
   }
 
   /** Index of the first element whose bits differ between a and b (same shape), or -1. */
@@ -158,16 +174,19 @@ export class KernelLayer {
     return this.#call(fn, () => this.#k.firstDifference(pa, pb, a.rows * a.cols));
   }
 
-  /** dst ← src, bytes copied (same shape). */
+  /** dst ← src, bytes copied (same shape and dtype). */
   copy(fn: string, dst: MatrixDesc, src: MatrixDesc): void {
-    const pd = this.#ptr(fn, dst);
-    const ps = this.#ptr(fn, src);
+    this.#fits(fn, dst.dtype === src.dtype && dst.rows * dst.cols === src.rows * src.cols, 'copy', [dst, src]);
+    const pd = this.#ptr(fn, dst, true, DTYPES);
+    const ps = this.#ptr(fn, src, true, DTYPES);
     this.heap.copyBytes(pd, ps, src.rows * src.cols * ITEM_BYTES[src.dtype]);
   }
 
   /** The value of element `index` of d (for error messages). */
   element(fn: string, d: MatrixDesc, index: number): number {
-    return this.heap.f32At(this.#ptr(fn, d) + index * 4, 1)[0]!;
+    const p = this.#ptr(fn, d, true, DTYPES);
+    if (d.dtype === 'f32') return this.heap.f32At(p + index * 4, 1)[0]!;
+    return halfValue(this.heap.u16At(p + index * 2, 1)[0]!, d.dtype);
   }
 
   // ------------------------------------------------------------ rank-r update
@@ -183,26 +202,42 @@ export class KernelLayer {
     const cols = u.out.cols;
     const [bRows, bCols] = u.transB ? [u.b.cols, u.b.rows] : [u.b.rows, u.b.cols];
     this.#fits(fn, u.out.rows === n && bRows === r && bCols === cols && (!u.src || (u.src.rows === n && u.src.cols === cols)), 'rankUpdate', [u.out, u.a, u.b]);
-    const out = this.#ptr(fn, u.out);
-    const src = u.src ? this.#ptr(fn, u.src) : out;
-    const a = this.#ptr(fn, u.a);
-    const b = this.#ptr(fn, u.b);
-    const apBytes = packedABytes(n, r);
-    const bpBytes = packedBBytes(cols, r);
-    const ap = this.#reserve(fn, apBytes + bpBytes + TILE_TMP_BYTES);
+    const srcD = u.src ?? u.out;
+    const out = this.#ptr(fn, u.out, true, DTYPES);
+    const src = this.#ptr(fn, srcD, true, DTYPES);
+    let a = this.#ptr(fn, u.a, true, DTYPES);
+    let b = this.#ptr(fn, u.b, true, DTYPES);
+    const apBytes = ALIGN(packedABytes(n, r));
+    const bpBytes = ALIGN(packedBBytes(cols, r));
+    const aBytes = u.a.dtype === 'f32' ? 0 : ALIGN(n * r * 4); // half factors are decoded to f32 before packing
+    const bBytes = u.b.dtype === 'f32' ? 0 : ALIGN(r * cols * 4);
+    const ap = this.#reserve(fn, apBytes + bpBytes + TILE_TMP_BYTES + aBytes + bBytes);
     const bp = ap + apBytes;
     const tmp = bp + bpBytes;
     const k = this.#k;
     const colBlock = colBlockFor(r);
-    const ld = cols * 4;
+    const outDt = DTYPE_CODE[u.out.dtype];
+    const srcDt = DTYPE_CODE[srcD.dtype];
+    const ldOut = cols * ITEM_BYTES[u.out.dtype];
+    const ldSrc = cols * ITEM_BYTES[srcD.dtype];
     let hit = false;
     this.#call(fn, () => {
+      if (aBytes) {
+        const a32 = tmp + TILE_TMP_BYTES;
+        k.convert(a32, DTYPE_CODE.f32, a, DTYPE_CODE[u.a.dtype], n * r);
+        a = a32;
+      }
+      if (bBytes) {
+        const b32 = tmp + TILE_TMP_BYTES + aBytes;
+        k.convert(b32, DTYPE_CODE.f32, b, DTYPE_CODE[u.b.dtype], r * cols);
+        b = b32;
+      }
       k.packA(ap, a, r, 0, 0, n, 0, r, u.scaleA);
       k.packB(bp, b, u.transB ? r : cols, u.transB ? 1 : 0, 0, r, 0, cols, u.scaleB ?? 1);
       this.#rows(n, TILE_ROWS, (r0, r1) => {
-        const off = r0 * ld;
         const apRows = ap + (r0 / TILE_ROWS) * r * TILE_ROWS * 4;
-        if (k.rankUpdate(out + off, src + off, apRows, bp, tmp, r1 - r0, cols, r, colBlock, u.epilogue) !== 0) hit = true;
+        const e = k.rankUpdate(out + r0 * ldOut, src + r0 * ldSrc, apRows, bp, tmp, r1 - r0, cols, r, colBlock, u.epilogue, outDt, srcDt);
+        if (e !== 0) hit = true;
       });
     });
     return hit;

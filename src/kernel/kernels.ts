@@ -19,6 +19,9 @@ export const enum Epilogue {
   Axpby = 3,
 }
 
+/** Element type codes the kernels take. Twin: DTYPE_* in assembly/convert.ts. */
+export const DTYPE_CODE = { f32: 0, f16: 1, bf16: 2 } as const;
+
 /** Tile shape, and so the packed block sizes. Twin: TILE_ROWS/TILE_COLS in assembly/tile.ts. */
 export const TILE_ROWS = 4;
 export const TILE_COLS = 8;
@@ -33,13 +36,14 @@ export interface Kernels {
   simdFlavour(): number;
   packA(ap: number, x: number, ld: number, trans: number, i0: number, rows: number, p0: number, kc: number, alpha: number): void;
   packB(bp: number, y: number, ld: number, trans: number, p0: number, kc: number, j0: number, cols: number, beta: number): void;
-  firstNonFinite(x: number, n: number): number;
-  absMax(x: number, n: number): number;
-  maxRowAbsSum(x: number, rows: number, cols: number): number;
+  firstNonFinite(x: number, n: number, dt: number): number;
+  absMax(x: number, n: number, dt: number): number;
+  maxRowAbsSum(x: number, rows: number, cols: number, dt: number): number;
+  convert(dst: number, dstDt: number, src: number, srcDt: number, n: number): void;
   firstDifference(a: number, b: number, n: number): number;
   rankUpdate(
     out: number, w0: number, ap: number, bp: number, tmp: number,
-    dOut: number, dIn: number, r: number, colBlock: number, epilogue: number,
+    dOut: number, dIn: number, r: number, colBlock: number, epilogue: number, outDt: number, srcDt: number,
   ): number;
   gemm(
     c: number, x: number, y: number, n: number, m: number, k: number, transX: number, transY: number,
@@ -61,7 +65,7 @@ export interface Kernels {
 
 /** Every function export init() requires of a module before it calls it a lora-wasm module. */
 export const KERNEL_NAMES: readonly (keyof Kernels)[] = [
-  'heapBase', 'simdFlavour', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'firstDifference',
+  'heapBase', 'simdFlavour', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'convert', 'firstDifference',
   'rankUpdate', 'gemm', 'gemvT', 'broadcastRows', 'columnSums', 'reluForward', 'reluBackward', 'mseLoss',
   'softmaxCrossEntropy', 'sgdStep', 'adamwStep',
 ];

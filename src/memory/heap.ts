@@ -200,6 +200,14 @@ export class WasmHeap {
     return v;
   }
 
+  /** The Uint16Array twin of view(), for f16/bf16 bit patterns. */
+  viewU16(block: Block, length: number, previous?: Uint16Array, offset = 0): Uint16Array {
+    if (previous !== undefined && previous.buffer === this.memory.buffer) return previous;
+    const v = new Uint16Array(this.memory.buffer, block.ptr + offset, length);
+    this.views.set(v, block);
+    return v;
+  }
+
   /** The block a view made by view() belongs to, or undefined for any other view. */
   ownerOf(view: ArrayBufferView): Block | undefined {
     return this.views.get(view);
@@ -213,6 +221,10 @@ export class WasmHeap {
   /** Scratch views for the kernel layer's own reads (never handed to users). */
   f32At(ptr: number, length: number): Float32Array {
     return new Float32Array(this.memory.buffer, ptr, length);
+  }
+
+  u16At(ptr: number, length: number): Uint16Array {
+    return new Uint16Array(this.memory.buffer, ptr, length);
   }
 
   i32At(ptr: number, length: number): Int32Array {

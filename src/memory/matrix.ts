@@ -8,6 +8,8 @@
  * collected, passing that view back in is refused (LoRADisposedError).
  */
 import { LoRADisposedError, LoRATypeError } from '../errors.js';
+import type { DataOf, DType, HalfDType } from './dtype.js';
+import { decodeHalf } from './half.js';
 import type { Block, WasmHeap } from './heap.js';
 
 /** `Symbol.dispose` where the engine has it (Node ≥ 20.4, Chromium ≥ 134), else the well-known fallback. */
@@ -21,27 +23,28 @@ const backstop = new FinalizationRegistry<{ heap: WasmHeap; block: Block }>(({ h
   if (heap.isLive(block)) heap.free(block);
 });
 
-/** Element types. f16 and bf16 join with half precision. */
-export type DType = 'f32';
+export type { DataOf, DType, HalfDType } from './dtype.js';
+export { DTYPES } from './dtype.js';
 
-export class Matrix {
+export class Matrix<D extends DType = 'f32'> {
   /** Number of rows. */
   readonly rows: number;
   /** Number of columns. */
   readonly cols: number;
   /** Element type. */
-  readonly dtype: DType = 'f32';
+  readonly dtype: D;
   /** @internal */
   readonly heap: WasmHeap;
   /** @internal the allocation; checked for liveness on every use */
   readonly block: Block;
-  #view: Float32Array | undefined;
+  #view: DataOf<D> | undefined;
   #disposed = false;
 
   /** @internal use `lw.matrix(rows, cols, data?)` */
-  constructor(token: typeof MATRIX_TOKEN, heap: WasmHeap, block: Block, rows: number, cols: number) {
+  constructor(token: typeof MATRIX_TOKEN, heap: WasmHeap, block: Block, rows: number, cols: number, dtype: D = 'f32' as D) {
     if (token !== MATRIX_TOKEN) throw new LoRATypeError('Matrix: create matrices with lw.matrix(rows, cols, data?)');
     this.heap = heap;
+    this.dtype = dtype;
     this.block = block;
     this.rows = rows;
     this.cols = cols;
@@ -55,13 +58,18 @@ export class Matrix {
 
   /**
    * Live row-major view of the matrix in wasm memory: writes go straight to
-   * the matrix. The getter always returns a valid view, also after wasm memory
-   * has grown; a view you stored in a variable is detached by any later
-   * allocation, so read `m.data` again after allocating.
+   * the matrix. A Float32Array for f32; for f16 and bf16 the raw Uint16Array
+   * of bit patterns (Node 20 has no Float16Array; `toFloat32()` decodes). The
+   * getter always returns a valid view, also after wasm memory has grown; a
+   * view you stored in a variable is detached by any later allocation, so read
+   * `m.data` again after allocating.
    */
-  get data(): Float32Array {
+  get data(): DataOf<D> {
     this.assertLive('data');
-    this.#view = this.heap.view(this.block, this.rows * this.cols, this.#view);
+    const n = this.rows * this.cols;
+    this.#view = (this.dtype === 'f32'
+      ? this.heap.view(this.block, n, this.#view as Float32Array | undefined)
+      : this.heap.viewU16(this.block, n, this.#view as Uint16Array | undefined)) as DataOf<D>;
     return this.#view;
   }
 
@@ -74,9 +82,14 @@ export class Matrix {
     return this.#disposed;
   }
 
-  /** A copy of the data as a fresh Float32Array (not a view). */
-  toArray(): Float32Array {
-    return this.data.slice();
+  /** A copy of the data (not a view): a Float32Array, or for half types a Uint16Array of bit patterns. */
+  toArray(): DataOf<D> {
+    return this.data.slice() as DataOf<D>;
+  }
+
+  /** The values as a fresh Float32Array, decoded exactly from f16/bf16 (a copy for f32). */
+  toFloat32(): Float32Array {
+    return this.dtype === 'f32' ? (this.data as Float32Array).slice() : decodeHalf(this.data as Uint16Array, this.dtype as HalfDType);
   }
 
   /** Frees the wasm memory. Idempotent; any later use throws LoRADisposedError. */
@@ -100,12 +113,12 @@ export class Matrix {
   }
 
   get [Symbol.toStringTag](): string {
-    return `Matrix [${this.rows}, ${this.cols}]`;
+    return `Matrix [${this.rows}, ${this.cols}]${this.dtype === 'f32' ? '' : ` ${this.dtype}`}`;
   }
 }
 
 /** A new Matrix over a fresh block (zeroed when asked). */
-export function newMatrix(heap: WasmHeap, what: string, rows: number, cols: number, zeroed = false): Matrix {
-  const bytes = rows * cols * 4;
-  return new Matrix(MATRIX_TOKEN, heap, zeroed ? heap.allocZeroed(bytes, what) : heap.alloc(bytes, what), rows, cols);
+export function newMatrix<D extends DType = 'f32'>(heap: WasmHeap, what: string, rows: number, cols: number, zeroed = false, dtype: D = 'f32' as D): Matrix<D> {
+  const bytes = rows * cols * (dtype === 'f32' ? 4 : 2);
+  return new Matrix<D>(MATRIX_TOKEN, heap, zeroed ? heap.allocZeroed(bytes, what) : heap.alloc(bytes, what), rows, cols, dtype);
 }

@@ -23,26 +23,39 @@
  * call is refused if any result would be NaN/±Inf. `safe: true` extends the
  * bound to max|W0| + P, so W is never left non-finite.
  *
+ * Half precision. W, W0, out, A and B may each be f32, f16 or bf16. A half A
+ * or B is decoded exactly into f32 before packing; a half W0 is decoded in the
+ * tile and a half out encoded once (round to nearest, ties to even), so
+ *   out = round_out(f32(W0) + Σₖ (sA·Aᵢₖ)·(sB·Bₖⱼ))   in one pass over W, no f32 copy.
+ * f16 overflows past 65504: `safe` bounds against the output type's range.
+ *
  * Order of work: validate everything, allocate (staging, result), copy plain
  * inputs in, reject non-finite factors, prove the result finite where needed,
  * then write.
  */
-import { LoRANonFiniteError, LoRAShapeError } from '../errors.js';
+import { LoRANonFiniteError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { type MatrixDesc, describe } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
-import { Matrix, newMatrix } from '../memory/matrix.js';
+import { DTYPES, type DType, type Matrix, newMatrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';
 import {
-  type MatrixInput, type Operand, Staging, assertDisjoint, assertSameOrDisjoint, boolOption, f32Option, operand,
+  ANY_DTYPE, type AnyMatrixInput, type Operand, Staging, assertDisjoint, assertSameOrDisjoint, boolOption, f32Option, operand,
   optionsObject, rejectNonFinite, shapeOf,
 } from './operands.js';
 
 const F32_MAX = 3.4028234663852886e38;
 const SAFE = F32_MAX / 2;
+/** Largest finite value of each type: safe merges bound results below half of it. */
+const MAX_OF: Record<DType, number> = { f32: F32_MAX, f16: 65504, bf16: 3.3895313892515355e38 };
 
 export interface ScaleOptions {
   /** s in W + s·A·B. Default 1. Use loraScale({ alpha, r }) for PEFT's alpha/r. Applied in f32. */
   scale?: number;
+}
+
+export interface DeltaOptions extends ScaleOptions {
+  /** The result's element type. Default 'f32'. */
+  dtype?: DType;
 }
 
 export interface MergeOptions extends ScaleOptions {
@@ -55,11 +68,15 @@ export interface MergeOptions extends ScaleOptions {
   safe?: boolean;
 }
 
-function readOptions(fn: string, opts: unknown, merge: boolean): { scale: number; safe: boolean } {
-  const o = optionsObject<MergeOptions>(fn, opts, merge ? '{ scale, safe }' : '{ scale }');
+function readOptions(fn: string, opts: unknown, merge: boolean): { scale: number; safe: boolean; dtype: DType } {
+  const o = optionsObject<MergeOptions & DeltaOptions>(fn, opts, merge ? '{ scale, safe }' : '{ scale, dtype }');
+  const dtype = o.dtype ?? 'f32';
+  if (merge && o.dtype !== undefined) throw new LoRATypeError(`${fn}: options.dtype is for delta; ${fn} writes in its output's own dtype`);
+  if (!DTYPES.includes(dtype)) throw new LoRATypeError(`${fn}: options.dtype must be 'f32', 'f16' or 'bf16', got ${describeValue(o.dtype)}`);
   return {
     scale: f32Option(fn, 'options.scale', o.scale, 1),
     safe: merge ? boolOption(fn, 'options.safe', o.safe, false) : false,
+    dtype,
   };
 }
 
@@ -120,13 +137,14 @@ export function planScale(engine: Engine, fn: string, a: MatrixDesc, b: MatrixDe
  */
 function rankUpdateOp(
   engine: Engine, fn: string, outIn: unknown, w0In: unknown, aIn: unknown, bIn: unknown, scale: number, safe: boolean,
-): Matrix | undefined {
+  resultDtype: DType = 'f32',
+): Matrix<DType> | undefined {
   const { heap, kernel } = engine;
-  const a = operand(heap, fn, 'A', aIn);
-  const b = operand(heap, fn, 'B', bIn);
+  const a = operand(heap, fn, 'A', aIn, ANY_DTYPE);
+  const b = operand(heap, fn, 'B', bIn, ANY_DTYPE);
   const outName = fn === 'mergeInto' ? 'out' : 'W';
-  const out = outIn === undefined ? undefined : operand(heap, fn, outName, outIn);
-  const w0 = w0In === undefined ? undefined : w0In === outIn ? out : operand(heap, fn, 'W0', w0In);
+  const out = outIn === undefined ? undefined : operand(heap, fn, outName, outIn, ANY_DTYPE);
+  const w0 = w0In === undefined ? undefined : w0In === outIn ? out : operand(heap, fn, 'W0', w0In, ANY_DTYPE);
   checkFactors(fn, a, b, out);
   if (out && w0 && w0 !== out) {
     if (w0.rows !== out.rows || w0.cols !== out.cols) {
@@ -137,14 +155,14 @@ function rankUpdateOp(
   if (out) assertDisjoint(fn, out, [a, b]);
 
   const staging = new Staging(heap, fn);
-  let result: Matrix | undefined;
+  let result: Matrix<DType> | undefined;
   try {
     const ad = staging.input(a);
     const bd = staging.input(b);
     const w0d = w0 && w0 !== out ? staging.input(w0) : undefined;
     let outd = out ? staging.output(out, w0 === out) : undefined;
     if (!out) {
-      result = newMatrix(heap, fn, a.rows, b.cols);
+      result = newMatrix(heap, fn, a.rows, b.cols, false, resultDtype);
       outd = describe(result, 'result');
     }
     staging.load();
@@ -157,14 +175,14 @@ function rankUpdateOp(
 
     if (out) {
       const srcName = w0 === out ? out.name : 'W0';
-      let bound = plan.bound;
-      if (safe) bound += kernel.absMax(fn, src); // NaN/Inf in W0 makes this NaN/Inf: the check runs
-      if (!(bound < SAFE) && kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Check })) {
+      // safe: bound |W0 + s·A·B| below half the output type's range (NaN/Inf in W0 makes this NaN: the check runs)
+      const needCheck = !(plan.bound < SAFE) || (safe && !(kernel.absMax(fn, src) + plan.bound < MAX_OF[target.dtype] / 2));
+      if (needCheck && kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Check })) {
         const i = safe ? kernel.firstNonFinite(fn, src) : -1;
         const why =
           i >= 0
             ? `${srcName}[${Math.floor(i / src.cols)}, ${i % src.cols}] is not finite`
-            : `${srcName} + s·A·B would overflow f32 to ±Infinity`;
+            : `${srcName} + s·A·B would overflow ${target.dtype} to ±Infinity${target.dtype === 'f16' ? ' (past 65504)' : ''}`;
         throw new LoRANonFiniteError(
           `${fn}: ${why}; ${safe ? 'with safe: true ' : ''}${out.name} was left untouched`,
         );
@@ -172,7 +190,7 @@ function rankUpdateOp(
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Add });
     } else {
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Store });
-      if (!(plan.bound < SAFE)) {
+      if (!(plan.bound < (resultDtype === 'f16' ? Number.POSITIVE_INFINITY : SAFE))) {
         const i = kernel.firstNonFinite(fn, target);
         if (i >= 0) {
           throw new LoRANonFiniteError(`${fn}: s·A·B overflows f32 at [${Math.floor(i / target.cols)}, ${i % target.cols}]`);
@@ -189,29 +207,29 @@ function rankUpdateOp(
   }
 }
 
-/** Δ = s·A·B as a new Matrix [dOut, dIn] (allocates; dispose it when done). */
-export function delta(engine: Engine, a: MatrixInput, b: MatrixInput, opts?: ScaleOptions): Matrix {
-  const { scale } = readOptions('delta', opts, false);
-  return rankUpdateOp(engine, 'delta', undefined, undefined, a, b, scale, false)!;
+/** Δ = s·A·B as a new Matrix [dOut, dIn] of options.dtype (allocates; dispose it when done). */
+export function delta(engine: Engine, a: AnyMatrixInput, b: AnyMatrixInput, opts?: DeltaOptions): Matrix<DType> {
+  const { scale, dtype } = readOptions('delta', opts, false);
+  return rankUpdateOp(engine, 'delta', undefined, undefined, a, b, scale, false, dtype)!;
 }
 
 /** W ← W + s·A·B in place; returns W. */
-export function merge<T extends MatrixInput>(engine: Engine, w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+export function merge<T extends AnyMatrixInput>(engine: Engine, w: T, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
   const { scale, safe } = readOptions('merge', opts, true);
   rankUpdateOp(engine, 'merge', w, w, a, b, scale, safe);
   return w;
 }
 
 /** W ← W − s·A·B in place (undoes merge with the same A, B, s); returns W. */
-export function unmerge<T extends MatrixInput>(engine: Engine, w: T, a: MatrixInput, b: MatrixInput, opts?: MergeOptions): T {
+export function unmerge<T extends AnyMatrixInput>(engine: Engine, w: T, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
   const { scale, safe } = readOptions('unmerge', opts, true);
   rankUpdateOp(engine, 'unmerge', w, w, a, b, -scale, safe);
   return w;
 }
 
 /** out ← W0 + s·A·B, leaving W0 untouched (out may be W0 itself); returns out. */
-export function mergeInto<T extends MatrixInput>(
-  engine: Engine, out: T, w0: MatrixInput, a: MatrixInput, b: MatrixInput, opts?: MergeOptions,
+export function mergeInto<T extends AnyMatrixInput>(
+  engine: Engine, out: T, w0: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions,
 ): T {
   const { scale, safe } = readOptions('mergeInto', opts, true);
   rankUpdateOp(engine, 'mergeInto', out, w0, a, b, scale, safe);

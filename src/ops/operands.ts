@@ -12,31 +12,45 @@
  * here has written nothing.
  */
 import { LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import { type MatrixDesc, describe, describeBlock, shapeOf } from '../kernel/descriptor.js';
+import { ITEM_BYTES, type MatrixDesc, describe, describeBlock, shapeOf } from '../kernel/descriptor.js';
 import type { Block, WasmHeap } from '../memory/heap.js';
-import { Matrix } from '../memory/matrix.js';
+import { DTYPES, type DType, Matrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';
 
 export { shapeOf };
 
-/** A plain row-major f32 matrix, the slower convenience path. */
+/** A plain row-major matrix, the slower convenience path: f32 values, or f16/bf16 bit patterns with `dtype`. */
 export interface MatrixLike {
   readonly rows: number;
   readonly cols: number;
   readonly data: Float32Array;
 }
 
-/** Anything an operation accepts as a matrix. */
+/** A plain half-precision matrix: raw f16 or bf16 bit patterns. */
+export interface HalfMatrixLike {
+  readonly rows: number;
+  readonly cols: number;
+  readonly data: Uint16Array;
+  readonly dtype: 'f16' | 'bf16';
+}
+
+/** Anything an f32 operation accepts as a matrix. */
 export type MatrixInput = Matrix | MatrixLike;
+/** Anything the merge family and convert accept: any dtype. */
+export type AnyMatrixInput = Matrix<DType> | MatrixLike | HalfMatrixLike;
+
+export const F32_ONLY: readonly DType[] = ['f32'];
+export const ANY_DTYPE = DTYPES;
 
 export interface Operand {
   readonly name: string;
   readonly rows: number;
   readonly cols: number;
+  readonly dtype: DType;
   /** Set for operands already in wasm memory; staged ones get theirs from Staging. */
   desc: MatrixDesc | undefined;
-  /** JS data to copy in (plain operands only). */
-  readonly plain: Float32Array | undefined;
+  /** JS data to copy in (plain operands only): f32 values or half bit patterns. */
+  readonly plain: Float32Array | Uint16Array | undefined;
   /** Identity of the bytes, for aliasing checks. */
   readonly buffer: unknown;
   readonly byteStart: number;
@@ -55,51 +69,70 @@ export function isFloat32Array(x: unknown): x is Float32Array {
 }
 
 /** Checks a Matrix belongs to this instance and is alive (the kernel layer checks again on every use). */
-export function checkMatrix(heap: WasmHeap, fn: string, name: string, m: Matrix): void {
+export function checkMatrix(heap: WasmHeap, fn: string, name: string, m: Matrix<DType>): void {
   if (m.heap !== heap) throw new LoRATypeError(`${fn}: ${name} (Matrix ${shapeOf(m)}) belongs to another lora-wasm instance`);
   if (m.disposed || !heap.isLive(m.block)) throw new LoRADisposedError(`${fn}: ${name} is a disposed Matrix ${shapeOf(m)}`);
 }
 
-/** Validates one matrix argument (kind, dims, data, liveness, instance) and describes it. */
-export function operand(heap: WasmHeap, fn: string, name: string, x: unknown): Operand {
+function checkDType(fn: string, name: string, dtype: DType, dtypes: readonly DType[]): void {
+  if (!dtypes.includes(dtype)) {
+    throw new LoRATypeError(
+      `${fn}: ${name} is ${dtype} but ${fn} supports ${dtypes.join(', ')} only; convert it first with lw.convert(lw.matrix(rows, cols), ${name})`,
+    );
+  }
+}
+
+/**
+ * Validates one matrix argument (kind, dims, data, dtype, liveness, instance) and describes it.
+ * `dtypes` lists the element types the operation takes (f32 only unless it says more).
+ */
+export function operand(heap: WasmHeap, fn: string, name: string, x: unknown, dtypes: readonly DType[] = F32_ONLY): Operand {
   if (x instanceof Matrix) {
     checkMatrix(heap, fn, name, x);
-    const bytes = x.rows * x.cols * 4;
-    return { name, rows: x.rows, cols: x.cols, desc: describe(x, name), plain: undefined, buffer: heap, byteStart: x.ptr, byteEnd: x.ptr + bytes };
+    checkDType(fn, name, x.dtype, dtypes);
+    const bytes = x.rows * x.cols * ITEM_BYTES[x.dtype as DType];
+    return { name, rows: x.rows, cols: x.cols, dtype: x.dtype, desc: describe(x, name), plain: undefined, buffer: heap, byteStart: x.ptr, byteEnd: x.ptr + bytes };
   }
   if (typeof x !== 'object' || x === null || Array.isArray(x) || ArrayBuffer.isView(x) || !('data' in x)) {
     throw new LoRATypeError(`${fn}: ${name} must be a Matrix or { rows, cols, data: Float32Array }, got ${describeValue(x)}`);
   }
-  const m = x as { rows?: unknown; cols?: unknown; data?: unknown };
+  const m = x as { rows?: unknown; cols?: unknown; data?: unknown; dtype?: unknown };
   checkDim(fn, `${name}.rows`, m.rows);
   checkDim(fn, `${name}.cols`, m.cols);
+  const dtype = (m.dtype ?? 'f32') as DType;
+  if (!DTYPES.includes(dtype)) throw new LoRATypeError(`${fn}: ${name}.dtype must be 'f32', 'f16' or 'bf16', got ${describeValue(m.dtype)}`);
+  checkDType(fn, name, dtype, dtypes);
   const data = m.data;
-  if (!isFloat32Array(data)) {
-    const hint = ArrayBuffer.isView(data) || Array.isArray(data) ? '; convert with Float32Array.from(…)' : '';
-    throw new LoRATypeError(`${fn}: ${name}.data must be a Float32Array, got ${describeValue(data)}${hint}`);
+  const half = dtype !== 'f32';
+  if (half ? !(data instanceof Uint16Array) : !isFloat32Array(data)) {
+    const want = half ? `a Uint16Array of ${dtype} bit patterns` : 'a Float32Array';
+    const hint = !half && (ArrayBuffer.isView(data) || Array.isArray(data)) ? '; convert with Float32Array.from(…)' : '';
+    throw new LoRATypeError(`${fn}: ${name}.data must be ${want}, got ${describeValue(data)}${hint}`);
   }
+  const view = data as Float32Array | Uint16Array;
   const rows = m.rows;
   const cols = m.cols;
-  const owner = heap.ownerOf(data);
+  const owner = heap.ownerOf(view);
   if (owner !== undefined && !heap.isLive(owner)) {
     throw new LoRADisposedError(
       `${fn}: ${name}.data is a view of a Matrix that was disposed or garbage-collected; keep the Matrix itself and pass it`,
     );
   }
-  if (data.length !== rows * cols) {
-    const detached = data.length === 0 && data.buffer.byteLength === 0 ? ' (a detached view: read matrix.data again after allocating)' : '';
+  if (view.length !== rows * cols) {
+    const detached = view.length === 0 && view.buffer.byteLength === 0 ? ' (a detached view: read matrix.data again after allocating)' : '';
     throw new LoRAShapeError(
-      `${fn}: ${name}.data has length ${data.length} but ${name} is [${rows}, ${cols}]; it needs ${rows * cols}${detached}`,
+      `${fn}: ${name}.data has length ${view.length} but ${name} is [${rows}, ${cols}]; it needs ${rows * cols}${detached}`,
     );
   }
+  const span = { byteStart: view.byteOffset, byteEnd: view.byteOffset + view.byteLength };
   if (owner !== undefined) {
-    const desc: MatrixDesc = { heap, block: owner, offset: data.byteOffset - owner.ptr, rows, cols, ld: cols, dtype: 'f32', name };
-    return { name, rows, cols, desc, plain: undefined, buffer: heap, byteStart: data.byteOffset, byteEnd: data.byteOffset + data.byteLength };
+    const desc: MatrixDesc = { heap, block: owner, offset: view.byteOffset - owner.ptr, rows, cols, ld: cols, dtype, name };
+    return { name, rows, cols, dtype, desc, plain: undefined, buffer: heap, ...span };
   }
-  if (heap.owns(data)) {
+  if (heap.owns(view)) {
     throw new LoRATypeError(`${fn}: ${name}.data is a view on wasm memory that no Matrix owns; pass the Matrix (or its own m.data view)`);
   }
-  return { name, rows, cols, desc: undefined, plain: data, buffer: data.buffer, byteStart: data.byteOffset, byteEnd: data.byteOffset + data.byteLength };
+  return { name, rows, cols, dtype, desc: undefined, plain: view, buffer: view.buffer, ...span };
 }
 
 const overlaps = (a: Operand, b: Operand): boolean =>
@@ -164,7 +197,7 @@ export class Staging {
   /** Gives `op` a descriptor: in place when resident, else a temporary filled from its data. */
   input(op: Operand): MatrixDesc {
     if (op.desc) return op.desc;
-    op.desc = this.temp(op.rows, op.cols, op.name);
+    op.desc = this.temp(op.rows, op.cols, op.name, op.dtype);
     this.copies.push(op);
     return op.desc;
   }
@@ -172,27 +205,32 @@ export class Staging {
   /** Like input(), and the result is copied back to the plain object on commit(). */
   output(op: Operand, copyIn: boolean): MatrixDesc {
     if (op.desc) return op.desc;
-    op.desc = this.temp(op.rows, op.cols, op.name);
+    op.desc = this.temp(op.rows, op.cols, op.name, op.dtype);
     if (copyIn) this.copies.push(op);
     this.writeBacks.push(op);
     return op.desc;
   }
 
-  /** A temporary [rows, cols] block, freed on release(). */
-  temp(rows: number, cols: number, name: string): MatrixDesc {
-    const block = this.heap.alloc(rows * cols * 4, this.fn);
+  /** A temporary [rows, cols] block of dtype, freed on release(). */
+  temp(rows: number, cols: number, name: string, dtype: DType = 'f32'): MatrixDesc {
+    const block = this.heap.alloc(rows * cols * ITEM_BYTES[dtype], this.fn);
     this.temps.push(block);
-    return describeBlock(this.heap, block, rows, cols, name);
+    return describeBlock(this.heap, block, rows, cols, name, dtype);
+  }
+
+  #view(op: Operand): Float32Array | Uint16Array {
+    const n = op.rows * op.cols;
+    return op.dtype === 'f32' ? this.heap.view(op.desc!.block, n) : this.heap.viewU16(op.desc!.block, n);
   }
 
   /** Copies the plain inputs into their temporaries: call once every allocation is done. */
   load(): void {
-    for (const op of this.copies) this.heap.view(op.desc!.block, op.rows * op.cols).set(op.plain!);
+    for (const op of this.copies) this.#view(op).set(op.plain!);
     this.copies.length = 0;
   }
 
   commit(): void {
-    for (const op of this.writeBacks) op.plain!.set(this.heap.view(op.desc!.block, op.rows * op.cols));
+    for (const op of this.writeBacks) op.plain!.set(this.#view(op));
   }
 
   release(): void {
