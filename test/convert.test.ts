@@ -1,44 +1,10 @@
 // f16/bf16 <-> f32 conversion (assembly/convert.ts through lw.convert and lw.matrix), against
 // @petamoriken/float16 for f16 and an exact nearest-value search for bf16.
-import { getFloat16, setFloat16 } from '@petamoriken/float16';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAShapeError, LoRATypeError } from '../src/index.js';
 import { assertThrowsTyped, lwUnderTest } from './helpers.js';
-
-const dv = new DataView(new ArrayBuffer(8));
-/** The f16 value of a bit pattern, by the polyfill. */
-const f16Value = (h: number): number => {
-  dv.setUint16(0, h, true);
-  return getFloat16(dv, 0, true);
-};
-/** The f16 pattern of a number, rounded to nearest even by the polyfill. */
-const f16Bits = (x: number): number => {
-  setFloat16(dv, 0, x, true);
-  return dv.getUint16(0, true);
-};
-const f32Bits = (x: number): number => {
-  dv.setFloat32(0, x, true);
-  return dv.getUint32(0, true);
-};
-const f32FromBits = (u: number): number => {
-  dv.setUint32(0, u >>> 0, true);
-  return dv.getFloat32(0, true);
-};
-/** bf16 of an f32 value by exhaustive nearest search between the two neighbouring patterns, ties to even. */
-const bf16Bits = (x: number): number => {
-  if (Number.isNaN(x)) return -1; // checked apart
-  const lo = f32Bits(x) >>> 16; // the pattern truncated toward zero
-  const hi = (lo + 1) & 0xffff; // the next one away from zero
-  const vlo = f32FromBits(lo << 16);
-  if (vlo === x) return lo;
-  // past the largest finite value the next pattern is ±Inf, which IEEE rounding treats as ±2¹²⁸
-  const vhi = (hi & 0x7f80) === 0x7f80 ? Math.sign(x) * 2 ** 128 : f32FromBits(hi << 16);
-  const dlo = Math.abs(x - vlo), dhi = Math.abs(vhi - x);
-  if (dlo < dhi) return lo;
-  if (dhi < dlo) return hi;
-  return lo & 1 ? hi : lo;
-};
+import { bf16Bits, f16Bits, f16Value, f32Bits, f32FromBits } from './reference.js';
 
 const allPatterns = Uint16Array.from({ length: 65536 }, (_, i) => i);
 const same = (a: number, b: number): boolean => (Number.isNaN(a) && Number.isNaN(b)) || Object.is(a, b);

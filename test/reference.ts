@@ -6,12 +6,15 @@
  *   gemm64       the whole matrix of it
  *   rankReference  W0 + s·A·B              (gemm64 with beta = 1)
  *   loraReference  X·Wᵀ + s·(X·Bᵀ)·Aᵀ + bias   (three gemm64 calls)
+ *   f16Bits, bf16Bits, roundTo   rounding to half precision: the f16 polyfill (@petamoriken/float16),
+ *                and for bf16 an exact nearest-pattern search (ties to even)
  *
  * The tolerance is the standard bound for an f32 sum of k products, γ_k ≈ k·u, plus `extra`
  * roundings the kernel makes around it (scaling, the epilogue's add, a second pass):
  *   |got − value| ≤ (k + extra)·u·mag,  u = 2⁻²⁴.
  * It is rigorous, not tuned: a kernel that is wrong by a single O(1) term exceeds it.
  */
+import { getFloat16, setFloat16 } from '@petamoriken/float16';
 import * as assert from 'uvu/assert';
 
 export const U = 2 ** -24; // unit roundoff of f32
@@ -154,4 +157,55 @@ export function assertWithinBound(got: ArrayLike<number>, ref: Reference, k: num
         `(error ${Math.abs(got[at]! - ref.value[at]!)} > bound ${bound(k, extra, ref.mag[at]!)}, ${worst.toFixed(1)}× over)`,
     );
   }
+}
+
+// ---------------------------------------------------------------- half precision
+
+const dv = new DataView(new ArrayBuffer(8));
+/** The f16 value of a bit pattern, by the polyfill. */
+export const f16Value = (h: number): number => {
+  dv.setUint16(0, h, true);
+  return getFloat16(dv, 0, true);
+};
+/** The f16 pattern of a number, rounded to nearest even by the polyfill. */
+export const f16Bits = (x: number): number => {
+  setFloat16(dv, 0, x, true);
+  return dv.getUint16(0, true);
+};
+export const f32Bits = (x: number): number => {
+  dv.setFloat32(0, x, true);
+  return dv.getUint32(0, true);
+};
+export const f32FromBits = (u: number): number => {
+  dv.setUint32(0, u >>> 0, true);
+  return dv.getFloat32(0, true);
+};
+/** bf16 of an f32 value by exhaustive nearest search between the two neighbouring patterns, ties to even. */
+export const bf16Bits = (x: number): number => {
+  if (Number.isNaN(x)) return -1; // checked apart
+  const lo = f32Bits(x) >>> 16; // the pattern truncated toward zero
+  const hi = (lo + 1) & 0xffff; // the next one away from zero
+  const vlo = f32FromBits(lo << 16);
+  if (vlo === x) return lo;
+  // past the largest finite value the next pattern is ±Inf, which IEEE rounding treats as ±2¹²⁸
+  const vhi = (hi & 0x7f80) === 0x7f80 ? Math.sign(x) * 2 ** 128 : f32FromBits(hi << 16);
+  const dlo = Math.abs(x - vlo), dhi = Math.abs(vhi - x);
+  if (dlo < dhi) return lo;
+  if (dhi < dlo) return hi;
+  return lo & 1 ? hi : lo;
+};
+
+/** x rounded once to dtype and decoded back (f32: Math.fround). */
+export function roundTo(x: number, dtype: 'f32' | 'f16' | 'bf16'): number {
+  if (dtype === 'f32') return Math.fround(x);
+  if (dtype === 'f16') return f16Value(f16Bits(x));
+  return Number.isNaN(x) ? x : f32FromBits(bf16Bits(Math.fround(x)) << 16);
+}
+
+/** Half the distance from |x| to the next value of dtype: the most a single rounding to dtype can move x. */
+export function halfUlp(x: number, dtype: 'f32' | 'f16' | 'bf16'): number {
+  const a = Math.abs(x);
+  const [bits, minExp] = dtype === 'f32' ? [24, -126] : dtype === 'f16' ? [11, -14] : [8, -126];
+  const e = Math.max(a === 0 ? minExp : Math.floor(Math.log2(a)), minExp);
+  return 2 ** (e - bits);
 }

@@ -10,7 +10,7 @@
 import { LoRAStateError, LoRATypeError, LoRARangeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import type { KernelLayer } from '../kernel/kernel.js';
-import { Matrix } from '../memory/matrix.js';
+import { type DType, Matrix } from '../memory/matrix.js';
 import { boolOption, checkMatrix, f32Option, optionsObject } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { type Parameter, allocAll } from './layer.js';
@@ -51,6 +51,10 @@ function checkParams(engine: Engine, fn: string, params: unknown): Parameter[] {
     }
     checkMatrix(engine.heap, fn, `params[${i}].value`, p.value);
     checkMatrix(engine.heap, fn, `params[${i}].grad`, p.grad);
+    for (const [what, m] of [['value', p.value], ['grad', p.grad]] as const) {
+      const dtype = (m as Matrix<DType>).dtype;
+      if (dtype !== 'f32') throw new LoRATypeError(`${fn}: params[${i}].${what} is ${dtype} but ${fn} supports f32 only`);
+    }
     if (p.value.rows !== p.grad.rows || p.value.cols !== p.grad.cols) {
       throw new LoRATypeError(`${fn}: params[${i}] has value [${p.value.rows}, ${p.value.cols}] but grad [${p.grad.rows}, ${p.grad.cols}]; they must match`);
     }

@@ -20,6 +20,8 @@ const suites: [string, () => Promise<unknown>][] = [
   ['train.test.ts', () => import('../train.test.js')],
   ['layers.test.ts', () => import('../layers.test.js')],
   ['reliability.test.ts', () => import('../reliability.test.js')],
+  ['convert.test.ts', () => import('../convert.test.js')],
+  ['half.test.ts', () => import('../half.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
