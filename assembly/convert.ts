@@ -8,14 +8,16 @@
 //   bits(m << 13) · 2¹¹² rebiases the exponent by a multiply: exact for normal and subnormal halves
 //   (an f32 subnormal times a power of two that makes it normal is exact; wasm never flushes them);
 //   exponent 31 (Inf/NaN) maps to 2¹⁶·(1 + f) and gets its exponent forced to 255; then the sign.
-// f32 → f16 (round to nearest, ties to even, by the FPU's own rounding):
-//   base = (|f| · 2¹¹²) · 2⁻¹¹⁰ overflows to Inf above the f16 range and keeps the rest exact;
-//   adding 2^(e−10), built from f's exponent (at least 2⁻¹⁴), rounds base at f16's last mantissa bit;
-//   the result's exponent and mantissa bits are the f16 pattern; NaN becomes 0x7E00 with f's sign.
+// f32 → f16 (round to nearest, ties to even), all lanes through both paths, then selected:
+//   normal:    (|f| − (112 << 23) + 0xFFF + odd) >> 13, odd = f's bit 13 (a carry rounds up into the
+//              exponent, up to Inf for 65520 ≤ |f| < 65536);
+//   subnormal: bits(|f| + 0.5) − bits(0.5), where the FPU's own rounding lands on f16's 2⁻²⁴ grid;
+//   |f| ≥ 65536 → Inf, NaN → 0x7E00 (quiet), then f's sign.
 // bf16 → f32: bits << 16 (exact).
 // f32 → bf16: (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 (ties to even; overflow rounds to ±Inf),
 //   NaN → (bits >> 16) | 0x40 (kept NaN, made quiet).
-// see: https://github.com/Maratyszcza/FP16 (fp16_ieee_to_fp32_value, fp16_ieee_from_fp32_value)
+// see: https://github.com/Maratyszcza/FP16 (fp16_ieee_to_fp32_value);
+//      F. Giesen, "float->half variants", float_to_half_fast3_rtne (https://gist.github.com/rygorous/2156668)
 
 /** Element types. Twin: DTYPE_CODE in src/kernel/kernels.ts. */
 export const DTYPE_F32: i32 = 0;
@@ -40,14 +42,19 @@ export function f16ToF32x4(h: v128): v128 {
 // @ts-ignore: decorator
 @inline
 export function f32ToF16x4(f: v128): v128 {
-  let base = f32x4.mul(f32x4.mul(f32x4.abs(f), f32x4.splat(reinterpret<f32>(0x77800000))), f32x4.splat(reinterpret<f32>(0x08800000)));
-  const shl1 = i32x4.add(f, f);
   const sign = v128.and(f, i32x4.splat(0x80000000));
-  const bias = i32x4.max_u(v128.and(shl1, i32x4.splat(0xff000000)), i32x4.splat(0x71000000));
-  base = f32x4.add(i32x4.add(i32x4.shr_u(bias, 1), i32x4.splat(0x07800000)), base);
-  const nonsign = i32x4.add(v128.and(i32x4.shr_u(base, 13), i32x4.splat(0x7c00)), v128.and(base, i32x4.splat(0x0fff)));
-  const isNaN = i32x4.gt_u(shl1, i32x4.splat(0xff000000));
-  return v128.or(i32x4.shr_u(sign, 16), v128.bitselect(i32x4.splat(0x7e00), nonsign, isNaN));
+  const a = v128.xor(f, sign); // |f|, as bits
+  // normal halves: round |f| at mantissa bit 13, ties to even, and rebias the exponent by −112
+  const odd = v128.and(i32x4.shr_u(a, 13), i32x4.splat(1));
+  const normal = i32x4.shr_u(i32x4.add(i32x4.add(a, i32x4.splat(((15 - 127) << 23) + 0xfff)), odd), 13);
+  // subnormal halves: the FPU rounds |f| + 0.5 at f16's subnormal spacing 2⁻²⁴
+  const magic = i32x4.splat(126 << 23);
+  const subnormal = i32x4.sub(f32x4.add(a, magic), magic);
+  let h = v128.bitselect(subnormal, normal, i32x4.lt_s(a, i32x4.splat(113 << 23)));
+  // |f| ≥ 65536 (and Inf) → Inf; NaN → quiet NaN (65520 ≤ |f| < 65536 carries into Inf above)
+  h = v128.bitselect(i32x4.splat(0x7c00), h, i32x4.gt_s(a, i32x4.splat((143 << 23) - 1)));
+  h = v128.bitselect(i32x4.splat(0x7e00), h, i32x4.gt_s(a, i32x4.splat(0x7f800000)));
+  return v128.or(h, i32x4.shr_u(sign, 16));
 }
 
 // @ts-ignore: decorator
