@@ -1,5 +1,5 @@
 /**
- * npm run bench [-- --quick] [-- --only merge,gemm,lora]
+ * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora]
  *
  * Runs every benchmark in one process, so each ratio compares figures from the same run, prints
  * the tables, checks the targets, and (full runs) rewrites bench/RESULTS.md. benny's JSON, CSV and
@@ -13,12 +13,13 @@ import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { detectFeatures, init } from '../src/index.js';
 import type { Ctx, Row } from './common.js';
 import { benchGemm } from './gemm.bench.js';
+import { benchHalf } from './half.bench.js';
 import { benchLora } from './lora.bench.js';
 import { benchRank } from './rank.bench.js';
 
 const quick = process.argv.includes('--quick');
 const onlyArg = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
-const only = new Set((onlyArg ?? 'merge,gemm,lora').split(','));
+const only = new Set((onlyArg ?? 'merge,half,gemm,lora').split(','));
 const started = performance.now();
 
 setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}/`);
@@ -31,6 +32,7 @@ else ctx.notes.push('relaxed SIMD is not available in this engine (Node 20 needs
 ctx.notes.push(`tfjs-backend-wasm ${tf.version_core}, multithreading ${tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 'on' : 'off'} (single thread)`);
 
 if (only.has('merge')) await benchRank(ctx);
+if (only.has('half')) await benchHalf(ctx);
 if (only.has('gemm')) await benchGemm(ctx);
 if (only.has('lora')) await benchLora(ctx);
 
@@ -106,6 +108,13 @@ for (const lw of ctx.builds) {
     targets.push({ claim: `GEMM X·Wᵀ ≥ ${need}× tfjs matMul(X, Wt) (${build})`, met: tfFast.ms / g.ms >= need, detail: `${fmt(tfFast.ms / g.ms, 2)}×` });
   }
   if (g && tfT) targets.push({ claim: `GEMM X·Wᵀ ≥ 10× tfjs matMul(X, W, false, true) (${build})`, met: tfT.ms / g.ms >= 10, detail: `${fmt(tfT.ms / g.ms, 1)}×` });
+  const f32Merge = find('half merge', (r) => r.name === `merge, W f32 (${build})`)[0];
+  for (const dtype of ['f16', 'bf16']) {
+    const h = find('half merge', (r) => r.name === `merge, W ${dtype} (${build})`)[0];
+    if (h && f32Merge) {
+      targets.push({ claim: `merge 4096×4096 r=16 with W in ${dtype} ≤ 1.15× the f32 merge (${build})`, met: h.ms / f32Merge.ms <= 1.15, detail: `${fmt(h.ms / f32Merge.ms, 2)}× (${fmt(h.ms, 2)} ms vs ${fmt(f32Merge.ms, 2)} ms)` });
+    }
+  }
   const step = find('training step', (r) => r.name === `training step (${build})`)[0];
   const fwd = find('training step', (r) => r.name === `forward GEMM X·Wᵀ alone (${build})`)[0];
   if (step && fwd) targets.push({ claim: `training step ≤ 1.25× the forward GEMM (${build})`, met: step.ms / fwd.ms <= 1.25, detail: `${fmt(step.ms / fwd.ms, 2)}×` });

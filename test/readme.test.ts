@@ -44,6 +44,18 @@ test('the fine-tuning example runs as written and its loss falls more than 10×'
   assert.equal(run.stdout.trim().split('\n'), ['true', '64 8']);
 });
 
+test('the half-precision example runs as written and prints what its comments say', () => {
+  const code = block('Half precision: f16 and bf16 weights');
+  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' },
+  });
+  assert.is(run.status, 0, `example failed:\n${run.stderr}`);
+  assert.equal(run.stdout.trim().split('\n'), ['bf16 true', '2,4,7,3.5,4,4']);
+});
+
 test('the README quotes the exact setup lines and the PEFT mapping', () => {
   assert.ok(readme.includes('npm install && npm start\nnpm test\n'));
   assert.match(readme, /\| `A` \| `…lora_B\.weight` \| `\[out_features, r\]` \|/);
