@@ -17,43 +17,33 @@ function block(heading: string): string {
   return m![1]!;
 }
 
-test('the Node quick start runs as written and prints what its comments say', () => {
-  const code = block('Quick start (Node)');
-  // `import … from 'lora-wasm'` resolves to this package's own exports (package self-reference).
+/**
+ * Runs a section's js block as written in a child Node and returns its output lines. `import … from
+ * 'lora-wasm'` resolves to this package's own built exports (package self-reference).
+ */
+function runBlock(heading: string): string[] {
   const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
-  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', block(heading)], {
     cwd: root,
     encoding: 'utf8',
     env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' }, // uvu forces colour; keep the child's numbers plain
   });
-  assert.is(run.status, 0, `quick start failed:\n${run.stderr}`);
-  const [build, w00] = run.stdout.trim().split('\n');
+  assert.is(run.status, 0, `"${heading}" failed:\n${run.stderr}`);
+  return run.stdout.trim().split('\n');
+}
+
+test('the Node quick start runs as written and prints what its comments say', () => {
+  const [build, w00] = runBlock('Quick start (Node)');
   assert.is(build, FLAVOUR);
   assert.ok(Math.abs(Number(w00) - 0.5016) < 1e-6, `W.data[0] printed ${w00}`);
 });
 
 test('the fine-tuning example runs as written and its loss falls more than 10×', () => {
-  const code = block('Fine-tuning with LoRA (Node)');
-  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
-  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
-    cwd: root,
-    encoding: 'utf8',
-    env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' },
-  });
-  assert.is(run.status, 0, `example failed:\n${run.stderr}`);
-  assert.equal(run.stdout.trim().split('\n'), ['true', '64 8']);
+  assert.equal(runBlock('Fine-tuning with LoRA (Node)'), ['true', '64 8']);
 });
 
 test('the half-precision example runs as written and prints what its comments say', () => {
-  const code = block('Half precision: f16 and bf16 weights');
-  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
-  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
-    cwd: root,
-    encoding: 'utf8',
-    env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' },
-  });
-  assert.is(run.status, 0, `example failed:\n${run.stderr}`);
-  assert.equal(run.stdout.trim().split('\n'), ['bf16 true', '2,4,7,3.5,4,4']);
+  assert.equal(runBlock('Half precision: f16 and bf16 weights'), ['bf16 true', '2,4,7,3.5,4,4']);
 });
 
 test('the README quotes the exact setup lines and the PEFT mapping', () => {

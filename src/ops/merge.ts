@@ -190,7 +190,7 @@ function rankUpdateOp(
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Add });
     } else {
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Store });
-      if (!(plan.bound < (resultDtype === 'f16' ? Number.POSITIVE_INFINITY : SAFE))) {
+      if (!(plan.bound < SAFE)) {
         const i = kernel.firstNonFinite(fn, target);
         if (i >= 0) {
           throw new LoRANonFiniteError(`${fn}: s·A·B overflows f32 at [${Math.floor(i / target.cols)}, ${i % target.cols}]`);
