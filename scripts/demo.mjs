@@ -25,6 +25,7 @@ export async function buildDemo() {
       name: 'browser-files',
       setup(build) {
         build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/runtime/load-file.browser.ts` }));
+        build.onResolve({ filter: /\/node-file\.js$/ }, () => ({ path: `${root}src/io/node-file.browser.ts` }));
       },
     }],
   });

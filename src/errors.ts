@@ -10,6 +10,7 @@
  *   LoRANonFiniteError RangeError  NaN/±Inf in an adapter, a scale, or a merge result
  *   LoRAMemoryError    RangeError  wasm memory exhausted (4 GiB or the init() cap)
  *   LoRAStateError     Error       a call out of order (backward before forward, backward while merged)
+ *   LoRAFormatError    Error       a malformed or unsupported file (safetensors, adapter_config.json): names the file and key
  *
  * JS classes have one parent, so LoRAError recognises its family by a brand
  * (Symbol.hasInstance) rather than by the prototype chain.
@@ -94,6 +95,15 @@ export class LoRAStateError extends LoRAError {
     super(message);
     this.name = 'LoRAStateError';
     Object.defineProperty(this, 'code', { value: 'LORA_STATE', enumerable: true });
+  }
+}
+
+export class LoRAFormatError extends LoRAError {
+  declare readonly code: 'LORA_FORMAT';
+  constructor(message: string) {
+    super(message);
+    this.name = 'LoRAFormatError';
+    Object.defineProperty(this, 'code', { value: 'LORA_FORMAT', enumerable: true });
   }
 }
 

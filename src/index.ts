@@ -33,4 +33,5 @@ export {
   LoRANonFiniteError,
   LoRAMemoryError,
   LoRAStateError,
+  LoRAFormatError,
 } from './errors.js';

@@ -1,0 +1,12 @@
+/** Browser stand-in for node-file.ts: there is no file system; read Files and Blobs with blobSource. */
+import { LoRAError } from '../errors.js';
+import type { ByteSource } from './source.js';
+import type { AtomicFile } from './node-file.js';
+
+export async function fileSource(path: string): Promise<ByteSource> {
+  throw new LoRAError(`cannot open ${path} in a browser: pass a File or Blob (blobSource) or the bytes`);
+}
+
+export async function atomicFile(path: string): Promise<AtomicFile> {
+  throw new LoRAError(`cannot write ${path} in a browser: encode the file in memory and offer it as a download`);
+}
