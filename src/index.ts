@@ -24,6 +24,16 @@ export type { FitOptions, FitProgress, FitResult } from './nn/sequential.js';
 export { SGD, AdamW } from './nn/optim.js';
 export type { SGDOptions, AdamWOptions } from './nn/optim.js';
 export { seededRandom } from './random.js';
+export { Adapter } from './io/adapter.js';
+export type { AdapterModule, Replacement } from './io/adapter.js';
+export type { MergeAdapterOptions, MergeAdapterReport } from './io/merge-adapter.js';
+export type { SaveAdapterOptions } from './io/export.js';
+export type { TensorSet } from './io/tensors.js';
+export { SafetensorsReader, encodeSafetensors, planSafetensors } from './io/safetensors.js';
+export type { TensorInfo } from './io/safetensors.js';
+export { bytesSource, blobSource } from './io/source.js';
+export type { ByteSource } from './io/source.js';
+export { fileSource, atomicFile } from './io/node-file.js';
 export {
   LoRAError,
   LoRAShapeError,

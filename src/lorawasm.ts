@@ -18,6 +18,26 @@ import { AdamW, type AdamWOptions, SGD, type SGDOptions } from './nn/optim.js';
 import { ReLU } from './nn/relu.js';
 import { Sequential } from './nn/sequential.js';
 import type { Build, Engine } from './runtime/engine.js';
+import { LoRATypeError, describeValue } from './errors.js';
+import { type Adapter, readAdapter } from './io/adapter.js';
+import { type SaveAdapterOptions, saveAdapter } from './io/export.js';
+import { type MergeAdapterOptions, type MergeAdapterReport, mergeAdapter } from './io/merge-adapter.js';
+import { fileSource } from './io/node-file.js';
+import { SafetensorsReader } from './io/safetensors.js';
+import { type ByteSource, toSource } from './io/source.js';
+import { type TensorSet, loadTensors, saveTensors } from './io/tensors.js';
+
+/** A reader over a path (Node), bytes, a Blob/File, a ByteSource, or an open SafetensorsReader. */
+async function openReader(x: unknown, what: string): Promise<SafetensorsReader> {
+  if (x instanceof SafetensorsReader) return x;
+  const source: ByteSource = typeof x === 'string' ? await fileSource(x) : toSource(x, what);
+  try {
+    return await SafetensorsReader.open(source);
+  } catch (e) {
+    await source.close?.();
+    throw e;
+  }
+}
 
 export class LoRAWasm {
   /** The wasm flavour running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
@@ -133,6 +153,55 @@ export class LoRAWasm {
   adamw(params: Parameter[], opts?: AdamWOptions): AdamW {
     return new AdamW(this.#engine, params, opts);
   }
+
+  // ------------------------------------------------------------ files
+
+  /**
+   * Reads an adapter: PEFT (`weights` = adapter_model.safetensors, `config` = adapter_config.json as an
+   * object or text) or kohya (no config). `weights` may be bytes, a Blob/File, a ByteSource, an open
+   * SafetensorsReader, or in Node a path. Factors stay in their file dtype. Dispose the Adapter when done.
+   */
+  async loadAdapter(opts: { weights: unknown; config?: unknown }): Promise<Adapter> {
+    if (typeof opts !== 'object' || opts === null) throw new LoRATypeError(`loadAdapter: options must be { weights, config }, got ${describeValue(opts)}`);
+    const reader = await openReader(opts.weights, 'loadAdapter: weights');
+    try {
+      return await readAdapter(reader, opts.config, this.#make);
+    } finally {
+      if (reader !== opts.weights) await reader.close();
+    }
+  }
+
+  /**
+   * Applies an adapter to a base model's tensors, keyed by the base file's names (see loadTensors):
+   * W ← W + multiplier·s·A·B per module, lora_bias added, modules_to_save tensors replaced. All checked
+   * before the first write. `{ into }` writes W0 + s·A·B elsewhere and leaves the base untouched.
+   */
+  mergeAdapter(base: Record<string, Matrix<DType>>, adapter: Adapter, opts?: MergeAdapterOptions): MergeAdapterReport {
+    return mergeAdapter(this.#engine, base, adapter, opts);
+  }
+
+  /** A PEFT adapter (config object + safetensors bytes) from LoRALinear layers keyed by module name, or from an Adapter. */
+  saveAdapter(source: Adapter | Record<string, LoRALinear>, opts: SaveAdapterOptions): { config: Record<string, unknown>; weights: Uint8Array } {
+    return saveAdapter(source, opts);
+  }
+
+  /** Every tensor of a safetensors file (or the ones named) as matrices in their file dtype. */
+  async loadTensors(source: unknown, opts?: { names?: readonly string[] }): Promise<TensorSet> {
+    const reader = await openReader(source, 'loadTensors: source');
+    try {
+      return await loadTensors(reader, this.#make, opts?.names);
+    } finally {
+      if (reader !== source) await reader.close();
+    }
+  }
+
+  /** A safetensors file (bytes) from a TensorSet (the reference writer's layout). */
+  saveTensors(set: TensorSet): Uint8Array {
+    return saveTensors(set);
+  }
+
+  readonly #make = (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType): Matrix<DType> =>
+    createMatrix(this.#engine, rows, cols, data, { dtype });
 
   /** mean((pred − target)²); writes 2·(pred − target)/count into grad when given. */
   mseLoss(pred: MatrixInput, target: MatrixInput, grad?: MatrixInput): number {

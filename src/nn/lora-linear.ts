@@ -67,6 +67,8 @@ export class LoRALinear implements Layer {
   readonly alpha: number;
   /** s = alpha/r, or alpha/√r with rslora. */
   readonly scale: number;
+  /** Rank-stabilised scaling (alpha/√r). */
+  readonly rslora: boolean;
   /** The frozen weight [dOut, dIn]. */
   readonly W: Matrix;
   /** The frozen bias [1, dOut], if any. */
@@ -102,7 +104,8 @@ export class LoRALinear implements Layer {
       throw new LoRAShapeError(`${fn}: r is ${r} but W is ${shapeOf(w)}; r must be at most min(dOut, dIn) = ${Math.min(w.rows, w.cols)}`);
     }
     const alpha = opts.alpha ?? r;
-    this.scale = loraScale({ alpha, r, rslora: boolOption(fn, 'rslora', opts.rslora, false) });
+    this.rslora = boolOption(fn, 'rslora', opts.rslora, false);
+    this.scale = loraScale({ alpha, r, rslora: this.rslora });
     const init = opts.init ?? 'kaiming';
     if (init !== 'kaiming' && init !== 'gaussian') {
       throw new LoRATypeError(`${fn}: init must be 'kaiming' or 'gaussian', got ${describeValue(init)}`);

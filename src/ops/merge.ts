@@ -137,7 +137,7 @@ export function planScale(engine: Engine, fn: string, a: MatrixDesc, b: MatrixDe
  */
 function rankUpdateOp(
   engine: Engine, fn: string, outIn: unknown, w0In: unknown, aIn: unknown, bIn: unknown, scale: number, safe: boolean,
-  resultDtype: DType = 'f32',
+  resultDtype: DType = 'f32', dryRun = false,
 ): Matrix<DType> | undefined {
   const { heap, kernel } = engine;
   const a = operand(heap, fn, 'A', aIn, ANY_DTYPE);
@@ -187,6 +187,7 @@ function rankUpdateOp(
           `${fn}: ${why}; ${safe ? 'with safe: true ' : ''}${out.name} was left untouched`,
         );
       }
+      if (dryRun) return undefined;
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Add });
     } else {
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Store });
@@ -234,4 +235,13 @@ export function mergeInto<T extends AnyMatrixInput>(
   const { scale, safe } = readOptions('mergeInto', opts, true);
   rankUpdateOp(engine, 'mergeInto', out, w0, a, b, scale, safe);
   return out;
+}
+
+/**
+ * Everything merge() would check (shapes, dtypes, NaN/Inf in A and B, and with `safe` the finiteness
+ * of every result) without writing: lets a caller that merges many modules check them all first, so
+ * that a failure leaves every W untouched.
+ */
+export function checkMerge(engine: Engine, fn: string, w: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, scale: number, safe: boolean): void {
+  rankUpdateOp(engine, fn, w, w, a, b, Math.fround(scale), safe, 'f32', true);
 }

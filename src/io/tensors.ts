@@ -1,0 +1,48 @@
+/**
+ * Whole tensor files to and from resident matrices: lw.loadTensors reads a safetensors file (every
+ * tensor, or the ones named) into matrices, keeping each tensor's dtype (F32, F16, BF16) and shape
+ * ([n] becomes [1, n]; [a, b, …] becomes [a, b·…]); lw.saveTensors writes them back.
+ */
+import { LoRATypeError, describeValue } from '../errors.js';
+import type { DType, Matrix } from '../memory/matrix.js';
+import { as2d } from './adapter.js';
+import { SafetensorsReader, encodeSafetensors, tensorData } from './safetensors.js';
+
+export interface TensorSet {
+  /** Matrices keyed by tensor name. */
+  readonly tensors: Record<string, Matrix<DType>>;
+  /** Each tensor's shape in the file. */
+  readonly shapes: Record<string, number[]>;
+  readonly metadata: Record<string, string>;
+}
+
+const DT: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+const ST: Record<DType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
+
+export async function loadTensors(
+  reader: SafetensorsReader, make: (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType) => Matrix<DType>, names?: readonly string[],
+): Promise<TensorSet> {
+  const tensors: Record<string, Matrix<DType>> = {};
+  const shapes: Record<string, number[]> = {};
+  try {
+    for (const info of reader.tensors) {
+      if (names && !names.includes(info.name)) continue;
+      const data = tensorData(reader.file, await reader.read(info.name));
+      const [rows, cols] = as2d(info.shape);
+      tensors[info.name] = make(rows, cols, data, DT[info.dtype]!);
+      shapes[info.name] = [...info.shape];
+    }
+  } catch (e) {
+    for (const m of Object.values(tensors)) m.dispose();
+    throw e;
+  }
+  return { tensors, shapes, metadata: { ...reader.metadata } };
+}
+
+export function saveTensors(set: TensorSet): Uint8Array {
+  if (typeof set !== 'object' || set === null || typeof set.tensors !== 'object') throw new LoRATypeError(`saveTensors: expected { tensors, shapes, metadata }, got ${describeValue(set)}`);
+  return encodeSafetensors(Object.entries(set.tensors).map(([name, m]) => {
+    const data = m.toArray();
+    return { name, dtype: ST[m.dtype], shape: set.shapes?.[name] ?? [m.rows, m.cols], data };
+  }), set.metadata);
+}
