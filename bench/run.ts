@@ -1,5 +1,5 @@
 /**
- * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora]
+ * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora,cli]
  *
  * Runs every benchmark in one process, so each ratio compares figures from the same run, prints
  * the tables, checks the targets, and (full runs) rewrites bench/RESULTS.md. benny's JSON, CSV and
@@ -12,6 +12,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { detectFeatures, init } from '../src/index.js';
 import type { Ctx, Row } from './common.js';
+import { benchCli } from './cli.bench.js';
 import { benchGemm } from './gemm.bench.js';
 import { benchHalf } from './half.bench.js';
 import { benchLora } from './lora.bench.js';
@@ -19,7 +20,7 @@ import { benchRank } from './rank.bench.js';
 
 const quick = process.argv.includes('--quick');
 const onlyArg = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
-const only = new Set((onlyArg ?? 'merge,half,gemm,lora').split(','));
+const only = new Set((onlyArg ?? 'merge,half,gemm,lora,cli').split(','));
 const started = performance.now();
 
 setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}/`);
@@ -35,6 +36,7 @@ if (only.has('merge')) await benchRank(ctx);
 if (only.has('half')) await benchHalf(ctx);
 if (only.has('gemm')) await benchGemm(ctx);
 if (only.has('lora')) await benchLora(ctx);
+if (only.has('cli')) await benchCli(ctx);
 
 // ---------------------------------------------------------------- tables
 const fmt = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
@@ -118,6 +120,13 @@ for (const lw of ctx.builds) {
   const step = find('training step', (r) => r.name === `training step (${build})`)[0];
   const fwd = find('training step', (r) => r.name === `forward GEMM X·Wᵀ alone (${build})`)[0];
   if (step && fwd) targets.push({ claim: `training step ≤ 1.25× the forward GEMM (${build})`, met: step.ms / fwd.ms <= 1.25, detail: `${fmt(step.ms / fwd.ms, 2)}×` });
+}
+
+const cliCopy = find('cli merge', (r) => r.by === 'copy')[0];
+const cliMerge = find('cli merge', (r) => r.by === 'lora-wasm')[0];
+if (cliCopy && cliMerge) {
+  const speed = cliCopy.ms / cliMerge.ms;
+  targets.push({ claim: 'CLI merge of a 1 GiB f16 base (r=16, every linear layer) at ≥ 70 % of a file copy\'s speed', met: speed >= 0.7, detail: `${fmt(100 * speed, 0)} % (${fmt(cliMerge.ms / 1000, 2)} s vs ${fmt(cliCopy.ms / 1000, 2)} s)` });
 }
 
 const seconds = (performance.now() - started) / 1000;

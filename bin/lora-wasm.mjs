@@ -15,6 +15,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { LoRAError, SafetensorsReader, atomicFile, fileSource, init, planSafetensors } from '../dist/index.js';
+import { tensorData } from '../dist/io/safetensors.js';
 
 const USAGE = `usage:
   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
@@ -179,17 +180,22 @@ async function merge(values) {
       const out = await atomicFile(outputs[f], true);
       opened.push(out);
       await out.write(plan.header);
-      for (const t of plan.order) {
+      // a pipeline: the next tensor is read while this one is merged, and each result is written
+      // while the next is computed (writes stay in order); at most three tensors are in flight
+      let pendingWrite = Promise.resolve();
+      const handled = (p) => (p?.catch(() => {}), p); // a failed run must not leave an unhandled rejection behind
+      let nextRead = handled(plan.order.length ? reader.read(plan.order[0].name) : undefined);
+      for (let i = 0; i < plan.order.length; i++) {
+        const t = plan.order[i];
         const src = reader.get(t.name);
+        const { bytes } = await nextRead;
+        nextRead = handled(i + 1 < plan.order.length ? reader.read(plan.order[i + 1].name) : undefined);
         const mods = modulesAt.get(t.name);
         const rep = replaceAt.get(t.name);
-        if (!mods && !rep && t.dtype === src.dtype) {
-          await out.write((await reader.read(t.name)).bytes); // untouched: byte for byte
-        } else {
+        let outBytes = bytes; // untouched and same dtype: byte for byte
+        if (mods || rep || t.dtype !== src.dtype) {
           const [rows, cols] = as2d(src.shape);
-          const bytes = (await reader.read(t.name)).bytes;
-          const data = src.dtype === 'F32' ? new Float32Array(bytes.slice().buffer) : new Uint16Array(bytes.slice().buffer);
-          const W = lw.matrix(rows, cols, data, { dtype: DT[src.dtype] });
+          const W = lw.matrix(rows, cols, tensorData(reader.file, { info: src, bytes }), { dtype: DT[src.dtype] });
           try {
             for (const m of mods ?? []) {
               lw.merge(W, m.A, m.B, { scale: multiplier * m.scale, safe: Boolean(values.safe) });
@@ -202,17 +208,20 @@ async function merge(values) {
               lw.convert(res, W);
             }
             const view = res.data;
-            await out.write(new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice());
+            outBytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice(); // off wasm memory: later calls may grow it
             if (res !== W) res.dispose();
           } finally {
             W.dispose();
           }
           peakWasm = Math.max(peakWasm, lw.memoryStats().memoryBytes);
         }
+        await pendingWrite;
+        pendingWrite = handled(out.write(outBytes));
         doneBytes += src.end - src.begin;
         weightMap[t.name] = path.basename(outputs[f]);
         bar?.increment(1, { done: fmtBytes(doneBytes) });
       }
+      await pendingWrite;
     }
     if (sharded) {
       const idx = await atomicFile(path.join(outDir, path.basename(index.path)), true);
