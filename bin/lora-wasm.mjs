@@ -15,7 +15,6 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { LoRAError, SafetensorsReader, atomicFile, fileSource, init, planSafetensors } from '../dist/index.js';
-import { tensorData } from '../dist/io/safetensors.js';
 
 const USAGE = `usage:
   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
@@ -109,9 +108,7 @@ async function inspect(target) {
   adapter.dispose();
 }
 
-const DT = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
-const ST = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
-const as2d = (shape) => (shape.length === 0 ? [1, 1] : shape.length === 1 ? [1, shape[0]] : [shape[0], shape.slice(1).reduce((a, b) => a * b, 1)]);
+const ITEM = { F32: 4, F16: 2, BF16: 2, f32: 4, f16: 2, bf16: 2 };
 
 async function merge(values) {
   for (const k of ['base', 'adapter', 'out']) if (!values[k]) throw new UsageError(`merge needs --${k}`);
@@ -135,110 +132,39 @@ async function merge(values) {
   const lw = await init();
   const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
   const readers = await openAll(files);
-  const where = new Map();
-  for (const r of readers) for (const t of r.tensors) where.set(t.name, { reader: r, info: t });
-  // plan: every module's target and every replacement, checked before anything is written
-  const { targetOf, checkTargetShape } = await import('../dist/io/adapter.js');
-  const prefix = values.prefix ?? '';
-  const names = new Set(where.keys());
-  const modulesAt = new Map();
-  for (const m of adapter.modules) {
-    const target = targetOf(m, adapter.format, names, prefix);
-    const { info } = where.get(target);
-    if (!DT[info.dtype]) throw new LoRAError(`${target} is ${info.dtype}; lora-wasm merges into F32, F16 and BF16 weights`);
-    checkTargetShape(m, target, as2d(info.shape));
-    modulesAt.set(target, [...(modulesAt.get(target) ?? []), m]);
-    if (m.biasDelta) throw new LoRAError(`module ${m.name} has lora_bias; merge it with lw.mergeAdapter (the CLI does not yet stream bias deltas)`);
-  }
-  const replaceAt = new Map();
-  for (const r of adapter.replacements) {
-    const name = prefix + r.name;
-    const hit = where.get(name);
-    if (!hit) throw new LoRAError(`the adapter replaces "${name}" but the base model has no such tensor`);
-    if (hit.info.shape.reduce((a, b) => a * b, 1) !== r.shape.reduce((a, b) => a * b, 1)) throw new LoRAError(`"${name}" is [${hit.info.shape}] in the base but [${r.shape}] in the adapter`);
-    replaceAt.set(name, r);
-  }
-  const outDtype = (d) => (dtype === 'keep' || !DT[d] ? d : ST[dtype]);
-
   if (sharded) mkdirSync(outDir, { recursive: true });
-  const totalBytes = readers.reduce((s, r) => s + r.tensors.reduce((a, t) => a + t.end - t.begin, 0), 0);
   const totalTensors = readers.reduce((s, r) => s + r.tensors.length, 0);
   const bar = values.quiet ? undefined : new cliProgress.SingleBar({
     format: 'merge |{bar}| {percentage}% | {value}/{total} tensors | {done} of {size}',
     stream: process.stderr, hideCursor: true, noTTYOutput: false,
   }, cliProgress.Presets.shades_classic);
-  bar?.start(totalTensors, 0, { done: fmtBytes(0), size: fmtBytes(totalBytes) });
+  bar?.start(totalTensors, 0, { done: fmtBytes(0), size: '' });
   const opened = [];
-  let doneBytes = 0;
-  let merged = 0;
-  let peakWasm = 0;
-  const weightMap = {};
   try {
-    for (let f = 0; f < readers.length; f++) {
-      const reader = readers[f];
-      const plan = planSafetensors(reader.tensors.map((t) => ({ ...t, dtype: outDtype(t.dtype) })), reader.metadata);
-      const out = await atomicFile(outputs[f], true);
-      opened.push(out);
-      await out.write(plan.header);
-      // a pipeline: the next tensor is read while this one is merged, and each result is written
-      // while the next is computed (writes stay in order); at most three tensors are in flight
-      let pendingWrite = Promise.resolve();
-      const handled = (p) => (p?.catch(() => {}), p); // a failed run must not leave an unhandled rejection behind
-      let nextRead = handled(plan.order.length ? reader.read(plan.order[0].name) : undefined);
-      for (let i = 0; i < plan.order.length; i++) {
-        const t = plan.order[i];
-        const src = reader.get(t.name);
-        const { bytes } = await nextRead;
-        nextRead = handled(i + 1 < plan.order.length ? reader.read(plan.order[i + 1].name) : undefined);
-        const mods = modulesAt.get(t.name);
-        const rep = replaceAt.get(t.name);
-        let outBytes = bytes; // untouched and same dtype: byte for byte
-        if (mods || rep || t.dtype !== src.dtype) {
-          const [rows, cols] = as2d(src.shape);
-          const W = lw.matrix(rows, cols, tensorData(reader.file, { info: src, bytes }), { dtype: DT[src.dtype] });
-          try {
-            for (const m of mods ?? []) {
-              lw.merge(W, m.A, m.B, { scale: multiplier * m.scale, safe: Boolean(values.safe) });
-              merged++;
-            }
-            if (rep) lw.convert(W, rep.tensor.rows === W.rows ? rep.tensor : { rows, cols, data: rep.tensor.data, ...(rep.tensor.dtype === 'f32' ? {} : { dtype: rep.tensor.dtype }) });
-            let res = W;
-            if (DT[t.dtype] !== W.dtype) {
-              res = lw.matrix(rows, cols, undefined, { dtype: DT[t.dtype] });
-              lw.convert(res, W);
-            }
-            const view = res.data;
-            outBytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice(); // off wasm memory: later calls may grow it
-            if (res !== W) res.dispose();
-          } finally {
-            W.dispose();
-          }
-          peakWasm = Math.max(peakWasm, lw.memoryStats().memoryBytes);
-        }
-        await pendingWrite;
-        pendingWrite = handled(out.write(outBytes));
-        doneBytes += src.end - src.begin;
-        weightMap[t.name] = path.basename(outputs[f]);
-        bar?.increment(1, { done: fmtBytes(doneBytes) });
-      }
-      await pendingWrite;
-    }
+    for (const o of outputs) opened.push(await atomicFile(o, true));
+    const report = await lw.mergeAdapterFiles({
+      base: readers, adapter, sink: (f) => opened[f], dtype, multiplier, prefix: values.prefix ?? '', safe: Boolean(values.safe),
+      onProgress: (p) => bar?.update(p.tensors, { done: fmtBytes(p.bytes), size: fmtBytes(p.totalBytes) }),
+    });
     if (sharded) {
       const idx = await atomicFile(path.join(outDir, path.basename(index.path)), true);
       opened.push(idx);
-      const totalSize = readers.reduce((s, r) => s + r.tensors.reduce((a, t) => a + (t.end - t.begin) * (outDtype(t.dtype) === t.dtype ? 1 : (outDtype(t.dtype) === 'F32' ? 4 : 2) / (t.dtype === 'F32' ? 4 : 2)), 0), 0);
+      const weightMap = Object.fromEntries(Object.entries(report.weightMap).map(([name, f]) => [name, path.basename(outputs[f])]));
+      // total_size: the data bytes of every shard as written (float tensors in the output dtype)
+      const totalSize = readers.flatMap((r) => r.tensors).reduce((a, t) => a + (t.end - t.begin) / (dtype !== 'keep' && ITEM[t.dtype] ? ITEM[t.dtype] / ITEM[dtype] : 1), 0);
       await idx.write(new TextEncoder().encode(`${JSON.stringify({ metadata: { ...(index.json.metadata ?? {}), total_size: totalSize }, weight_map: weightMap }, null, 2)}\n`));
     }
     for (const o of opened) await o.commit();
+    bar?.stop();
+    say(`merged ${report.merged} modules and replaced ${report.replaced} tensors into ${sharded ? `${outputs.length} shards in ${outDir}` : values.out} (${fmtBytes(report.bytes)}; wasm memory peaked at ${fmtBytes(report.peakWasmBytes)})`);
   } catch (e) {
+    bar?.stop();
     for (const o of opened) await o.abort();
     throw e;
   } finally {
-    bar?.stop();
     for (const r of readers) await r.close();
     adapter.dispose();
   }
-  say(`merged ${merged} modules and replaced ${replaceAt.size} tensors into ${sharded ? `${outputs.length} shards in ${outDir}` : values.out} (${fmtBytes(doneBytes)}; wasm memory peaked at ${fmtBytes(peakWasm)})`);
 }
 
 async function main() {

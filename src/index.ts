@@ -27,6 +27,7 @@ export { seededRandom } from './random.js';
 export { Adapter } from './io/adapter.js';
 export type { AdapterModule, Replacement } from './io/adapter.js';
 export type { MergeAdapterOptions, MergeAdapterReport } from './io/merge-adapter.js';
+export type { MergeFilesOptions, MergeFilesReport } from './io/merge-files.js';
 export type { SaveAdapterOptions } from './io/export.js';
 export type { TensorSet } from './io/tensors.js';
 export { SafetensorsReader, encodeSafetensors, planSafetensors } from './io/safetensors.js';

@@ -22,6 +22,7 @@ import { LoRATypeError, describeValue } from './errors.js';
 import { type Adapter, readAdapter } from './io/adapter.js';
 import { type SaveAdapterOptions, saveAdapter } from './io/export.js';
 import { type MergeAdapterOptions, type MergeAdapterReport, mergeAdapter } from './io/merge-adapter.js';
+import { type MergeFilesOptions, type MergeFilesReport, mergeAdapterFiles } from './io/merge-files.js';
 import { fileSource } from './io/node-file.js';
 import { SafetensorsReader } from './io/safetensors.js';
 import { type ByteSource, toSource } from './io/source.js';
@@ -178,6 +179,14 @@ export class LoRAWasm {
    */
   mergeAdapter(base: Record<string, Matrix<DType>>, adapter: Adapter, opts?: MergeAdapterOptions): MergeAdapterReport {
     return mergeAdapter(this.#engine, base, adapter, opts);
+  }
+
+  /**
+   * Merges an adapter into base model files, streaming tensor by tensor (the CLI's engine; also runs
+   * in a browser worker over Files). Every target is checked before the first byte is written.
+   */
+  mergeAdapterFiles(opts: MergeFilesOptions): Promise<MergeFilesReport> {
+    return mergeAdapterFiles(this.#engine, opts);
   }
 
   /** A PEFT adapter (config object + safetensors bytes) from LoRALinear layers keyed by module name, or from an Adapter. */
