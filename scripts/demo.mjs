@@ -13,7 +13,7 @@ export async function buildDemo() {
   const out = `${root}build/demo/`;
   mkdirSync(out, { recursive: true });
   await esbuild.build({
-    entryPoints: { main: `${root}demo/main.ts`, worker: `${root}demo/worker.ts` },
+    entryPoints: { main: `${root}demo/main.ts`, worker: `${root}demo/worker.ts`, merge: `${root}demo/merge.ts`, 'merge-worker': `${root}demo/merge-worker.ts` },
     outdir: out,
     bundle: true,
     format: 'esm',
@@ -30,6 +30,7 @@ export async function buildDemo() {
     }],
   });
   copyFileSync(`${root}demo/index.html`, `${out}index.html`);
+  copyFileSync(`${root}demo/merge.html`, `${out}merge.html`);
   return out;
 }
 

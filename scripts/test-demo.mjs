@@ -50,6 +50,55 @@ try {
   check('the page stayed responsive (worst main-thread timer gap < 500 ms)', d.gap < 500, `${d.gap.toFixed(0)} ms`);
   check('no page errors', errors.length === 0, errors.join('; '));
   console.log(`screenshot: build/demo-screenshot.png`);
+
+  // The merge page: a generated PEFT adapter and f16 base, picked through the file inputs, merged in the
+  // worker, downloaded; the download must equal the same merge run in Node, byte for byte.
+  const { init, encodeSafetensors, SafetensorsReader, bytesSource } = await import('../dist/index.js');
+  const lw = await init();
+  const rnd = (n, seed) => { let a = seed; return Float32Array.from({ length: n }, () => { a = (a * 1103515245 + 12345) % 2 ** 31; return (a / 2 ** 31 - 0.5) * 0.2; }); };
+  const f16 = (x, rows, cols) => { const m = lw.matrix(rows, cols, x, { dtype: 'f16' }); const b = new Uint8Array(m.toArray().buffer); m.dispose(); return b; };
+  const adapterTensors = [];
+  const baseTensors = [];
+  for (const [i, mod] of ['enc.0.q', 'enc.0.v', 'enc.1.q'].entries()) {
+    adapterTensors.push({ name: `base_model.model.${mod}.lora_A.weight`, dtype: 'F32', shape: [4, 96], data: new Uint8Array(rnd(4 * 96, 10 + i).buffer) });
+    adapterTensors.push({ name: `base_model.model.${mod}.lora_B.weight`, dtype: 'F32', shape: [80, 4], data: new Uint8Array(rnd(80 * 4, 20 + i).buffer) });
+    baseTensors.push({ name: `${mod}.weight`, dtype: 'F16', shape: [80, 96], data: f16(rnd(80 * 96, 30 + i), 80, 96) });
+  }
+  baseTensors.push({ name: 'enc.0.norm.weight', dtype: 'F16', shape: [96], data: f16(rnd(96, 40), 1, 96) });
+  const config = JSON.stringify({ peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['q', 'v'], base_model_name_or_path: 'generated/tiny' });
+  const adapterBytes = encodeSafetensors(adapterTensors, { format: 'pt' });
+  const baseBytes = encodeSafetensors(baseTensors, { format: 'pt' });
+  const adapter = await lw.loadAdapter({ weights: adapterBytes, config });
+  const parts = [];
+  await lw.mergeAdapterFiles({ base: await SafetensorsReader.open(bytesSource(baseBytes)), adapter, sink: () => ({ write: async (b) => void parts.push(b) }) });
+  const want = Buffer.concat(parts);
+  adapter.dispose();
+
+  const mp = await browser.newPage({ viewport: { width: 1000, height: 760 } });
+  const merrors = [];
+  mp.on('pageerror', (e) => merrors.push(e.message));
+  await mp.goto(`${server.url}/demo/merge.html?simd=${lw.build}`);
+  await mp.waitForSelector('#status[data-state="ready"]', { timeout: 30_000 });
+  await mp.setInputFiles('#adapter', [
+    { name: 'adapter_config.json', mimeType: 'application/json', buffer: Buffer.from(config) },
+    { name: 'adapter_model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from(adapterBytes) },
+  ]);
+  await mp.waitForFunction(() => document.querySelectorAll('#modules tr').length > 1, null, { timeout: 30_000 });
+  const summary = await mp.textContent('#summary');
+  check('merge page: the picked adapter is read and its modules listed', /PEFT adapter for generated\/tiny: 3 modules/.test(summary) && (await mp.$$('#modules tr')).length === 4, summary);
+  await mp.setInputFiles('#base', [{ name: 'model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from(baseBytes) }]);
+  await mp.click('#merge');
+  await mp.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 60_000 });
+  const mstatus = await mp.textContent('#status');
+  check('merge page: the worker merges with progress and reports it', (await mp.getAttribute('#status', 'data-state')) === 'done' && (await mp.getAttribute('#status', 'data-merged')) === '3', mstatus);
+  const [download] = await Promise.all([mp.waitForEvent('download'), mp.click('#download')]);
+  const got = (await import('node:fs')).readFileSync(await download.path());
+  check('merge page: the downloaded file equals the same merge in Node, byte for byte', Buffer.compare(got, want) === 0, `${got.length} bytes`);
+  const r = await SafetensorsReader.open(bytesSource(new Uint8Array(got)));
+  check('merge page: the download is a valid safetensors file with every tensor', r.tensors.length === 4, r.tensors.map((t) => t.name).join(', '));
+  await mp.screenshot({ path: `${root}build/merge-screenshot.png`, fullPage: true });
+  check('merge page: no page errors', merrors.length === 0, merrors.join('; '));
+  console.log(`screenshot: build/merge-screenshot.png`);
 } finally {
   await browser.close();
   await server.close();
