@@ -80,6 +80,14 @@ try {
     writeFileSync(path.join(dir, 'cjs.cjs'), `const { init, loraScale, LoRAShapeError } = require('lora-wasm');\ninit().then((lw) => {\n${MERGE}\nlet typed = false;\ntry { lw.merge(W, B, A); } catch (e) { typed = e instanceof LoRAShapeError; }\nconsole.log(result + ' ' + typed);\n});\n`);
     expect(run(process.execPath, ['cjs.cjs']), `${WANT('baseline')} true`, 'CJS merge');
   });
+  await check('the lora-wasm command runs from the installed package (npx lora-wasm)', () => {
+    const help = run(path.join(dir, 'node_modules/.bin/lora-wasm'), ['--help']);
+    if (!help.includes('lora-wasm merge --base')) throw new Error(`unexpected --help output: ${help}`);
+    writeFileSync(path.join(dir, 'm.mjs'), `import { encodeSafetensors } from 'lora-wasm';\nimport { writeFileSync } from 'node:fs';\nwriteFileSync('m.safetensors', encodeSafetensors([{ name: 'w', dtype: 'F32', shape: [2, 2], data: new Uint8Array(16) }]));\n`);
+    run(process.execPath, ['m.mjs']);
+    const out = run(path.join(dir, 'node_modules/.bin/lora-wasm'), ['inspect', 'm.safetensors']);
+    if (!out.includes('m.safetensors: 1 tensors, 16 B, dtypes F32')) throw new Error(`unexpected inspect output: ${out}`);
+  });
   await check('tsc --strict against the types (ESM and CJS)', () => {
     writeFileSync(path.join(dir, 'use.ts'), `import { init, loraScale, LoRAShapeError, type Matrix, type MergeOptions } from 'lora-wasm';
 const lw = await init({ simd: 'auto' });

@@ -150,6 +150,33 @@ test('errors: one line that says what to do, exit 1 (2 for usage), and no output
   assert.not.ok(readdirSync(dir).some((f) => f.endsWith('.tmp')), 'no temp file left behind');
 });
 
+test('an adapter saved by lw.saveAdapter merges through the CLI and passes the numpy-only check', async () => {
+  if (!existsSync(path.join(dir, 'adapter'))) return;
+  const g = rng(9);
+  const layers: Record<string, import('../src/index.js').LoRALinear> = {};
+  for (const l of [0, 2]) {
+    for (const m of ['q_lin', 'v_lin']) {
+      const layer = lw.linear({ W: lw.matrix(768, 768), r: 4, alpha: 12, seed: l });
+      layer.A.data.set(randomF32(g, 768 * 4, 0.05));
+      layers[`distilbert.transformer.layer.${l}.attention.${m}`] = layer;
+    }
+  }
+  const saved = lw.saveAdapter(layers, { baseModel: 'distilbert-base-uncased', taskType: 'SEQ_CLS' });
+  mkdirSync(path.join(dir, 'mine'), { recursive: true });
+  writeFileSync(path.join(dir, 'mine/adapter_model.safetensors'), saved.weights);
+  writeFileSync(path.join(dir, 'mine/adapter_config.json'), JSON.stringify(saved.config, null, 2));
+  const r = run('merge', '--base', 'base.safetensors', '--adapter', 'mine', '--out', 'mine-merged.safetensors', '--quiet');
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /merged 4 modules/);
+  const py = spawnSync('python3', [path.join(root, 'test/fixtures/peft_numpy_check.py'), 'base.safetensors', 'mine', 'mine-merged.safetensors'], { cwd: dir, encoding: 'utf8' });
+  if (py.status === null || /No module named 'numpy'/.test(py.stderr ?? '')) console.log('  (numpy cross-check skipped: no python3 with numpy)');
+  else assert.is(py.status, 0, `numpy check: ${py.stdout}${py.stderr}`);
+  for (const layer of Object.values(layers)) {
+    layer.W.dispose();
+    layer.dispose();
+  }
+});
+
 test('inspect lists an adapter folder, a kohya file and a plain model', async () => {
   if (!existsSync(path.join(dir, 'adapter'))) return;
   const a = run('inspect', 'adapter');

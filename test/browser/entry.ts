@@ -22,6 +22,8 @@ const suites: [string, () => Promise<unknown>][] = [
   ['reliability.test.ts', () => import('../reliability.test.js')],
   ['convert.test.ts', () => import('../convert.test.js')],
   ['half.test.ts', () => import('../half.test.js')],
+  ['safetensors.test.ts', () => import('../safetensors.test.js')],
+  ['peft.test.ts', () => import('../peft.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
