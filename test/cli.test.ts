@@ -10,12 +10,14 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
 import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture } from './fixtures.js';
-import { lwUnderTest, randomF32, rng } from './helpers.js';
+import { FLAVOUR, lwUnderTest, randomF32, rng } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = path.join(root, 'bin/lora-wasm.mjs');
 const dir = mkdtempSync(path.join(os.tmpdir(), 'lora-wasm-cli-'));
-const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { cwd: dir, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } });
+// the CLI in this run's flavour (init() picks relaxed where the engine has it), so results compare bit for bit
+const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+const run = (...args: string[]) => spawnSync(process.execPath, [...flags, cli, ...args], { cwd: dir, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } });
 
 const lw = await lwUnderTest();
 /** f16 bytes of x, encoded by the kernel (its RNE is checked exhaustively in convert.test.ts). */

@@ -15,3 +15,11 @@ export async function readFixture(rel: string): Promise<Uint8Array | undefined> 
   if (proc.env.LORA_REQUIRE_FIXTURES || proc.env.CI) throw new Error(`fixture ${rel} not found beside the project (../shared/fixtures/)`);
   return undefined;
 }
+
+/** A committed file under test/fixtures/ (Node only; undefined in a browser). */
+export async function readLocalFixture(rel: string): Promise<Uint8Array | undefined> {
+  const proc = (globalThis as { process?: { versions?: { node?: string } } }).process;
+  if (!proc?.versions?.node) return undefined;
+  const fs = await import('node:fs');
+  return new Uint8Array(fs.readFileSync(new URL(`./fixtures/${rel}`, import.meta.url)));
+}

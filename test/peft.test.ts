@@ -4,7 +4,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { type Adapter, type DType, LoRAFormatError, LoRAShapeError, type LoRAWasm, type Matrix, SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
-import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture } from './fixtures.js';
+import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture, readLocalFixture } from './fixtures.js';
 import { assertBitIdentical, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, f16Bits, rankReference } from './reference.js';
 
@@ -95,82 +95,86 @@ test('merging the real adapter into a DistilBERT-shaped base matches W + 2·lora
   for (const m of [...Object.values(base), ...Object.values(out)]) m.dispose();
 });
 
-test('generated PEFT adapters: f16/bf16 factors, rank_pattern/alpha_pattern, rsLoRA, fan_in_fan_out, embeddings, lora_bias', async () => {
+/** The committed adapter's tensors, decoded to f32 (the values the checks below recompute from). */
+async function rawTensors(lw: LoRAWasm, weights: Uint8Array): Promise<Record<string, Float32Array>> {
+  const set = await lw.loadTensors(weights);
+  const out = Object.fromEntries(Object.entries(set.tensors).map(([k, m]) => [k.replace(/^base_model\.model\./, ''), m.toFloat32()]));
+  for (const m of Object.values(set.tensors)) m.dispose();
+  return out;
+}
+
+test('generated PEFT adapters (committed, test/fixtures/adapters): f16/bf16 factors, rank/alpha patterns, rsLoRA, embeddings, lora_bias, modules_to_save, fan_in_fan_out', async () => {
+  const [weights, configBytes] = [await readLocalFixture('adapters/peft-mixed/adapter_model.safetensors'), await readLocalFixture('adapters/peft-mixed/adapter_config.json')];
+  if (!weights || !configBytes) return;
   const lw = await lwUnderTest();
+  const raw = await rawTensors(lw, weights);
+  const adapter = await lw.loadAdapter({ weights, config: new TextDecoder().decode(configBytes) });
+  const by = Object.fromEntries(adapter.modules.map((m) => [m.name, m]));
+  assert.equal([by['m.q']!.r, by['m.q']!.alpha, by['m.q']!.scale, by['m.q']!.A.dtype], [2, 4, 4 / Math.sqrt(2), 'f16'], 'rsLoRA scale, F16 factors');
+  assert.equal([by['m.k']!.r, by['m.k']!.alpha, by['m.k']!.scale, by['m.k']!.B.dtype], [3, 9, 9 / Math.sqrt(3), 'bf16'], 'rank_pattern, alpha_pattern, BF16');
+  assert.equal([by['m.emb']!.kind, by['m.emb']!.A.rows, by['m.emb']!.A.cols, by['m.emb']!.B.rows, by['m.emb']!.B.cols], ['embedding', 7, 2, 2, 4]);
+  assert.equal(adapter.replacements.map((r) => [r.name, r.shape]), [['head.weight', [2, 6]]], 'modules_to_save');
   const g = rng(21);
   const f = (n: number) => randomF32(g, n, 0.5);
-  // q: [6, 5] linear, r 2, F16 factors; k: [6, 5] r 3 via rank_pattern, alpha 9 via alpha_pattern, BF16;
-  // c: GPT-2 Conv1D (fan_in_fan_out) W [5, 6] stored [in, out]; e: embedding [7 tokens, 4 dims]; o: lora_bias
-  const qA = f(2 * 5), qB = f(6 * 2), kA = f(3 * 5), kB = f(6 * 3), eA = f(2 * 7), eB = f(4 * 2), oA = f(2 * 5), oB = f(6 * 2), ob = f(6);
-  const file = encodeSafetensors([
-    t(`${PEFT}m.q.lora_A.weight`, [2, 5], qA, 'F16'), t(`${PEFT}m.q.lora_B.weight`, [6, 2], qB, 'F16'),
-    t(`${PEFT}m.k.lora_A.weight`, [3, 5], kA, 'BF16'), t(`${PEFT}m.k.lora_B.weight`, [6, 3], kB, 'BF16'),
-    t(`${PEFT}m.emb.lora_embedding_A`, [2, 7], eA), t(`${PEFT}m.emb.lora_embedding_B`, [4, 2], eB),
-    t(`${PEFT}m.o.lora_A.weight`, [2, 5], oA), t(`${PEFT}m.o.lora_B.weight`, [6, 2], oB), t(`${PEFT}m.o.lora_B.bias`, [6], ob),
-  ]);
-  const config = { ...baseConfig, rank_pattern: { k: 3 }, alpha_pattern: { 'm\\.k': 9 }, use_rslora: true, lora_bias: true };
-  const adapter = await lw.loadAdapter({ weights: file, config });
-  const by = Object.fromEntries(adapter.modules.map((m) => [m.name, m]));
-  assert.equal([by['m.q']!.r, by['m.q']!.alpha, by['m.q']!.scale, by['m.q']!.A.dtype], [2, 4, 4 / Math.sqrt(2), 'f16']);
-  assert.equal([by['m.k']!.r, by['m.k']!.alpha, by['m.k']!.scale, by['m.k']!.B.dtype], [3, 9, 9 / Math.sqrt(3), 'bf16']);
-  assert.equal([by['m.emb']!.kind, by['m.emb']!.A.rows, by['m.emb']!.A.cols, by['m.emb']!.B.rows, by['m.emb']!.B.cols], ['embedding', 7, 2, 2, 4]);
   const base: Record<string, Matrix<DType>> = {
     'm.q.weight': lw.matrix(6, 5, f(30), { dtype: 'bf16' }), 'm.k.weight': lw.matrix(6, 5, f(30)), 'm.emb.weight': lw.matrix(7, 4, f(28)),
-    'm.o.weight': lw.matrix(6, 5, f(30)), 'm.o.bias': lw.matrix(1, 6, f(6)),
+    'm.o.weight': lw.matrix(6, 5, f(30)), 'm.o.bias': lw.matrix(1, 6, f(6)), 'head.weight': lw.matrix(2, 6),
   };
   const w0 = Object.fromEntries(Object.entries(base).map(([k, m]) => [k, m.toFloat32()]));
   lw.mergeAdapter(base, adapter);
-  // embedding: ΔW = s·(lora_embedding_B·lora_embedding_A)ᵀ = s·Aᵀ·Bᵀ, [7, 4]
-  const s = by['m.emb']!.scale;
-  const emb = base['m.emb.weight']!.toFloat32();
+  // linear (F16 factors, W in bf16): one rounding to bf16 of W + s·lora_B·lora_A
+  const q = base['m.q.weight']!.toFloat32();
+  const refQ = rankReference(w0['m.q.weight']!, raw['m.q.lora_B.weight']!, raw['m.q.lora_A.weight']!, 6, 2, 5, by['m.q']!.scale);
+  for (let i = 0; i < 30; i++) assert.ok(Math.abs(q[i]! - refQ.value[i]!) <= 2 ** -8 * Math.abs(refQ.value[i]!) + 1e-6, `q[${i}]: ${q[i]} vs ${refQ.value[i]}`);
+  assertWithinBound(base['m.k.weight']!.toFloat32(), rankReference(w0['m.k.weight']!, raw['m.k.lora_B.weight']!, raw['m.k.lora_A.weight']!, 6, 3, 5, by['m.k']!.scale), 3, 'k (rank and alpha patterns)');
+  // embedding: ΔW = s·(lora_embedding_B·lora_embedding_A)ᵀ, [7, 4]
+  const eA = raw['m.emb.lora_embedding_A']!, eB = raw['m.emb.lora_embedding_B']!, emb = base['m.emb.weight']!.toFloat32();
   for (let i = 0; i < 7; i++) for (let j = 0; j < 4; j++) {
     let d = 0;
     for (let k = 0; k < 2; k++) d += eB[j * 2 + k]! * eA[k * 7 + i]!;
-    assert.ok(Math.abs(emb[i * 4 + j]! - (w0['m.emb.weight']![i * 4 + j]! + s * d)) < 1e-5, `embedding [${i}, ${j}]`);
+    assert.ok(Math.abs(emb[i * 4 + j]! - (w0['m.emb.weight']![i * 4 + j]! + by['m.emb']!.scale * d)) < 1e-5, `embedding [${i}, ${j}]`);
   }
-  // lora_bias: bias += s·lora_B.bias
+  // lora_bias: bias += s·lora_B.bias; modules_to_save: head replaced
   const bias = base['m.o.bias']!.toFloat32();
-  for (let j = 0; j < 6; j++) assert.ok(Math.abs(bias[j]! - (w0['m.o.bias']![j]! + by['m.o']!.scale * ob[j]!)) < 1e-5, `bias ${j}`);
+  for (let j = 0; j < 6; j++) assert.ok(Math.abs(bias[j]! - (w0['m.o.bias']![j]! + by['m.o']!.scale * raw['m.o.lora_B.bias']![j]!)) < 1e-5, `bias ${j}`);
+  assertBitIdentical(base['head.weight']!.toFloat32(), raw['head.weight']!, 'head.weight replaced');
   adapter.dispose();
+  for (const m of Object.values(base)) m.dispose();
 
   // fan_in_fan_out: W stored [in, out] = [5, 6]; ΔW = s·(lora_B·lora_A)ᵀ
-  const fanFile = encodeSafetensors([t(`${PEFT}h.c_attn.lora_A.weight`, [2, 5], qA), t(`${PEFT}h.c_attn.lora_B.weight`, [6, 2], qB)]);
-  const fan = await lw.loadAdapter({ weights: fanFile, config: { ...baseConfig, fan_in_fan_out: true } });
+  const fanW = (await readLocalFixture('adapters/peft-fan-in-fan-out/adapter_model.safetensors'))!;
+  const fanRaw = await rawTensors(lw, fanW);
+  const fan = await lw.loadAdapter({ weights: fanW, config: new TextDecoder().decode((await readLocalFixture('adapters/peft-fan-in-fan-out/adapter_config.json'))!) });
   assert.equal([fan.modules[0]!.A.rows, fan.modules[0]!.B.cols, fan.modules[0]!.fanInFanOut], [5, 6, true]);
   using Wc = lw.matrix(5, 6, f(30));
   const wc = Wc.toFloat32();
   lw.mergeAdapter({ 'h.c_attn.weight': Wc }, fan);
+  const lA = fanRaw['h.c_attn.lora_A.weight']!, lB = fanRaw['h.c_attn.lora_B.weight']!;
   for (let i = 0; i < 5; i++) for (let j = 0; j < 6; j++) {
     let d = 0;
-    for (let k = 0; k < 2; k++) d += qB[j * 2 + k]! * qA[k * 5 + i]!;
+    for (let k = 0; k < 2; k++) d += lB[j * 2 + k]! * lA[k * 5 + i]!;
     assert.ok(Math.abs(Wc.data[i * 6 + j]! - (wc[i * 6 + j]! + 2 * d)) < 1e-5, `fan_in_fan_out [${i}, ${j}]`);
   }
   assert.throws(() => lw.mergeAdapter({ 'h.c_attn.weight': lw.matrix(6, 5) }, fan), (e: Error) => e instanceof LoRAShapeError && /fan_in_fan_out/.test(e.message));
   fan.dispose();
-  for (const m of Object.values(base)) m.dispose();
 });
 
-test('kohya files: linear and 1×1-conv modules, alpha (default r), names matched to the base by underscores', async () => {
+test('the committed kohya file: linear and 1×1-conv modules, alpha (default r), names matched to the base by underscores', async () => {
+  const weights = await readLocalFixture('adapters/kohya.safetensors');
+  if (!weights) return;
   const lw = await lwUnderTest();
-  const g = rng(33);
-  const f = (n: number) => randomF32(g, n, 0.5);
-  const down = f(4 * 8), up = f(6 * 4), cdown = f(2 * 3), cup = f(5 * 2);
-  const file = encodeSafetensors([
-    t('lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight', [4, 8], down),
-    t('lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight', [6, 4], up),
-    t('lora_unet_down_blocks_0_attentions_0_proj_in.alpha', [], new Float32Array([2])),
-    t('lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight', [2, 3, 1, 1], cdown, 'F16'),
-    t('lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight', [5, 2, 1, 1], cup, 'F16'),
-  ]);
-  const adapter = await lw.loadAdapter({ weights: file });
+  const raw = await rawTensors(lw, weights);
+  const adapter = await lw.loadAdapter({ weights });
   assert.is(adapter.format, 'kohya');
   const by = Object.fromEntries(adapter.modules.map((m) => [m.name, m]));
   assert.equal([by['lora_unet_down_blocks_0_attentions_0_proj_in']!.alpha, by['lora_unet_down_blocks_0_attentions_0_proj_in']!.scale], [2, 0.5]);
-  assert.equal([by['lora_te_text_model_encoder_layers_0_mlp_fc1']!.kind, by['lora_te_text_model_encoder_layers_0_mlp_fc1']!.scale], ['conv1x1', 1]);
-  const base = { 'down_blocks.0.attentions.0.proj_in.weight': lw.matrix(6, 8, f(48)), 'text_model.encoder.layers.0.mlp.fc1.weight': lw.matrix(5, 3, f(15)), 'other.weight': lw.matrix(2, 2) };
+  assert.equal([by['lora_te_text_model_encoder_layers_0_mlp_fc1']!.kind, by['lora_te_text_model_encoder_layers_0_mlp_fc1']!.scale, by['lora_te_text_model_encoder_layers_0_mlp_fc1']!.A.dtype], ['conv1x1', 1, 'f16']);
+  const g = rng(33);
+  const base = { 'down_blocks.0.attentions.0.proj_in.weight': lw.matrix(6, 8, randomF32(g, 48)), 'text_model.encoder.layers.0.mlp.fc1.weight': lw.matrix(5, 3, randomF32(g, 15)), 'other.weight': lw.matrix(2, 2) };
   const w0 = base['down_blocks.0.attentions.0.proj_in.weight'].toFloat32();
   const report = lw.mergeAdapter(base, adapter, { multiplier: 0.5 });
   assert.equal(report.merged.sort(), ['down_blocks.0.attentions.0.proj_in.weight', 'text_model.encoder.layers.0.mlp.fc1.weight']);
+  const up = raw['lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight']!, down = raw['lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight']!;
   assertWithinBound(base['down_blocks.0.attentions.0.proj_in.weight'].toFloat32(), rankReference(w0, up, down, 6, 4, 8, 0.25), 4, 'kohya linear, multiplier 0.5');
   assert.throws(() => lw.mergeAdapter({ 'proj_in.weight': lw.matrix(6, 8) }, adapter), (e: Error) => e instanceof LoRAShapeError && /no base tensor matches kohya module/.test(e.message));
   adapter.dispose();

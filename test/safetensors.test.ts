@@ -7,7 +7,7 @@ import { LoRAFormatError } from '../src/index.js';
 import { SafetensorsReader, encodeSafetensors, tensorData } from '../src/io/safetensors.js';
 import { bytesSource } from '../src/io/source.js';
 import { assertThrowsTyped, rng } from './helpers.js';
-import { FIXTURE_ADAPTER, readFixture } from './fixtures.js';
+import { FIXTURE_ADAPTER, readFixture, readLocalFixture } from './fixtures.js';
 
 const enc = new TextEncoder();
 /** A file from a header object (or raw header text) and data bytes. */
@@ -101,6 +101,23 @@ test('every malformed file is a LoRAFormatError that names the file and the key'
   const r = await open(file({ i: { dtype: 'I64', shape: [1], data_offsets: [0, 8] } }, d8));
   assertThrowsTyped(() => tensorData(r.file, { info: r.tensors[0]!, bytes: d8 }), LoRAFormatError, ['"i" is I64', 'F32, F16 and BF16']);
   await assert.not.throws(async () => open(file(ok, d8)));
+});
+
+test('every committed malformed file (test/fixtures/adapters/malformed) is a LoRAFormatError with its expected words', async () => {
+  const expected = await readLocalFixture('adapters/malformed/expected.json');
+  if (!expected) return;
+  const cases = JSON.parse(new TextDecoder().decode(expected)) as Record<string, string[]>;
+  assert.ok(Object.keys(cases).length >= 14);
+  for (const [file, words] of Object.entries(cases)) {
+    const bytes = (await readLocalFixture(`adapters/malformed/${file}`))!;
+    try {
+      await SafetensorsReader.open(bytesSource(bytes, file));
+      assert.unreachable(`${file} was accepted`);
+    } catch (e) {
+      assert.instance(e, LoRAFormatError, `${file}: ${(e as Error).message}`);
+      for (const w of [file, ...words]) assert.ok((e as Error).message.includes(w), `${file}: "${(e as Error).message}" should mention "${w}"`);
+    }
+  }
 });
 
 test('fuzz: truncated and bit-flipped files fail only with LoRAFormatError, reading nothing outside the file', async () => {

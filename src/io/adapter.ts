@@ -21,7 +21,7 @@
  */
 import { LoRAFormatError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
-import { SafetensorsReader, type TensorInfo, tensorData } from './safetensors.js';
+import { DTYPE_OF_ST, SafetensorsReader, type TensorInfo, numelOf, tensorData } from './safetensors.js';
 
 export interface AdapterModule {
   /** The module's name in the base model, e.g. 'distilbert.transformer.layer.0.attention.q_lin' (kohya: 'lora_unet_…'). */
@@ -81,7 +81,6 @@ export class Adapter {
 /** Makes a resident matrix from file data (raw bits for half types), optionally transposed. */
 export type MakeMatrix = (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType) => Matrix<DType>;
 
-const DTYPE_OF: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 function transpose<T extends Float32Array | Uint16Array>(x: T, rows: number, cols: number): T {
   const out = new (x.constructor as new (n: number) => T)(x.length);
@@ -188,7 +187,7 @@ export async function readAdapter(
   const kohya = names.some((n) => KOHYA.test(n));
   const made: Matrix<DType>[] = [];
   const load = async (t: TensorInfo, rows: number, cols: number, transposed = false): Promise<Matrix<DType>> => {
-    const dtype = DTYPE_OF[t.dtype];
+    const dtype = DTYPE_OF_ST[t.dtype];
     if (!dtype) throw new LoRAFormatError(`safetensors: ${file}: "${t.name}" is ${t.dtype}, which lora-wasm does not support (it reads F32, F16 and BF16)`);
     let data = tensorData(file, await reader.read(t.name));
     if (transposed) data = transpose(data, cols, rows);
@@ -274,7 +273,7 @@ async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load
       A = await load(p.A, aRows, r); // lora_B [out, r]
       B = await load(p.B, r, bCols); // lora_A [r, in]
     }
-    const biasDelta = p.bias ? await load(p.bias, 1, numel(p.bias.shape)) : undefined;
+    const biasDelta = p.bias ? await load(p.bias, 1, numelOf(p.bias.shape)) : undefined;
     out.push({ name, kind, r, alpha, scale, fanInFanOut: config.fan_in_fan_out && kind === 'linear', A, B, biasDelta });
   }
   const replacements: Replacement[] = [];
@@ -311,7 +310,7 @@ async function readKohya(reader: SafetensorsReader, load: Load): Promise<Adapter
     if (p.A.shape[1] !== r) throw new LoRAFormatError(`${file}: module "${name}": lora_down ${JSON.stringify(p.B.shape)} and lora_up ${JSON.stringify(p.A.shape)} disagree on the rank`);
     let alpha = r;
     if (p.alpha) {
-      if (numel(p.alpha.shape) !== 1) throw new LoRAFormatError(`${file}: "${p.alpha.name}" must hold one value, it has shape ${JSON.stringify(p.alpha.shape)}`);
+      if (numelOf(p.alpha.shape) !== 1) throw new LoRAFormatError(`${file}: "${p.alpha.name}" must hold one value, it has shape ${JSON.stringify(p.alpha.shape)}`);
       const a = await load(p.alpha, 1, 1);
       alpha = a.toFloat32()[0]!;
       a.dispose();
@@ -324,13 +323,12 @@ async function readKohya(reader: SafetensorsReader, load: Load): Promise<Adapter
   return new Adapter('kohya', out, [], {});
 }
 
-const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
 /** A tensor shape as a matrix: [n] → [1, n], [] → [1, 1], [a, b, 1, 1] → [a, b], [a, ...rest] → [a, Π rest]. */
 export function as2d(shape: readonly number[]): [number, number] {
   if (shape.length === 0) return [1, 1];
   if (shape.length === 1) return [1, shape[0]!];
-  return [shape[0]!, numel(shape.slice(1))];
+  return [shape[0]!, numelOf(shape.slice(1))];
 }
 
 /** The base tensor a module changes, found among `names` (PEFT: `<prefix><module>.weight`; kohya: by its underscored name). */

@@ -11,7 +11,7 @@ import { LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { LoRALinear } from '../nn/lora-linear.js';
 import { Adapter } from './adapter.js';
-import { encodeSafetensors } from './safetensors.js';
+import { ST_OF_DTYPE, encodeSafetensors } from './safetensors.js';
 
 export interface SaveAdapterOptions {
   /** `base_model_name_or_path`, e.g. 'distilbert-base-uncased'. */
@@ -20,7 +20,6 @@ export interface SaveAdapterOptions {
   taskType?: string | null;
 }
 
-const ST: Record<DType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 
 function bytesOf(m: Matrix<DType>, transposed: boolean): Uint8Array {
   const data = m.toArray();
@@ -61,13 +60,13 @@ export function saveAdapter(source: unknown, opts: SaveAdapterOptions): { config
       const t = m.kind === 'embedding' || m.fanInFanOut;
       const [a, b] = m.kind === 'embedding' ? ['lora_embedding_A', 'lora_embedding_B'] : ['lora_A.weight', 'lora_B.weight'];
       const tensors = [
-        { name: key(m.name, a), dtype: ST[m.B.dtype], shape: t ? [m.r, m.A.rows] : [m.r, m.B.cols], data: bytesOf(t ? m.A : m.B, t) },
-        { name: key(m.name, b), dtype: ST[m.A.dtype], shape: t ? [m.B.cols, m.r] : [m.A.rows, m.r], data: bytesOf(t ? m.B : m.A, t) },
+        { name: key(m.name, a), dtype: ST_OF_DTYPE[m.B.dtype], shape: t ? [m.r, m.A.rows] : [m.r, m.B.cols], data: bytesOf(t ? m.A : m.B, t) },
+        { name: key(m.name, b), dtype: ST_OF_DTYPE[m.A.dtype], shape: t ? [m.B.cols, m.r] : [m.A.rows, m.r], data: bytesOf(t ? m.B : m.A, t) },
       ];
-      if (m.biasDelta) tensors.push({ name: key(m.name, 'lora_B.bias'), dtype: ST[m.biasDelta.dtype], shape: [m.biasDelta.cols], data: bytesOf(m.biasDelta, false) });
+      if (m.biasDelta) tensors.push({ name: key(m.name, 'lora_B.bias'), dtype: ST_OF_DTYPE[m.biasDelta.dtype], shape: [m.biasDelta.cols], data: bytesOf(m.biasDelta, false) });
       entries.push({ module: m.name, r: m.r, alpha: m.alpha, rslora: Math.abs(m.scale - m.alpha / Math.sqrt(m.r)) < Math.abs(m.scale - m.alpha / m.r), tensors });
     }
-    for (const r of source.replacements) extra.push({ name: `base_model.model.${r.name}`, dtype: ST[r.tensor.dtype], shape: [...r.shape], data: bytesOf(r.tensor, false) });
+    for (const r of source.replacements) extra.push({ name: `base_model.model.${r.name}`, dtype: ST_OF_DTYPE[r.tensor.dtype], shape: [...r.shape], data: bytesOf(r.tensor, false) });
   } else if (typeof source === 'object' && source !== null && !Array.isArray(source)) {
     for (const [module, layer] of Object.entries(source)) {
       if (!(layer instanceof LoRALinear)) throw new LoRATypeError(`${fn}: layers["${module}"] must be a LoRALinear, got ${describeValue(layer)}`);

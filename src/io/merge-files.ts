@@ -18,7 +18,7 @@ import { merge } from '../ops/merge.js';
 import { f32Option } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { type Adapter, type AdapterModule, type Replacement, as2d, checkAdapter, checkTargetShape, targetOf } from './adapter.js';
-import { SafetensorsReader, type TensorInfo, planSafetensors, tensorData } from './safetensors.js';
+import { DTYPE_OF_ST, ST_OF_DTYPE, SafetensorsReader, type TensorInfo, planSafetensors, tensorData } from './safetensors.js';
 
 export interface MergeFilesOptions {
   /** The base model: one reader, or one per shard. */
@@ -45,8 +45,6 @@ export interface MergeFilesReport {
   weightMap: Record<string, number>;
 }
 
-const DT: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
-const ST: Record<DType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 
 const handled = <T>(p: Promise<T> | undefined): Promise<T> | undefined => {
   p?.catch(() => {}); // a failed run must not leave an unhandled rejection behind; awaiting p still throws
@@ -70,7 +68,7 @@ export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions)
   for (const m of adapter.modules) {
     const target = targetOf(m, adapter.format, names, prefix);
     const { reader, info } = where.get(target)!;
-    if (!DT[info.dtype]) throw new LoRAFormatError(`safetensors: ${reader.file}: "${target}" is ${info.dtype}; lora-wasm merges into F32, F16 and BF16 weights`);
+    if (!DTYPE_OF_ST[info.dtype]) throw new LoRAFormatError(`safetensors: ${reader.file}: "${target}" is ${info.dtype}; lora-wasm merges into F32, F16 and BF16 weights`);
     checkTargetShape(m, target, as2d(info.shape));
     if (m.biasDelta) throw new LoRAError(`${fn}: module "${m.name}" has a lora_bias; merge it with lw.mergeAdapter on loaded tensors`);
     modulesAt.set(target, [...(modulesAt.get(target) ?? []), m]);
@@ -81,10 +79,10 @@ export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions)
     const hit = where.get(name);
     if (!hit) throw new LoRAError(`${fn}: the adapter replaces "${name}" but the base model has no such tensor`);
     if (as2d(hit.info.shape).join() !== as2d(r.shape).join()) throw new LoRAError(`${fn}: "${name}" is [${hit.info.shape}] in the base but [${r.shape}] in the adapter`);
-    if (!DT[hit.info.dtype]) throw new LoRAFormatError(`safetensors: ${hit.reader.file}: "${name}" is ${hit.info.dtype} and cannot take the adapter's values`);
+    if (!DTYPE_OF_ST[hit.info.dtype]) throw new LoRAFormatError(`safetensors: ${hit.reader.file}: "${name}" is ${hit.info.dtype} and cannot take the adapter's values`);
     replaceAt.set(name, r);
   }
-  const outDtype = (d: string): string => (dtype === 'keep' || !DT[d] ? d : ST[dtype as DType]);
+  const outDtype = (d: string): string => (dtype === 'keep' || !DTYPE_OF_ST[d] ? d : ST_OF_DTYPE[dtype as DType]);
   const totalBytes = readers.reduce((s, r) => s + r.tensors.reduce((a, t) => a + t.end - t.begin, 0), 0);
   const totalTensors = readers.reduce((s, r) => s + r.tensors.length, 0);
 
@@ -107,7 +105,7 @@ export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions)
       let out = bytes; // untouched and the same dtype: byte for byte
       if (mods || rep || t.dtype !== src.dtype) {
         const [rows, cols] = as2d(src.shape);
-        const W = createMatrix(engine, rows, cols, tensorData(reader.file, { info: src, bytes }), { dtype: DT[src.dtype] }) as Matrix<DType>;
+        const W = createMatrix(engine, rows, cols, tensorData(reader.file, { info: src, bytes }), { dtype: DTYPE_OF_ST[src.dtype] }) as Matrix<DType>;
         let res: Matrix<DType> = W;
         try {
           for (const m of mods ?? []) {
@@ -118,8 +116,8 @@ export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions)
             convert(engine, W, rep.tensor); // same [rows, cols]: checked above
             report.replaced++;
           }
-          if (DT[t.dtype] !== W.dtype) {
-            res = createMatrix(engine, rows, cols, undefined, { dtype: DT[t.dtype] });
+          if (DTYPE_OF_ST[t.dtype] !== W.dtype) {
+            res = createMatrix(engine, rows, cols, undefined, { dtype: DTYPE_OF_ST[t.dtype] });
             convert(engine, res, W);
           }
           const view = res.data;

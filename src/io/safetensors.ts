@@ -17,6 +17,7 @@
  * see: https://github.com/huggingface/safetensors (safetensors/src/tensor.rs: validate, prepare)
  */
 import { LoRAFormatError } from '../errors.js';
+import type { DType } from '../memory/matrix.js';
 import type { ByteSource } from './source.js';
 
 /** Every dtype the format defines, with its item size, in the reference's enum order. */
@@ -29,6 +30,10 @@ export const READABLE_DTYPES = ['F32', 'F16', 'BF16'] as const;
 export type ReadableDType = (typeof READABLE_DTYPES)[number];
 
 export const MAX_HEADER_BYTES = 100_000_000;
+
+/** safetensors dtype names ↔ lora-wasm dtypes, for the three it computes with. */
+export const DTYPE_OF_ST: Readonly<Record<string, DType>> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+export const ST_OF_DTYPE: Readonly<Record<DType, string>> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 
 export interface TensorInfo {
   readonly name: string;

@@ -6,7 +6,7 @@
 import { LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { as2d } from './adapter.js';
-import { SafetensorsReader, encodeSafetensors, tensorData } from './safetensors.js';
+import { DTYPE_OF_ST, ST_OF_DTYPE, SafetensorsReader, encodeSafetensors, tensorData } from './safetensors.js';
 
 export interface TensorSet {
   /** Matrices keyed by tensor name. */
@@ -16,8 +16,6 @@ export interface TensorSet {
   readonly metadata: Record<string, string>;
 }
 
-const DT: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
-const ST: Record<DType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 
 export async function loadTensors(
   reader: SafetensorsReader, make: (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType) => Matrix<DType>, names?: readonly string[],
@@ -29,7 +27,7 @@ export async function loadTensors(
       if (names && !names.includes(info.name)) continue;
       const data = tensorData(reader.file, await reader.read(info.name));
       const [rows, cols] = as2d(info.shape);
-      tensors[info.name] = make(rows, cols, data, DT[info.dtype]!);
+      tensors[info.name] = make(rows, cols, data, DTYPE_OF_ST[info.dtype]!);
       shapes[info.name] = [...info.shape];
     }
   } catch (e) {
@@ -43,6 +41,6 @@ export function saveTensors(set: TensorSet): Uint8Array {
   if (typeof set !== 'object' || set === null || typeof set.tensors !== 'object') throw new LoRATypeError(`saveTensors: expected { tensors, shapes, metadata }, got ${describeValue(set)}`);
   return encodeSafetensors(Object.entries(set.tensors).map(([name, m]) => {
     const data = m.toArray();
-    return { name, dtype: ST[m.dtype], shape: set.shapes?.[name] ?? [m.rows, m.cols], data };
+    return { name, dtype: ST_OF_DTYPE[m.dtype], shape: set.shapes?.[name] ?? [m.rows, m.cols], data };
   }), set.metadata);
 }
