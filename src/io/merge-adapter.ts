@@ -8,10 +8,9 @@
  * matrices (out ← W0 + s·A·B) and the base is not touched: exact, repeatable adapter swaps.
  */
 import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import type { DType, Matrix } from '../memory/matrix.js';
+import { type DType, Matrix } from '../memory/matrix.js';
 import { convert } from '../ops/convert.js';
 import { checkMerge, merge, mergeInto } from '../ops/merge.js';
-import { Matrix as MatrixClass } from '../memory/matrix.js';
 import { type AnyMatrixInput, boolOption, f32Option, optionsObject } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { type Adapter, type AdapterModule, checkAdapter, checkTargetShape, targetOf } from './adapter.js';
@@ -55,7 +54,7 @@ export function mergeAdapter(
   const names = new Set(Object.keys(base));
   const matrixAt = (set: Record<string, Matrix<DType>>, name: string, what: string): Matrix<DType> => {
     const m = set[name];
-    if (!(m instanceof MatrixClass)) throw new LoRATypeError(`${fn}: ${what}["${name}"] must be a Matrix, got ${describeValue(m)}`);
+    if (!(m instanceof Matrix)) throw new LoRATypeError(`${fn}: ${what}["${name}"] must be a Matrix, got ${describeValue(m)}`);
     return m;
   };
 
