@@ -66,8 +66,15 @@ test('merge streams the real adapter into an f16 base: merged tensors equal lw.m
   assert.is(r.status, 0, r.stderr);
   assert.match(r.stdout, /merged 12 modules and replaced 4 tensors into merged\.safetensors/);
   const baseBytes = new Uint8Array(readFileSync(path.join(dir, 'base.safetensors')));
-  const floats = (await SafetensorsReader.open(bytesSource(baseBytes))).tensors.filter((t) => t.dtype !== 'I64').map((t) => t.name);
-  const base = await lw.loadTensors(baseBytes, { names: floats });
+  const base = await lw.loadTensors(baseBytes);
+  assert.equal(base.skipped, ['distilbert.embeddings.position_ids (I64)'], 'non-float tensors are listed, not loaded');
+  await assert.not.throws(async () => lw.loadTensors(baseBytes, { names: ['classifier.bias'] }));
+  try {
+    await lw.loadTensors(baseBytes, { names: ['distilbert.embeddings.position_ids'] });
+    assert.unreachable('loaded an I64 tensor by name');
+  } catch (e) {
+    assert.match((e as Error).message, /"distilbert\.embeddings\.position_ids" is I64/);
+  }
   const adapter = await lw.loadAdapter({ weights: new Uint8Array(readFileSync(path.join(dir, 'adapter/adapter_model.safetensors'))), config: readFileSync(path.join(dir, 'adapter/adapter_config.json'), 'utf8') });
   lw.mergeAdapter(base.tensors, adapter);
   const merged = await readFile('merged.safetensors');

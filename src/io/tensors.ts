@@ -1,7 +1,9 @@
 /**
  * Whole tensor files to and from resident matrices: lw.loadTensors reads a safetensors file (every
- * tensor, or the ones named) into matrices, keeping each tensor's dtype (F32, F16, BF16) and shape
- * ([n] becomes [1, n]; [a, b, …] becomes [a, b·…]); lw.saveTensors writes them back.
+ * F32/F16/BF16 tensor, or the ones named) into matrices, keeping each tensor's dtype and shape
+ * ([n] becomes [1, n]; [a, b, …] becomes [a, b·…]); tensors of other dtypes (I64 position ids, …)
+ * are listed in `skipped`, never dropped unsaid, and naming one is an error. lw.saveTensors writes a
+ * set back.
  */
 import { LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
@@ -14,6 +16,8 @@ export interface TensorSet {
   /** Each tensor's shape in the file. */
   readonly shapes: Record<string, number[]>;
   readonly metadata: Record<string, string>;
+  /** Tensors not loaded because lora-wasm does not compute with their dtype, as `name (dtype)`. */
+  readonly skipped?: string[];
 }
 
 
@@ -22,9 +26,14 @@ export async function loadTensors(
 ): Promise<TensorSet> {
   const tensors: Record<string, Matrix<DType>> = {};
   const shapes: Record<string, number[]> = {};
+  const skipped: string[] = [];
   try {
     for (const info of reader.tensors) {
       if (names && !names.includes(info.name)) continue;
+      if (!names && !DTYPE_OF_ST[info.dtype]) {
+        skipped.push(`${info.name} (${info.dtype})`);
+        continue;
+      }
       const data = tensorData(reader.file, await reader.read(info.name));
       const [rows, cols] = as2d(info.shape);
       tensors[info.name] = make(rows, cols, data, DTYPE_OF_ST[info.dtype]!);
@@ -34,7 +43,7 @@ export async function loadTensors(
     for (const m of Object.values(tensors)) m.dispose();
     throw e;
   }
-  return { tensors, shapes, metadata: { ...reader.metadata } };
+  return { tensors, shapes, metadata: { ...reader.metadata }, skipped };
 }
 
 export function saveTensors(set: TensorSet): Uint8Array {
