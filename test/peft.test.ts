@@ -3,7 +3,7 @@
 // embeddings, modules_to_save, lora_bias), everything refused, and export round trips.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type Adapter, type DType, LoRAFormatError, LoRAShapeError, type LoRAWasm, type Matrix, SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
+import { type Adapter, type DType, LoRAFormatError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, type LoRAWasm, type Matrix, SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
 import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture, readLocalFixture } from './fixtures.js';
 import { assertBitIdentical, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, f16Bits, rankReference } from './reference.js';
@@ -203,6 +203,71 @@ test('refused with a clear LoRAFormatError: DoRA, PiSSA/OLoRA/CorDA inits, other
   const live = lw.memoryStats().liveBlocks;
   await expectFormatError(lw.loadAdapter({ weights: encodeSafetensors([...pair('a'), ...pair('b', 3)]), config: baseConfig }), ['module "b" has rank 3']);
   assert.is(lw.memoryStats().liveBlocks, live, 'a failed load frees what it had read');
+});
+
+test('the remaining error paths of mergeAdapter, mergeAdapterFiles, saveAdapter and adapter_config.json are typed and named', async () => {
+  const lw = await lwUnderTest();
+  const mixed = (await readLocalFixture('adapters/peft-mixed/adapter_model.safetensors'))!;
+  const mixedConfig = new TextDecoder().decode((await readLocalFixture('adapters/peft-mixed/adapter_config.json'))!);
+  if (!mixed) return;
+  const adapter = await lw.loadAdapter({ weights: mixed, config: mixedConfig });
+  const g = rng(61);
+  const base: Record<string, Matrix<DType>> = {
+    'm.q.weight': lw.matrix(6, 5, randomF32(g, 30)), 'm.k.weight': lw.matrix(6, 5), 'm.emb.weight': lw.matrix(7, 4),
+    'm.o.weight': lw.matrix(6, 5), 'm.o.bias': lw.matrix(1, 6),
+  };
+  const before = base['m.q.weight']!.toArray();
+  const typed = (fn: () => unknown, cls: abstract new (...a: never[]) => Error, words: string[]) => {
+    try {
+      fn();
+      assert.unreachable(`no error; expected ${words.join(', ')}`);
+    } catch (e) {
+      assert.instance(e, cls, (e as Error).message);
+      for (const w of words) assert.ok((e as Error).message.includes(w), `"${(e as Error).message}" should mention "${w}"`);
+    }
+  };
+  typed(() => lw.mergeAdapter(base, adapter), LoRATypeError, ['mergeAdapter:', 'base["head.weight"] must be a Matrix']);
+  assertBitIdentical(base['m.q.weight']!.data as Float32Array, before as Float32Array, 'nothing merged before the error');
+  base['head.weight'] = lw.matrix(2, 6);
+  const into = Object.fromEntries(Object.entries(base).map(([k, m]) => [k, lw.matrix(m.rows, m.cols)]));
+  into['m.q.weight'] = lw.matrix(5, 6);
+  typed(() => lw.mergeAdapter(base, adapter, { into }), LoRAShapeError, ['into["m.q.weight"] is [5, 6]', '[6, 5]']);
+  typed(() => lw.mergeAdapter(base, {} as Adapter), LoRATypeError, ['adapter must be an Adapter']);
+  typed(() => lw.mergeAdapter(base, adapter, { multiplier: Number.NaN }), LoRANonFiniteError, ['options.multiplier']);
+  typed(() => lw.mergeAdapter(base, adapter, { prefix: 3 as never }), LoRATypeError, ['options.prefix']);
+  // the streaming merge refuses what it cannot stream, before writing anything
+  const sinkWrites: number[] = [];
+  const reader = await SafetensorsReader.open(bytesSource(encodeSafetensors(Object.entries(base).map(([name, m]) => ({ name, dtype: 'F32', shape: [m.rows, m.cols], data: m.toArray() as Float32Array })))));
+  try {
+    await lw.mergeAdapterFiles({ base: reader, adapter, sink: () => ({ write: async (b) => void sinkWrites.push(b.length) }) });
+    assert.unreachable('streamed a lora_bias');
+  } catch (e) {
+    assert.ok((e as Error).message.includes('lora_bias'), (e as Error).message);
+  }
+  assert.equal(sinkWrites, [], 'nothing written');
+  // saveAdapter refusals
+  const kohya = await lw.loadAdapter({ weights: (await readLocalFixture('adapters/kohya.safetensors'))! });
+  typed(() => lw.saveAdapter(kohya, { baseModel: 'x' }), LoRATypeError, ['kohya adapter has no PEFT module names']);
+  typed(() => lw.saveAdapter({ a: base['m.q.weight'] as never }, { baseModel: 'x' }), LoRATypeError, ['layers["a"] must be a LoRALinear']);
+  typed(() => lw.saveAdapter({}, { baseModel: 'x' }), LoRAShapeError, ['nothing to save']);
+  typed(() => lw.saveAdapter(adapter, {} as never), LoRATypeError, ['baseModel']);
+  using W = lw.matrix(4, 4);
+  const plain = lw.linear({ W, r: 2 }), rs = lw.linear({ W, r: 2, rslora: true });
+  typed(() => lw.saveAdapter({ a: plain, b: rs }, { baseModel: 'x' }), LoRATypeError, ['cannot mix rsLoRA']);
+  // adapter_config.json fields of the wrong kind
+  const ok = encodeSafetensors([
+    { name: `${PEFT}q.lora_A.weight`, dtype: 'F32', shape: [2, 4], data: new Uint8Array(32) },
+    { name: `${PEFT}q.lora_B.weight`, dtype: 'F32', shape: [3, 2], data: new Uint8Array(24) },
+  ]);
+  for (const [patch, words] of [
+    [{ bias: 'some' }, ['"bias" must be']], [{ r: 0 }, ['"r" must be a positive integer']], [{ lora_alpha: '4' }, ['"lora_alpha" must be a number']],
+    [{ modules_to_save: 'head' }, ['"modules_to_save" must be a list']], [{ rank_pattern: { q: 'x' } }, ['"rank_pattern" must be an object of numbers']],
+    [{ use_rslora: 'yes' }, ['"use_rslora" must be true or false']], [{ use_qalora: true }, ['QA-LoRA']], [{ target_parameters: ['w'] }, ['target_parameters']],
+  ] as const) {
+    await expectFormatError(lw.loadAdapter({ weights: ok, config: { ...baseConfig, ...patch } }), ['adapter_config.json', ...words]);
+  }
+  for (const a of [adapter, kohya, plain, rs]) a.dispose();
+  for (const m of [...Object.values(base), ...Object.values(into)]) m.dispose();
 });
 
 test('saveAdapter: layers and Adapters save as PEFT files that load back identical, with a config PEFT accepts', async () => {
