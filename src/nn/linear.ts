@@ -8,7 +8,7 @@
 import { LoRAStateError, LoRATypeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import type { Matrix } from '../memory/matrix.js';
-import { type MatrixInput, Staging, boolOption, checkDim } from '../ops/operands.js';
+import { type MatrixInput, boolOption, checkDim, withStaging } from '../ops/operands.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
 import {
@@ -105,8 +105,7 @@ export class Linear implements Layer {
     const n = acts.x.rows;
     const gOp = gradOperand(e, fn, g, n, this.dOut);
     const grads = this.#grads.get({ dx: [n, this.dIn] });
-    const staging = new Staging(e.heap, fn);
-    try {
+    return withStaging(e.heap, fn, (staging) => {
       const G = staging.input(gOp);
       staging.load();
       const k = e.kernel;
@@ -115,9 +114,7 @@ export class Linear implements Layer {
       if (!this.inputGrad) return undefined;
       k.gemm(fn, describe(grads.dx, 'dX'), G, describe(this.W, 'W')); // ∂X = G·W
       return grads.dx;
-    } finally {
-      staging.release();
-    }
+    });
   }
 
   dispose(): void {

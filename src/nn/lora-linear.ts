@@ -26,7 +26,7 @@ import { describe } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
 import { Matrix } from '../memory/matrix.js';
 import { mergeInto } from '../ops/merge.js';
-import { type MatrixInput, type Operand, Staging, boolOption, checkDim, operand, optionsObject, shapeOf } from '../ops/operands.js';
+import { type MatrixInput, type Operand, boolOption, checkDim, operand, optionsObject, shapeOf, withStaging } from '../ops/operands.js';
 import { loraScale } from '../ops/scale.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
@@ -213,8 +213,7 @@ export class LoRALinear implements Layer {
     const n = acts.x.rows;
     const gOp = gradOperand(e, fn, g, n, this.dOut);
     const grads = this.#grads.get({ ga: [n, this.r], dx: [n, this.dIn] });
-    const staging = new Staging(e.heap, fn);
-    try {
+    return withStaging(e.heap, fn, (staging) => {
       const G = staging.input(gOp);
       staging.load();
       const s = this.scale;
@@ -229,9 +228,7 @@ export class LoRALinear implements Layer {
       k.gemm(fn, DX, G, describe(this.W, 'W')); // ∂X = G·W
       k.rankUpdate(fn, { out: DX, src: DX, a: GA, b: describe(this.B, 'B'), scaleA: s, epilogue: Epilogue.Add }); // ∂X += s·GA·B
       return grads.dx;
-    } finally {
-      staging.release();
-    }
+    });
   }
 
   /**

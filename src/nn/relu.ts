@@ -2,7 +2,7 @@
 import { LoRAStateError } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import type { Matrix } from '../memory/matrix.js';
-import { type MatrixInput, Staging, operand } from '../ops/operands.js';
+import { type MatrixInput, operand, withStaging } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { ActivationCache, type Layer, type Parameter, activationDroppers, assertNotDisposed, copyInto, gradOperand, layerEngines } from './layer.js';
 
@@ -51,15 +51,12 @@ export class ReLU implements Layer {
     const e = this.#engine;
     const gOp = gradOperand(e, fn, g, y.rows, y.cols);
     const { dx } = this.#grads.get({ dx: [y.rows, y.cols] });
-    const staging = new Staging(e.heap, fn);
-    try {
+    return withStaging(e.heap, fn, (staging) => {
       const G = staging.input(gOp);
       staging.load();
       e.kernel.reluBackward(fn, describe(dx, 'dX'), G, describe(y, 'Y'));
       return dx;
-    } finally {
-      staging.release();
-    }
+    });
   }
 
   dispose(): void {

@@ -5,7 +5,7 @@
  */
 import { LoRAShapeError } from '../errors.js';
 import type { Engine } from '../runtime/engine.js';
-import { ANY_DTYPE, type AnyMatrixInput, Staging, assertSameOrDisjoint, operand, shapeOf } from './operands.js';
+import { ANY_DTYPE, type AnyMatrixInput, assertSameOrDisjoint, operand, shapeOf, withStaging } from './operands.js';
 
 export function convert<T extends AnyMatrixInput>(engine: Engine, dstIn: T, srcIn: AnyMatrixInput): T {
   const fn = 'convert';
@@ -15,15 +15,12 @@ export function convert<T extends AnyMatrixInput>(engine: Engine, dstIn: T, srcI
     throw new LoRAShapeError(`${fn}: dst is ${shapeOf(dst)} but src is ${shapeOf(src)}; they must have the same shape`);
   }
   assertSameOrDisjoint(fn, dst, src);
-  const staging = new Staging(engine.heap, fn);
-  try {
+  withStaging(engine.heap, fn, (staging) => {
     const sd = staging.input(src);
     const dd = staging.output(dst, false);
     staging.load();
     engine.kernel.convert(fn, dd, sd);
     staging.commit();
-  } finally {
-    staging.release();
-  }
+  });
   return dstIn;
 }

@@ -11,7 +11,7 @@ import { LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import { DTYPES, type DType, type Matrix, newMatrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';
-import { ANY_DTYPE, Staging, checkDim, isFloat32Array, operand, optionsObject } from './operands.js';
+import { ANY_DTYPE, checkDim, isFloat32Array, operand, optionsObject, withStaging } from './operands.js';
 
 export interface MatrixOptions<D extends DType = DType> {
   /** Element type: 'f32' (default), 'f16' or 'bf16'. */
@@ -58,18 +58,11 @@ export function createMatrix(engine: Engine, rows: unknown, cols: unknown, data?
     else m.data.set(src.plain!);
     return m;
   }
-  const staging = new Staging(engine.heap, fn);
-  let m: Matrix<DType> | undefined;
-  try {
+  return withStaging(engine.heap, fn, (staging) => {
     const sd = staging.input(src);
-    m = newMatrix(engine.heap, fn, rows, cols, false, dtype);
+    const m = staging.result(newMatrix(engine.heap, fn, rows, cols, false, dtype));
     staging.load();
     engine.kernel.convert(fn, describe(m, 'matrix'), sd);
     return m;
-  } catch (e) {
-    m?.dispose();
-    throw e;
-  } finally {
-    staging.release();
-  }
+  });
 }

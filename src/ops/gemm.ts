@@ -14,7 +14,7 @@ import { newMatrix } from '../memory/matrix.js';
 import type { Matrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';
 import {
-  type MatrixInput, type Operand, Staging, assertDisjoint, boolOption, f32Option, operand, optionsObject, shapeOf,
+  type MatrixInput, type Operand, assertDisjoint, boolOption, f32Option, operand, optionsObject, shapeOf, withStaging,
 } from './operands.js';
 
 export interface GemmOptions {
@@ -68,17 +68,14 @@ export function gemm<T extends MatrixInput>(engine: Engine, cIn: T, xIn: MatrixI
     throw new LoRAShapeError(`${fn}: C is ${shapeOf(c)} but op(X)·op(Y) is [${p.n}, ${p.m}]`);
   }
   assertDisjoint(fn, c, [p.x, p.y]);
-  const staging = new Staging(engine.heap, fn);
-  try {
+  withStaging(engine.heap, fn, (staging) => {
     const cd = staging.output(c, p.beta !== 0);
     const xd = staging.input(p.x);
     const yd = staging.input(p.y);
     staging.load();
     engine.kernel.gemm(fn, cd, xd, yd, p);
     staging.commit();
-  } finally {
-    staging.release();
-  }
+  });
   return cIn;
 }
 
@@ -87,19 +84,12 @@ export function matmul(engine: Engine, xIn: MatrixInput, yIn: MatrixInput, opts?
   const fn = 'matmul';
   const o = optionsObject<GemmOptions>(fn, opts, '{ transX, transY, alpha }');
   const p = plan(engine, fn, xIn, yIn, { ...o, beta: undefined });
-  const staging = new Staging(engine.heap, fn);
-  let result: Matrix | undefined;
-  try {
+  return withStaging(engine.heap, fn, (staging) => {
     const xd = staging.input(p.x);
     const yd = staging.input(p.y);
-    result = newMatrix(engine.heap, fn, p.n, p.m);
+    const result = staging.result(newMatrix(engine.heap, fn, p.n, p.m));
     staging.load();
     engine.kernel.gemm(fn, describe(result, 'result'), xd, yd, p);
     return result;
-  } catch (e) {
-    result?.dispose();
-    throw e;
-  } finally {
-    staging.release();
-  }
+  });
 }

@@ -4,7 +4,7 @@
  */
 import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { Engine } from '../runtime/engine.js';
-import { type MatrixInput, Staging, assertDisjoint, operand, shapeOf } from './operands.js';
+import { type MatrixInput, assertDisjoint, operand, shapeOf, withStaging } from './operands.js';
 
 /** L = mean((pred − target)²) over all elements; grad = 2·(pred − target)/count. grad may not overlap pred or target. */
 export function mseLoss(engine: Engine, pred: MatrixInput, target: MatrixInput, grad?: MatrixInput): number {
@@ -19,8 +19,7 @@ export function mseLoss(engine: Engine, pred: MatrixInput, target: MatrixInput, 
     throw new LoRAShapeError(`${fn}: grad is ${shapeOf(g)} but pred is ${shapeOf(p)}; they must match`);
   }
   if (g) assertDisjoint(fn, g, [p, t]);
-  const staging = new Staging(engine.heap, fn);
-  try {
+  return withStaging(engine.heap, fn, (staging) => {
     const pd = staging.input(p);
     const td = staging.input(t);
     const gd = g ? staging.output(g, false) : undefined;
@@ -28,9 +27,7 @@ export function mseLoss(engine: Engine, pred: MatrixInput, target: MatrixInput, 
     const loss = engine.kernel.mseLoss(fn, pd, td, gd);
     staging.commit();
     return loss;
-  } finally {
-    staging.release();
-  }
+  });
 }
 
 export interface CrossEntropyResult {
@@ -79,15 +76,12 @@ export function softmaxCrossEntropy(
     throw new LoRAShapeError(`${fn}: grad is ${shapeOf(g)} but logits is ${shapeOf(z)}; they must match`);
   }
   if (g) assertDisjoint(fn, g, [z]);
-  const staging = new Staging(engine.heap, fn);
-  try {
+  return withStaging(engine.heap, fn, (staging) => {
     const zd = staging.input(z);
     const gd = g ? staging.output(g, false) : undefined;
     staging.load();
     const result = engine.kernel.softmaxCrossEntropy(fn, zd, labels, gd);
     staging.commit();
     return result;
-  } finally {
-    staging.release();
-  }
+  });
 }

@@ -39,7 +39,7 @@ import { Epilogue } from '../kernel/kernels.js';
 import { DTYPES, type DType, type Matrix, newMatrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';
 import {
-  ANY_DTYPE, type AnyMatrixInput, type Operand, Staging, assertDisjoint, assertSameOrDisjoint, boolOption, f32Option, operand,
+  ANY_DTYPE, type AnyMatrixInput, type Operand, withStaging, assertDisjoint, assertSameOrDisjoint, boolOption, f32Option, operand,
   optionsObject, rejectNonFinite, shapeOf,
 } from './operands.js';
 
@@ -154,15 +154,14 @@ function rankUpdateOp(
   }
   if (out) assertDisjoint(fn, out, [a, b]);
 
-  const staging = new Staging(heap, fn);
-  let result: Matrix<DType> | undefined;
-  try {
+  return withStaging(heap, fn, (staging) => {
+    let result: Matrix<DType> | undefined;
     const ad = staging.input(a);
     const bd = staging.input(b);
     const w0d = w0 && w0 !== out ? staging.input(w0) : undefined;
     let outd = out ? staging.output(out, w0 === out) : undefined;
     if (!out) {
-      result = newMatrix(heap, fn, a.rows, b.cols, false, resultDtype);
+      result = staging.result(newMatrix(heap, fn, a.rows, b.cols, false, resultDtype));
       outd = describe(result, 'result');
     }
     staging.load();
@@ -200,12 +199,7 @@ function rankUpdateOp(
     }
     staging.commit();
     return result;
-  } catch (e) {
-    result?.dispose();
-    throw e;
-  } finally {
-    staging.release();
-  }
+  });
 }
 
 /** Δ = s·A·B as a new Matrix [dOut, dIn] of options.dtype (allocates; dispose it when done). */

@@ -187,6 +187,7 @@ export function rejectNonFinite(engine: Engine, fn: string, d: MatrixDesc, what:
  */
 export class Staging {
   private readonly temps: Block[] = [];
+  private readonly results: { dispose(): void }[] = [];
   private readonly writeBacks: Operand[] = [];
   private readonly copies: Operand[] = [];
   constructor(
@@ -233,9 +234,37 @@ export class Staging {
     for (const op of this.writeBacks) op.plain!.set(this.#view(op));
   }
 
+  /** Registers a matrix the call returns: it is disposed if the call fails (see withStaging). */
+  result<M extends { dispose(): void }>(m: M): M {
+    this.results.push(m);
+    return m;
+  }
+
+  /** Disposes the registered results (the call failed). */
+  discard(): void {
+    for (const m of this.results) m.dispose();
+    this.results.length = 0;
+  }
+
   release(): void {
     for (const b of this.temps) this.heap.free(b);
     this.temps.length = 0;
+  }
+}
+
+/**
+ * Runs an operation with a Staging: its temporaries are always freed, and the results it registered
+ * with `staging.result(m)` are disposed if it throws, so a failed call leaks nothing.
+ */
+export function withStaging<T>(heap: WasmHeap, fn: string, body: (staging: Staging) => T): T {
+  const staging = new Staging(heap, fn);
+  try {
+    return body(staging);
+  } catch (e) {
+    staging.discard();
+    throw e;
+  } finally {
+    staging.release();
   }
 }
 
