@@ -20,7 +20,7 @@
  * kernels, layer replication, trainable tokens, target parameters).
  */
 import { LoRAFormatError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import type { DType, Matrix } from '../memory/matrix.js';
+import { type DType, type Matrix, disposeSymbol } from '../memory/matrix.js';
 import { DTYPE_OF_ST, SafetensorsReader, type TensorInfo, numelOf, tensorData } from './safetensors.js';
 
 export interface AdapterModule {
@@ -73,7 +73,7 @@ export class Adapter {
     for (const r of this.replacements) r.tensor.dispose();
   }
 
-  [Symbol.dispose](): void {
+  [disposeSymbol](): void {
     this.dispose();
   }
 }
@@ -82,7 +82,8 @@ export class Adapter {
 export type MakeMatrix = (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType) => Matrix<DType>;
 
 
-function transpose<T extends Float32Array | Uint16Array>(x: T, rows: number, cols: number): T {
+/** x stored [rows, cols] as [cols, rows] (factors only: O(r·d)). */
+export function transpose<T extends Float32Array | Uint16Array>(x: T, rows: number, cols: number): T {
   const out = new (x.constructor as new (n: number) => T)(x.length);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j]!;
   return out;

@@ -10,7 +10,7 @@
 import { LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { LoRALinear } from '../nn/lora-linear.js';
-import { Adapter } from './adapter.js';
+import { Adapter, transpose } from './adapter.js';
 import { ST_OF_DTYPE, encodeSafetensors } from './safetensors.js';
 
 export interface SaveAdapterOptions {
@@ -22,11 +22,8 @@ export interface SaveAdapterOptions {
 
 
 function bytesOf(m: Matrix<DType>, transposed: boolean): Uint8Array {
-  const data = m.toArray();
-  if (!transposed) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  const out = new (data.constructor as new (n: number) => Float32Array | Uint16Array)(data.length);
-  for (let i = 0; i < m.rows; i++) for (let j = 0; j < m.cols; j++) out[j * m.rows + i] = data[i * m.cols + j]!;
-  return new Uint8Array(out.buffer);
+  const data = transposed ? transpose(m.toArray(), m.rows, m.cols) : m.toArray();
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
 interface Entry {
