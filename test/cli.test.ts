@@ -153,6 +153,30 @@ test('errors: one line that says what to do, exit 1 (2 for usage), and no output
     expectFail(['merge', '--base', name, '--adapter', 'adapter', '--out', `out-${name}`], 1, [...words]);
     assert.not.ok(existsSync(path.join(dir, `out-${name}`)), 'nothing written');
   }
+  // a sharded base whose index is broken, a folder with no model, an adapter folder with no weights
+  mkdirSync(path.join(dir, 'badindex'), { recursive: true });
+  writeFileSync(path.join(dir, 'badindex/model.safetensors.index.json'), '{ nope');
+  expectFail(['merge', '--base', 'badindex', '--adapter', 'adapter', '--out', 'o1'], 1, ['model.safetensors.index.json: not valid JSON']);
+  writeFileSync(path.join(dir, 'badindex/model.safetensors.index.json'), '{"metadata": {}}');
+  expectFail(['merge', '--base', 'badindex', '--adapter', 'adapter', '--out', 'o1'], 1, ['no "weight_map" object']);
+  writeFileSync(path.join(dir, 'badindex/model.safetensors.index.json'), '{"weight_map": {"w": "../escape.safetensors"}}');
+  expectFail(['merge', '--base', 'badindex', '--adapter', 'adapter', '--out', 'o1'], 1, ['bad shard name']);
+  mkdirSync(path.join(dir, 'empty'), { recursive: true });
+  expectFail(['merge', '--base', 'empty', '--adapter', 'adapter', '--out', 'o2.safetensors'], 1, ['no model.safetensors or model.safetensors.index.json']);
+  expectFail(['merge', '--base', 'base.safetensors', '--adapter', 'empty', '--out', 'o3.safetensors'], 1, ['no adapter_model.safetensors in this folder']);
+  expectFail(['inspect'], 2, ['inspect needs a path']);
+  // the atomic writer itself refuses to replace a file without force, and abort leaves nothing
+  const { atomicFile } = await import('../src/index.js');
+  try {
+    await atomicFile(path.join(dir, 'base.safetensors'));
+    assert.unreachable('replaced an existing file without force');
+  } catch (e) {
+    assert.match((e as Error).message, /base\.safetensors exists; pass --force/);
+  }
+  const f = await atomicFile(path.join(dir, 'never.safetensors'));
+  await f.write(new Uint8Array(4));
+  await f.abort();
+  assert.not.ok(existsSync(path.join(dir, 'never.safetensors')), 'abort: nothing appears');
   const good = readFileSync(path.join(dir, 'base.safetensors'));
   writeFileSync(path.join(dir, 'truncated.safetensors'), good.subarray(0, good.length - 10));
   expectFail(['merge', '--base', 'truncated.safetensors', '--adapter', 'adapter', '--out', 'out-trunc.safetensors'], 1, ['safetensors: truncated.safetensors', 'data bytes']);

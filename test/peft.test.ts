@@ -263,6 +263,20 @@ test('the remaining error paths of mergeAdapter, mergeAdapterFiles, saveAdapter 
   ] as const) {
     await expectFormatError(lw.loadAdapter({ weights: ok, config: { ...baseConfig, ...patch } }), ['adapter_config.json', ...words]);
   }
+  // arguments of the wrong kind
+  for (const [call, words] of [
+    [() => lw.loadAdapter(null as never), ['loadAdapter: options must be { weights, config }']],
+    [() => lw.loadAdapter({ weights: 42 }), ['loadAdapter: weights must be bytes', '42']],
+    [() => lw.loadTensors({}), ['loadTensors: source must be bytes']],
+  ] as const) {
+    try {
+      await call();
+      assert.unreachable(`no error; expected ${words.join(', ')}`);
+    } catch (e) {
+      assert.instance(e, LoRATypeError, (e as Error).message);
+      for (const w of words) assert.ok((e as Error).message.includes(w), `"${(e as Error).message}" should mention "${w}"`);
+    }
+  }
   for (const a of [adapter, kohya, plain, rs]) a.dispose();
   for (const m of [...Object.values(base), ...Object.values(into)]) m.dispose();
 });
