@@ -27,17 +27,21 @@ export const GEMM_NC: i32 = 256;
 
 /**
  * C = alpha·op(X)·op(Y) + beta·C. X is [n, K] (transX = 0) or [K, n] (1);
- * Y is [K, m] (transY = 0) or [m, K] (1); C is [n, m]. ap: MC·KC floats,
- * bp: KC·NC floats, tmp: 32 floats, all 16-aligned scratch private to the caller (smaller is enough
- * when n < MC, m < NC or K < KC: ap needs ⌈min(n, MC)/4⌉·4·min(K, KC) floats, bp ⌈min(m, NC)/8⌉·8·min(K, KC)).
+ * Y is [K, m] (transY = 0) or [m, K] (1); C is [n, m]. ldc, ldx, ldy are the
+ * row strides in floats of C, X and Y as stored, so a call may work on a block
+ * of a larger product (the worker pool splits C by columns or rows this way).
+ * ap: MC·KC floats, bp: KC·NC floats, tmp: 32 floats, all 16-aligned scratch
+ * private to the caller (smaller is enough when n < MC, m < NC or K < KC: ap
+ * needs ⌈min(n, MC)/4⌉·4·min(K, KC) floats, bp ⌈min(m, NC)/8⌉·8·min(K, KC)).
+ *
+ * Each C element is Σ over K blocks in order, each block a sequential FMA chain
+ * in its tile, so a block of C computes bit-identically to the whole product.
  */
 export function gemm(
-  c: usize, x: usize, y: usize, n: i32, m: i32, k: i32, transX: i32, transY: i32,
+  c: usize, ldc: i32, x: usize, ldx: i32, y: usize, ldy: i32, n: i32, m: i32, k: i32, transX: i32, transY: i32,
   alpha: f32, beta: f32, ap: usize, bp: usize, tmp: usize,
 ): void {
-  const ldc = <usize>m << 2;
-  const ldx = transX ? n : k;
-  const ldy = transY ? k : m;
+  const ldcBytes = <usize>ldc << 2;
   const first = beta == 0 ? EPILOGUE_STORE : beta == 1 ? EPILOGUE_ADD : EPILOGUE_AXPBY;
   for (let j0 = 0; j0 < m; j0 += GEMM_NC) {
     const nc = min(GEMM_NC, m - j0);
@@ -53,10 +57,10 @@ export function gemm(
         for (let rb = 0; rb < blocks; rb++) {
           const mr = min(4, mc - (rb << 2));
           const pa = ap + (<usize>rb * <usize>kc << 4);
-          const row = c + <usize>(i0 + (rb << 2)) * ldc + (<usize>j0 << 2);
+          const row = c + <usize>(i0 + (rb << 2)) * ldcBytes + (<usize>j0 << 2);
           for (let sb = 0; sb < strips; sb++) {
             const o = row + (<usize>sb << 5);
-            tile4x8<f32, f32>(o, o, ldc, pa, bp + (<usize>sb * <usize>kc << 5), kc, mr, min(8, nc - (sb << 3)), tmp, mode, beta, ldc, 0, 0);
+            tile4x8<f32, f32>(o, o, ldcBytes, pa, bp + (<usize>sb * <usize>kc << 5), kc, mr, min(8, nc - (sb << 3)), tmp, mode, beta, ldcBytes, 0, 0);
           }
         }
       }

@@ -1,5 +1,7 @@
 // Losses with their gradients, over row-major [n, c] predictions.
 
+import { exp64, log64 } from './math';
+
 /**
  * Mean squared error over all n·c elements, in f64:
  *   L = Σ (p − t)² / (n·c),   grad = 2·(p − t) / (n·c)   (grad written when grad != 0)
@@ -41,13 +43,13 @@ export function softmaxCrossEntropy(logits: usize, labels: usize, grad: usize, n
     }
     if (arg == y) hits++;
     let sum: f64 = 0;
-    for (let j = 0; j < c; j++) sum += Math.exp(<f64>(load<f32>(row + (<usize>j << 2)) - mx));
-    const logSum = Math.log(sum);
+    for (let j = 0; j < c; j++) sum += exp64(<f64>(load<f32>(row + (<usize>j << 2)) - mx));
+    const logSum = log64(sum);
     total += logSum - <f64>(load<f32>(row + (<usize>y << 2)) - mx);
     if (grad) {
       const grow = grad + (<usize>i * <usize>c << 2);
       for (let j = 0; j < c; j++) {
-        const p = Math.exp(<f64>(load<f32>(row + (<usize>j << 2)) - mx) - logSum);
+        const p = exp64(<f64>(load<f32>(row + (<usize>j << 2)) - mx) - logSum);
         store<f32>(grow + (<usize>j << 2), <f32>((p - (j == y ? 1.0 : 0.0)) * invN));
       }
     }

@@ -45,6 +45,7 @@ const browserFiles = {
     // No node: imports in browser bundles: the file loader becomes a stub.
     build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/runtime/load-file.browser.ts` }));
     build.onResolve({ filter: /\/node-file\.js$/ }, () => ({ path: `${root}src/io/node-file.browser.ts` }));
+    build.onResolve({ filter: /\/thread\.js$/ }, () => ({ path: `${root}src/pool/thread.browser.ts` }));
   },
 };
 const common = {

@@ -26,6 +26,7 @@ export async function buildDemo() {
       setup(build) {
         build.onResolve({ filter: /\/load-file\.js$/ }, () => ({ path: `${root}src/runtime/load-file.browser.ts` }));
         build.onResolve({ filter: /\/node-file\.js$/ }, () => ({ path: `${root}src/io/node-file.browser.ts` }));
+        build.onResolve({ filter: /\/thread\.js$/ }, () => ({ path: `${root}src/pool/thread.browser.ts` }));
       },
     }],
   });

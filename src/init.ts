@@ -21,7 +21,10 @@ export function init(options?: InitOptions): Promise<LoRAWasm> {
   const key = memoKey(o);
   let p = memo.get(key);
   if (!p) {
-    p = loadEngine(o).then((engine) => new LoRAWasm(engine));
+    const mine: Promise<LoRAWasm> = loadEngine(o).then((engine) => new LoRAWasm(engine, () => {
+      if (memo.get(key) === mine) memo.delete(key);
+    }));
+    p = mine;
     memo.set(key, p);
     p.catch(() => memo.delete(key));
   }
@@ -29,7 +32,7 @@ export function init(options?: InitOptions): Promise<LoRAWasm> {
 }
 
 function memoKey(o: InitOptions): string {
-  const base = `${o.simd ?? 'auto'}|${o.maxMemoryBytes ?? ''}`;
+  const base = `${o.simd ?? 'auto'}|${o.maxMemoryBytes ?? ''}|${o.threads ?? 1}`;
   if (o.wasm === undefined) return base;
   if (typeof o.wasm === 'string' || o.wasm instanceof URL) return `${base}|${String(o.wasm)}`;
   return `${base}|${++uniqueKeys}`; // bytes, modules and per-flavour maps are not compared: a fresh instance each time

@@ -44,11 +44,38 @@ export class LoRAWasm {
   /** The wasm flavour running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
   readonly build: Build;
   readonly #engine: Engine;
+  readonly #onDispose: (() => void) | undefined;
 
   /** @internal use init() */
-  constructor(engine: Engine) {
+  constructor(engine: Engine, onDispose?: () => void) {
     this.#engine = engine;
+    this.#onDispose = onDispose;
     this.build = engine.build;
+  }
+
+  /**
+   * Threads that large kernels run on now: the calling thread plus the workers
+   * that are ready (init({ threads })). Small calls stay on the calling thread.
+   */
+  get threads(): number {
+    return this.#engine.kernel.threads;
+  }
+
+  /** Why fewer threads run than init({ threads }) asked for (no shared memory, a worker that could not restart), or undefined. */
+  get threadsNote(): string | undefined {
+    const problems = this.#engine.kernel.pool?.status().problems ?? [];
+    return [this.#engine.threadsNote, ...problems].filter(Boolean).join('; ') || undefined;
+  }
+
+  /**
+   * Ends the worker pool and frees the scratch. The instance keeps working on
+   * the calling thread (its matrices stay valid; dispose them yourself), and
+   * init() with the same options afterwards makes a new instance.
+   */
+  dispose(): void {
+    this.#engine.kernel.endPool();
+    this.#engine.kernel.releaseScratch();
+    this.#onDispose?.();
   }
 
   /** The wasm memory every Matrix of this instance lives in. */

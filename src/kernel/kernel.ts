@@ -10,8 +10,11 @@
  *   2. reserves scratch (packed panels, the edge-tile spill) from one block
  *      it owns, grown to the largest need and then reused, so a training loop
  *      allocates nothing per step;
- *   3. runs the kernel as jobs over row ranges (`#rows`): today one job on
- *      the calling thread, and the one place the worker pool will split;
+ *   3. splits the kernel into calls over row (or column, or element) ranges
+ *      and runs them on the worker pool (src/pool/) when the problem is big
+ *      enough: the first range on the calling thread, the rest on workers.
+ *      Every output element is computed by the same operations whatever the
+ *      split, so results are bit-identical for any thread count;
  *   4. turns a wasm trap into a LoRAError (a trap is a bug: the checks above
  *      should make it impossible).
  *
@@ -23,6 +26,7 @@ import { LoRADisposedError, LoRAError, LoRATypeError } from '../errors.js';
 import { halfValue } from '../memory/half.js';
 import type { Block, WasmHeap } from '../memory/heap.js';
 import { DTYPES, type DType } from '../memory/matrix.js';
+import type { Call, WorkerPool } from '../pool/pool.js';
 import { ITEM_BYTES, type MatrixDesc, shapeOf } from './descriptor.js';
 import {
   DTYPE_CODE, Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, type Kernels, TILE_COLS, TILE_ROWS, TILE_TMP_BYTES, packedABytes, packedBBytes,
@@ -68,14 +72,57 @@ export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: numb
   return { relaxed: kernels.simdFlavour() === 1, heapBase: kernels.heapBase() >>> 0 };
 }
 
+/**
+ * Work below which a call stays on the calling thread, per thread it would use
+ * (measured in bench/threads.bench.ts: waking a worker and waiting for it costs
+ * about 10–30 µs here, so each thread needs at least ~50 µs of work to gain):
+ * multiply-adds for the rank-r update and GEMM, bytes touched for the streaming
+ * kernels (scans, conversion, ReLU, optimizer steps).
+ */
+export const MIN_FLOPS_PER_THREAD = 2 ** 21;
+export const MIN_BYTES_PER_THREAD = 2 ** 19;
+/** Element ranges of streaming kernels start at multiples of this, so SIMD lanes and scalar tails see the same elements as in one call. */
+const ELEMENT_ALIGN = 64;
+
+/** [start, end) ranges: `parts` nearly equal runs of whole `align` blocks covering [0, total). */
+export function splitRange(total: number, align: number, parts: number): [number, number][] {
+  const blocks = Math.ceil(total / align);
+  const n = Math.max(1, Math.min(parts, blocks));
+  const out: [number, number][] = [];
+  for (let t = 0; t < n; t++) {
+    const b0 = Math.floor((blocks * t) / n);
+    const b1 = Math.floor((blocks * (t + 1)) / n);
+    out.push([b0 * align, Math.min(total, b1 * align)]);
+  }
+  return out;
+}
+
 export class KernelLayer {
   readonly heap: WasmHeap;
   readonly #k: Kernels;
+  #pool: WorkerPool | undefined;
   #scratch: Block | undefined;
 
-  constructor(heap: WasmHeap, kernels: Kernels) {
+  constructor(heap: WasmHeap, kernels: Kernels, pool?: WorkerPool) {
     this.heap = heap;
     this.#k = kernels;
+    this.#pool = pool;
+  }
+
+  /** Threads a call may use now: the calling thread plus the workers that are ready. */
+  get threads(): number {
+    return 1 + (this.#pool?.available ?? 0);
+  }
+
+  /** The pool (undefined with threads: 1 or after endPool). */
+  get pool(): WorkerPool | undefined {
+    return this.#pool;
+  }
+
+  /** Ends the worker pool; later calls run on the calling thread. */
+  endPool(): void {
+    this.#pool?.dispose();
+    this.#pool = undefined;
   }
 
   // ------------------------------------------------------------ guards
@@ -115,12 +162,26 @@ export class KernelLayer {
     }
   }
 
+  /** How many threads a call with `work` units should use (min per thread `unit`), at most `maxParts`. */
+  #parts(work: number, unit: number, maxParts: number): number {
+    if (this.#pool === undefined) return 1;
+    return Math.max(1, Math.min(this.threads, Math.floor(work / unit), maxParts));
+  }
+
   /**
-   * Splits [0, rows) into jobs of whole `align`-row blocks and runs `job(r0, r1)`
-   * on each. One job on the calling thread today; the worker pool splits here.
+   * Runs the calls, calls[0] on this thread and the others on workers, and
+   * returns their results in order. One call runs directly.
    */
-  #rows(rows: number, _align: number, job: (r0: number, r1: number) => void): void {
-    job(0, rows);
+  #run(fn: string, calls: Call[], parts?: string[]): number[] {
+    const k = this.#k as unknown as Record<string, (...args: number[]) => number>;
+    const own = (c: Call): number => this.#call(fn, () => k[c[0]]!(...(c.slice(1) as number[])));
+    if (calls.length === 1 || this.#pool === undefined) return calls.map(own);
+    return this.#pool.run(fn, calls, own, parts);
+  }
+
+  /** A streaming kernel over n elements of `bytesPerElement`, as element ranges. */
+  #elementRanges(n: number, bytesPerElement: number): [number, number][] {
+    return splitRange(n, ELEMENT_ALIGN, this.#parts(n * bytesPerElement, MIN_BYTES_PER_THREAD, Infinity));
   }
 
   /** `bytes` of 64-aligned scratch (contents undefined), valid until the next kernel-layer call. */
@@ -144,19 +205,29 @@ export class KernelLayer {
   /** Index of the first NaN/±Inf in d (row-major, any dtype), or -1. */
   firstNonFinite(fn: string, d: MatrixDesc): number {
     const p = this.#ptr(fn, d, true, DTYPES);
-    return this.#call(fn, () => this.#k.firstNonFinite(p, d.rows * d.cols, DTYPE_CODE[d.dtype]));
+    const isz = ITEM_BYTES[d.dtype];
+    const ranges = this.#elementRanges(d.rows * d.cols, isz);
+    const found = this.#run(fn, ranges.map(([e0, e1]) => ['firstNonFinite', p + e0 * isz, e1 - e0, DTYPE_CODE[d.dtype]]));
+    const t = found.findIndex((i) => i >= 0);
+    return t < 0 ? -1 : ranges[t]![0] + found[t]!;
   }
 
   /** max |d[i, j]| (any dtype): NaN if any is NaN, +Inf if any is ±Inf. */
   absMax(fn: string, d: MatrixDesc): number {
     const p = this.#ptr(fn, d, true, DTYPES);
-    return this.#call(fn, () => this.#k.absMax(p, d.rows * d.cols, DTYPE_CODE[d.dtype]));
+    const isz = ITEM_BYTES[d.dtype];
+    const ranges = this.#elementRanges(d.rows * d.cols, isz);
+    const maxima = this.#run(fn, ranges.map(([e0, e1]) => ['absMax', p + e0 * isz, e1 - e0, DTYPE_CODE[d.dtype]]));
+    return maxima.some(Number.isNaN) ? NaN : Math.max(...maxima);
   }
 
   /** max_i Σ_j |d[i, j]| (any dtype), in f64. */
   maxRowAbsSum(fn: string, d: MatrixDesc): number {
     const p = this.#ptr(fn, d, true, DTYPES);
-    return this.#call(fn, () => this.#k.maxRowAbsSum(p, d.rows, d.cols, DTYPE_CODE[d.dtype]));
+    const rowBytes = d.cols * ITEM_BYTES[d.dtype];
+    const ranges = splitRange(d.rows, 1, this.#parts(d.rows * rowBytes, MIN_BYTES_PER_THREAD, d.rows));
+    // each row's sum is computed whole by one thread; the maximum of maxima is exact
+    return Math.max(...this.#run(fn, ranges.map(([r0, r1]) => ['maxRowAbsSum', p + r0 * rowBytes, r1 - r0, d.cols, DTYPE_CODE[d.dtype]])));
   }
 
   /** dst ← src converted between any two dtypes (same shape): half encodes round to nearest, ties to even. */
@@ -164,14 +235,19 @@ export class KernelLayer {
     this.#fits(fn, dst.rows === src.rows && dst.cols === src.cols, 'convert', [dst, src]);
     const pd = this.#ptr(fn, dst, true, DTYPES);
     const ps = this.#ptr(fn, src, true, DTYPES);
-    this.#call(fn, () => this.#k.convert(pd, DTYPE_CODE[dst.dtype], ps, DTYPE_CODE[src.dtype], src.rows * src.cols));
+    const [di, si] = [ITEM_BYTES[dst.dtype], ITEM_BYTES[src.dtype]];
+    const ranges = this.#elementRanges(src.rows * src.cols, di + si);
+    this.#run(fn, ranges.map(([e0, e1]) => ['convert', pd + e0 * di, DTYPE_CODE[dst.dtype], ps + e0 * si, DTYPE_CODE[src.dtype], e1 - e0]));
   }
 
   /** Index of the first element whose bits differ between a and b (same shape), or -1. */
   firstDifference(fn: string, a: MatrixDesc, b: MatrixDesc): number {
     const pa = this.#ptr(fn, a);
     const pb = this.#ptr(fn, b);
-    return this.#call(fn, () => this.#k.firstDifference(pa, pb, a.rows * a.cols));
+    const ranges = this.#elementRanges(a.rows * a.cols, 8);
+    const found = this.#run(fn, ranges.map(([e0, e1]) => ['firstDifference', pa + e0 * 4, pb + e0 * 4, e1 - e0]));
+    const t = found.findIndex((i) => i >= 0);
+    return t < 0 ? -1 : ranges[t]![0] + found[t]!;
   }
 
   /** dst ← src, bytes copied (same shape and dtype). */
@@ -211,36 +287,39 @@ export class KernelLayer {
     const bpBytes = ALIGN(packedBBytes(cols, r));
     const aBytes = u.a.dtype === 'f32' ? 0 : ALIGN(n * r * 4); // half factors are decoded to f32 before packing
     const bBytes = u.b.dtype === 'f32' ? 0 : ALIGN(r * cols * 4);
-    const ap = this.#reserve(fn, apBytes + bpBytes + TILE_TMP_BYTES + aBytes + bBytes);
+    const parts = this.#parts(n * cols * r, MIN_FLOPS_PER_THREAD, Math.ceil(n / TILE_ROWS));
+    const tmpBytes = ALIGN(TILE_TMP_BYTES);
+    // scratch: [packed L | packed R | decoded half L | decoded half R | one edge-tile spill per thread]
+    const ap = this.#reserve(fn, apBytes + bpBytes + aBytes + bBytes + parts * tmpBytes);
     const bp = ap + apBytes;
-    const tmp = bp + bpBytes;
+    const tmp = bp + bpBytes + aBytes + bBytes;
     const k = this.#k;
     const colBlock = colBlockFor(r);
     const outDt = DTYPE_CODE[u.out.dtype];
     const srcDt = DTYPE_CODE[srcD.dtype];
     const ldOut = cols * ITEM_BYTES[u.out.dtype];
     const ldSrc = cols * ITEM_BYTES[srcD.dtype];
-    let hit = false;
     this.#call(fn, () => {
       if (aBytes) {
-        const a32 = tmp + TILE_TMP_BYTES;
+        const a32 = bp + bpBytes;
         k.convert(a32, DTYPE_CODE.f32, a, DTYPE_CODE[u.a.dtype], n * r);
         a = a32;
       }
       if (bBytes) {
-        const b32 = tmp + TILE_TMP_BYTES + aBytes;
+        const b32 = bp + bpBytes + aBytes;
         k.convert(b32, DTYPE_CODE.f32, b, DTYPE_CODE[u.b.dtype], r * cols);
         b = b32;
       }
       k.packA(ap, a, r, 0, 0, n, 0, r, u.scaleA);
       k.packB(bp, b, u.transB ? r : cols, u.transB ? 1 : 0, 0, r, 0, cols, u.scaleB ?? 1);
-      this.#rows(n, TILE_ROWS, (r0, r1) => {
-        const apRows = ap + (r0 / TILE_ROWS) * r * TILE_ROWS * 4;
-        const e = k.rankUpdate(out + r0 * ldOut, src + r0 * ldSrc, apRows, bp, tmp, r1 - r0, cols, r, colBlock, u.epilogue, outDt, srcDt);
-        if (e !== 0) hit = true;
-      });
     });
-    return hit;
+    // row blocks of out (whole 4-row tiles); the packed factors are shared read-only
+    const ranges = splitRange(n, TILE_ROWS, parts);
+    const hits = this.#run(fn, ranges.map(([r0, r1], t): Call => [
+      'rankUpdate', out + r0 * ldOut, src + r0 * ldSrc, ap + (r0 / TILE_ROWS) * r * TILE_ROWS * 4, bp, tmp + t * tmpBytes,
+      r1 - r0, cols, r, colBlock, u.epilogue, outDt, srcDt,
+    ]), ranges.map(([r0, r1]) => `rows ${r0}–${r1 - 1} of ${u.out.name}`));
+    return hits.some((e) => e !== 0);
   }
 
   // ------------------------------------------------------------ GEMM
@@ -263,27 +342,38 @@ export class KernelLayer {
     const pc = this.#ptr(fn, c);
     const px = this.#ptr(fn, x);
     const py = this.#ptr(fn, y);
-    const k = this.#k;
     if (n === 1 && transY) {
-      // x is one row whichever way it is stored ([1, K] or [K, 1] are the same K floats)
-      this.#call(fn, () => k.gemvT(pc, px, py, m, kk, alpha, beta));
+      // x is one row whichever way it is stored ([1, K] or [K, 1] are the same K floats); split Y's rows
+      const ranges = splitRange(m, TILE_ROWS, this.#parts(m * kk, MIN_FLOPS_PER_THREAD, Infinity));
+      this.#run(fn, ranges.map(([j0, j1]): Call => ['gemvT', pc + j0 * 4, px, py + j0 * kk * 4, j1 - j0, kk, alpha, beta]));
       return;
     }
+    // Split C by columns when it is wide (each thread packs only its part of op(Y): y = x·Wᵀ packs
+    // only its rows of W), else by rows. Every C element sees the same K blocks in the same order.
+    const byCols = m >= n;
+    const parts = this.#parts(n * m * kk, MIN_FLOPS_PER_THREAD, byCols ? Math.ceil(m / TILE_COLS) : Math.ceil(n / TILE_ROWS));
     const kc = Math.min(kk, GEMM_KC);
-    const apBytes = packedABytes(Math.min(n, GEMM_MC), kc);
-    const bpBytes = packedBBytes(Math.min(m, GEMM_NC), kc);
-    const ap = this.#reserve(fn, apBytes + bpBytes + TILE_TMP_BYTES);
-    const bp = ap + apBytes;
-    const tmp = bp + bpBytes;
-    this.#call(fn, () => {
-      if (transX) {
-        k.gemm(pc, px, py, n, m, kk, 1, transY ? 1 : 0, alpha, beta, ap, bp, tmp);
-        return;
+    const ranges = byCols ? splitRange(m, TILE_COLS, parts) : splitRange(n, TILE_ROWS, parts);
+    const widest = Math.max(...ranges.map(([a, b]) => b - a));
+    const apBytes = ALIGN(packedABytes(Math.min(byCols ? n : widest, GEMM_MC), kc));
+    const bpBytes = ALIGN(packedBBytes(Math.min(byCols ? widest : m, GEMM_NC), kc));
+    const perThread = apBytes + bpBytes + ALIGN(TILE_TMP_BYTES);
+    const scratch = this.#reserve(fn, parts * perThread);
+    const ldx = transX ? n : kk;
+    const ldy = transY ? kk : m;
+    const tY = transY ? 1 : 0;
+    const tX = transX ? 1 : 0;
+    this.#run(fn, ranges.map(([a, b], t): Call => {
+      const ap = scratch + t * perThread;
+      const bp = ap + apBytes;
+      const tmp = bp + bpBytes;
+      if (byCols) {
+        const y0 = py + (transY ? a * kk : a) * 4;
+        return ['gemm', pc + a * 4, m, px, ldx, y0, ldy, n, b - a, kk, tX, tY, alpha, beta, ap, bp, tmp];
       }
-      this.#rows(n, TILE_ROWS, (r0, r1) => {
-        k.gemm(pc + r0 * m * 4, px + r0 * kk * 4, py, r1 - r0, m, kk, 0, transY ? 1 : 0, alpha, beta, ap, bp, tmp);
-      });
-    });
+      const x0 = px + (transX ? a : a * kk) * 4;
+      return ['gemm', pc + a * m * 4, m, x0, ldx, py, ldy, b - a, m, kk, tX, tY, alpha, beta, ap, bp, tmp];
+    }));
   }
 
   // ------------------------------------------------------------ layer pieces
@@ -292,7 +382,8 @@ export class KernelLayer {
   broadcastRows(fn: string, y: MatrixDesc, bias: MatrixDesc): void {
     const py = this.#ptr(fn, y);
     const pb = this.#ptr(fn, bias);
-    this.#call(fn, () => this.#k.broadcastRows(py, pb, y.rows, y.cols));
+    const ranges = splitRange(y.rows, 1, this.#parts(y.rows * y.cols * 4, MIN_BYTES_PER_THREAD, y.rows));
+    this.#run(fn, ranges.map(([r0, r1]): Call => ['broadcastRows', py + r0 * y.cols * 4, pb, r1 - r0, y.cols]));
   }
 
   /** out[j] = Σ_i g[i, j]. */
@@ -306,7 +397,8 @@ export class KernelLayer {
   reluForward(fn: string, out: MatrixDesc, x: MatrixDesc): void {
     const po = this.#ptr(fn, out);
     const px = this.#ptr(fn, x);
-    this.#call(fn, () => this.#k.reluForward(po, px, x.rows * x.cols));
+    const ranges = this.#elementRanges(x.rows * x.cols, 8);
+    this.#run(fn, ranges.map(([e0, e1]): Call => ['reluForward', po + e0 * 4, px + e0 * 4, e1 - e0]));
   }
 
   /** out = g where x > 0, else 0. */
@@ -314,7 +406,8 @@ export class KernelLayer {
     const po = this.#ptr(fn, out);
     const pg = this.#ptr(fn, g);
     const px = this.#ptr(fn, x);
-    this.#call(fn, () => this.#k.reluBackward(po, pg, px, x.rows * x.cols));
+    const ranges = this.#elementRanges(x.rows * x.cols, 12);
+    this.#run(fn, ranges.map(([e0, e1]): Call => ['reluBackward', po + e0 * 4, pg + e0 * 4, px + e0 * 4, e1 - e0]));
   }
 
   // ------------------------------------------------------------ losses
@@ -344,7 +437,10 @@ export class KernelLayer {
     const pp = this.#ptr(fn, p);
     const pg = this.#ptr(fn, g);
     const pv = this.#ptr(fn, v);
-    this.#call(fn, () => this.#k.sgdStep(pp, pg, pv, p.rows * p.cols, lr, momentum, weightDecay, nesterov ? 1 : 0));
+    const ranges = this.#elementRanges(p.rows * p.cols, 20);
+    this.#run(fn, ranges.map(([e0, e1]): Call => [
+      'sgdStep', pp + e0 * 4, pg + e0 * 4, pv + e0 * 4, e1 - e0, lr, momentum, weightDecay, nesterov ? 1 : 0,
+    ]));
   }
 
   adamwStep(
@@ -355,6 +451,9 @@ export class KernelLayer {
     const pg = this.#ptr(fn, g);
     const pm = this.#ptr(fn, m);
     const pv = this.#ptr(fn, v);
-    this.#call(fn, () => this.#k.adamwStep(pp, pg, pm, pv, p.rows * p.cols, lr, beta1, beta2, eps, weightDecay, bc1, bc2));
+    const ranges = this.#elementRanges(p.rows * p.cols, 28);
+    this.#run(fn, ranges.map(([e0, e1]): Call => [
+      'adamwStep', pp + e0 * 4, pg + e0 * 4, pm + e0 * 4, pv + e0 * 4, e1 - e0, lr, beta1, beta2, eps, weightDecay, bc1, bc2,
+    ]));
   }
 }

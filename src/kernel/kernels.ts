@@ -46,7 +46,7 @@ export interface Kernels {
     dOut: number, dIn: number, r: number, colBlock: number, epilogue: number, outDt: number, srcDt: number,
   ): number;
   gemm(
-    c: number, x: number, y: number, n: number, m: number, k: number, transX: number, transY: number,
+    c: number, ldc: number, x: number, ldx: number, y: number, ldy: number, n: number, m: number, k: number, transX: number, transY: number,
     alpha: number, beta: number, ap: number, bp: number, tmp: number,
   ): void;
   gemvT(c: number, x: number, y: number, m: number, k: number, alpha: number, beta: number): void;

@@ -15,6 +15,8 @@ export type WasmSource = string | URL | ArrayBuffer | ArrayBufferView | WebAssem
 export interface Engine {
   readonly build: Build;
   readonly heap: WasmHeap;
-  /** The only way to run a kernel. */
+  /** The only way to run a kernel (it owns the worker pool, if any). */
   readonly kernel: KernelLayer;
+  /** Why fewer threads run than were asked for, if so. */
+  readonly threadsNote?: string;
 }

@@ -16,6 +16,8 @@ import { LoRAError, LoRARangeError, LoRATypeError, describeValue } from '../erro
 import { KernelLayer, moduleInfo } from '../kernel/kernel.js';
 import { KERNEL_NAMES, type Kernels } from '../kernel/kernels.js';
 import { MAX_PAGES, PAGE_BYTES, WasmHeap } from '../memory/heap.js';
+import { WorkerPool } from '../pool/pool.js';
+import { availableCores, sharedMemoryAvailable } from '../pool/thread.js';
 
 import type { Build, Engine, WasmSource } from './engine.js';
 
@@ -36,7 +38,21 @@ export interface InitOptions {
   wasm?: WasmSource | { relaxed?: WasmSource; baseline?: WasmSource };
   /** Cap on wasm memory in bytes (default and maximum: 4 GiB, the wasm32 limit; at least 64 KiB). */
   maxMemoryBytes?: number;
+  /**
+   * Threads that run large kernels: the calling thread plus `threads − 1`
+   * workers on shared wasm memory. 1 (the default) starts no worker. 'auto'
+   * takes the available cores (os.availableParallelism(), navigator.hardwareConcurrency),
+   * at most AUTO_THREADS_CAP. Results are bit-identical for every thread count.
+   * Where memory cannot be shared (a page that is not cross-origin isolated)
+   * this falls back to 1 thread, says so once in the console, and lw.threads reports it.
+   */
+  threads?: number | 'auto';
 }
+
+/** 'auto' uses at most this many threads: the merge is memory-bound well before, and GEMM gains little past it on wasm. */
+export const AUTO_THREADS_CAP = 8;
+/** The most threads init() accepts. */
+export const MAX_THREADS = 64;
 
 // (module (func (param v128 v128 v128) (result v128)
 //   local.get 0 local.get 1 local.get 2 f32x4.relaxed_madd))
@@ -53,6 +69,25 @@ const SIMD_PROBE = new Uint8Array([
 /** What this engine can run: { simd, relaxed }. */
 export function detectFeatures(): { simd: boolean; relaxed: boolean } {
   return { simd: WebAssembly.validate(SIMD_PROBE), relaxed: WebAssembly.validate(RELAXED_PROBE) };
+}
+
+const WASM_KEYS = ['relaxed', 'baseline', 'relaxed-threads', 'baseline-threads'] as const;
+type WasmKey = (typeof WASM_KEYS)[number];
+
+let warnedFallback = false;
+
+/** How many threads to start: the option resolved against this machine and what this context allows. */
+async function resolveThreads(option: InitOptions['threads']): Promise<{ threads: number; note?: string }> {
+  const want = option === 'auto' ? Math.max(1, Math.min(AUTO_THREADS_CAP, await availableCores())) : (option ?? 1);
+  if (want === 1) return { threads: 1 };
+  const shared = sharedMemoryAvailable();
+  if (shared.ok) return { threads: want };
+  const note = `lora-wasm: running on 1 thread instead of ${want}: ${shared.why}`;
+  if (!warnedFallback) {
+    warnedFallback = true;
+    console.warn(note);
+  }
+  return { threads: 1, note };
 }
 
 const isSource = (v: unknown): v is WasmSource =>
@@ -76,13 +111,21 @@ export function checkInitOptions(options: unknown): InitOptions {
       throw new LoRARangeError(`init: options.maxMemoryBytes must be between 64 KiB and 4 GiB, got ${describeValue(o.maxMemoryBytes)}`);
     }
   }
+  if (o.threads !== undefined && o.threads !== 'auto') {
+    if (typeof o.threads !== 'number') {
+      throw new LoRATypeError(`init: options.threads must be a whole number or 'auto', got ${describeValue(o.threads)}`);
+    }
+    if (!Number.isInteger(o.threads) || o.threads < 1 || o.threads > MAX_THREADS) {
+      throw new LoRARangeError(`init: options.threads must be a whole number from 1 to ${MAX_THREADS}, or 'auto', got ${describeValue(o.threads)}`);
+    }
+  }
   if (o.wasm !== undefined && !isSource(o.wasm)) {
     const map = o.wasm as Record<string, unknown> | null;
     const ok = typeof map === 'object' && map !== null && Object.keys(map).length > 0 &&
-      Object.entries(map).every(([k, v]) => (k === 'relaxed' || k === 'baseline') && (v === undefined || isSource(v)));
+      Object.entries(map).every(([k, v]) => (WASM_KEYS as readonly string[]).includes(k) && (v === undefined || isSource(v)));
     if (!ok) {
       throw new LoRATypeError(
-        `init: options.wasm must be a URL, a path, bytes, a WebAssembly.Module or { relaxed, baseline } of those, got ${describeValue(o.wasm)}`,
+        `init: options.wasm must be a URL, a path, bytes, a WebAssembly.Module or { ${WASM_KEYS.join(', ')} } of those, got ${describeValue(o.wasm)}`,
       );
     }
   }
@@ -104,18 +147,27 @@ export async function loadEngine(options: InitOptions): Promise<Engine> {
     );
   }
   const want: Build = simd === 'auto' ? (features.relaxed ? 'relaxed' : 'baseline') : simd;
-  const source = pickSource(options.wasm, want);
+  const { threads, note } = await resolveThreads(options.threads);
+  const shared = threads > 1;
+  const source = pickSource(options.wasm, shared ? `${want}-threads` : want);
 
   const maxPages = Math.floor(maxBytes / PAGE_BYTES);
-  const memory = new WebAssembly.Memory({ initial: 1, maximum: maxPages });
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: maxPages, shared });
   let exports: Record<string, unknown>;
+  let module: WebAssembly.Module;
   try {
-    const bytesOrModule = await resolveSource(source ?? defaultWasm(want), source === undefined);
-    const instance = await instantiate(bytesOrModule as WebAssembly.Module, { env: { memory } });
+    const bytesOrModule = await resolveSource(source ?? defaultWasm(want, shared), source === undefined);
+    module = bytesOrModule instanceof WebAssembly.Module ? bytesOrModule : await WebAssembly.compile(bytesOrModule as BufferSource);
+    const instance = await instantiate(module, { env: { memory } });
     exports = instance.exports as unknown as Record<string, unknown>;
   } catch (e) {
     if (e instanceof LoRAError) throw e;
-    throw new LoRAError(`init: could not load the ${want} lora-wasm module: ${(e as Error).message}`, { cause: e });
+    const hint = e instanceof WebAssembly.LinkError && /shared/i.test((e as Error).message)
+      ? shared
+        ? ` (with threads > 1 it needs a threads build, lora-${want}-threads.wasm: pass it as options.wasm['${want}-threads'])`
+        : ` (this looks like a threads build: pass a single-thread build, or threads > 1)`
+      : '';
+    throw new LoRAError(`init: could not load the ${want} lora-wasm module: ${(e as Error).message}${hint}`, { cause: e });
   }
   const missing = KERNEL_NAMES.filter((name) => typeof exports[name] !== 'function');
   if (missing.length > 0) {
@@ -131,10 +183,20 @@ export async function loadEngine(options: InitOptions): Promise<Engine> {
     throw new LoRATypeError(`init: options.simd is '${simd}' but the given wasm module is the ${build} build`);
   }
   const heap = new WasmHeap(memory, info.heapBase, maxPages * PAGE_BYTES);
-  return { build, heap, kernel: new KernelLayer(heap, kernels) };
+  let pool: WorkerPool | undefined;
+  let poolNote = note;
+  if (shared) {
+    try {
+      pool = await WorkerPool.start(threads - 1, module, memory, KERNEL_NAMES);
+    } catch (e) {
+      poolNote = `lora-wasm: running on 1 thread instead of ${threads}: ${(e as Error).message}`;
+      console.warn(poolNote);
+    }
+  }
+  return { build, heap, kernel: new KernelLayer(heap, kernels, pool), threadsNote: poolNote };
 }
 
-function pickSource(wasm: InitOptions['wasm'], want: Build): WasmSource | undefined {
+function pickSource(wasm: InitOptions['wasm'], want: WasmKey): WasmSource | undefined {
   if (wasm === undefined || isSource(wasm)) return wasm;
   const s = wasm[want];
   if (s === undefined) throw new LoRATypeError(`init: options.wasm has no '${want}' entry`);

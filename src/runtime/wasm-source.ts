@@ -1,5 +1,5 @@
 /**
- * Where init() finds each flavour's .wasm by default: `build/lora-<flavour>.wasm`
+ * Where init() finds each flavour's .wasm by default: `build/lora-<flavour>[-threads].wasm`
  * one level above this module (src/, dist/ and dist/browser/ bundles resolve
  * it the same way; bundlers see the `new URL(…, import.meta.url)` pattern and
  * ship the file). The single-file bundles swap this module for
@@ -7,7 +7,12 @@
  */
 import type { Build, WasmSource } from './engine.js';
 
-export function defaultWasm(build: Build): WasmSource {
+export function defaultWasm(build: Build, threads: boolean): WasmSource {
+  if (threads) {
+    return build === 'relaxed'
+      ? new URL('../../build/lora-relaxed-threads.wasm', import.meta.url)
+      : new URL('../../build/lora-baseline-threads.wasm', import.meta.url);
+  }
   return build === 'relaxed'
     ? new URL('../../build/lora-relaxed.wasm', import.meta.url)
     : new URL('../../build/lora-baseline.wasm', import.meta.url);
