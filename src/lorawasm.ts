@@ -17,6 +17,7 @@ import { LoRALinear, type LoRALinearOptions } from './nn/lora-linear.js';
 import { AdamW, type AdamWOptions, SGD, type SGDOptions } from './nn/optim.js';
 import { ReLU } from './nn/relu.js';
 import { Sequential } from './nn/sequential.js';
+import type { WorkerPool } from './pool/pool.js';
 import type { Build, Engine } from './runtime/engine.js';
 import { LoRATypeError, describeValue } from './errors.js';
 import { type Adapter, readAdapter } from './io/adapter.js';
@@ -65,6 +66,11 @@ export class LoRAWasm {
   get threadsNote(): string | undefined {
     const problems = this.#engine.kernel.pool?.status().problems ?? [];
     return [this.#engine.threadsNote, ...problems].filter(Boolean).join('; ') || undefined;
+  }
+
+  /** @internal test hook: the worker pool (undefined with one thread). */
+  get workerPool(): WorkerPool | undefined {
+    return this.#engine.kernel.pool;
   }
 
   /**

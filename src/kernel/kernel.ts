@@ -81,6 +81,12 @@ export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: numb
  */
 export const MIN_FLOPS_PER_THREAD = 2 ** 21;
 export const MIN_BYTES_PER_THREAD = 2 ** 19;
+/**
+ * @internal The thresholds in force. Tests lower them to 1 so that even small
+ * shapes are split over every thread (the split, not the size, is under test).
+ */
+export const splitPolicy = { minFlops: MIN_FLOPS_PER_THREAD, minBytes: MIN_BYTES_PER_THREAD };
+
 /** Element ranges of streaming kernels start at multiples of this, so SIMD lanes and scalar tails see the same elements as in one call. */
 const ELEMENT_ALIGN = 64;
 
@@ -181,7 +187,7 @@ export class KernelLayer {
 
   /** A streaming kernel over n elements of `bytesPerElement`, as element ranges. */
   #elementRanges(n: number, bytesPerElement: number): [number, number][] {
-    return splitRange(n, ELEMENT_ALIGN, this.#parts(n * bytesPerElement, MIN_BYTES_PER_THREAD, Infinity));
+    return splitRange(n, ELEMENT_ALIGN, this.#parts(n * bytesPerElement, splitPolicy.minBytes, Infinity));
   }
 
   /** `bytes` of 64-aligned scratch (contents undefined), valid until the next kernel-layer call. */
@@ -225,7 +231,7 @@ export class KernelLayer {
   maxRowAbsSum(fn: string, d: MatrixDesc): number {
     const p = this.#ptr(fn, d, true, DTYPES);
     const rowBytes = d.cols * ITEM_BYTES[d.dtype];
-    const ranges = splitRange(d.rows, 1, this.#parts(d.rows * rowBytes, MIN_BYTES_PER_THREAD, d.rows));
+    const ranges = splitRange(d.rows, 1, this.#parts(d.rows * rowBytes, splitPolicy.minBytes, d.rows));
     // each row's sum is computed whole by one thread; the maximum of maxima is exact
     return Math.max(...this.#run(fn, ranges.map(([r0, r1]) => ['maxRowAbsSum', p + r0 * rowBytes, r1 - r0, d.cols, DTYPE_CODE[d.dtype]])));
   }
@@ -287,7 +293,7 @@ export class KernelLayer {
     const bpBytes = ALIGN(packedBBytes(cols, r));
     const aBytes = u.a.dtype === 'f32' ? 0 : ALIGN(n * r * 4); // half factors are decoded to f32 before packing
     const bBytes = u.b.dtype === 'f32' ? 0 : ALIGN(r * cols * 4);
-    const parts = this.#parts(n * cols * r, MIN_FLOPS_PER_THREAD, Math.ceil(n / TILE_ROWS));
+    const parts = this.#parts(n * cols * r, splitPolicy.minFlops, Math.ceil(n / TILE_ROWS));
     const tmpBytes = ALIGN(TILE_TMP_BYTES);
     // scratch: [packed L | packed R | decoded half L | decoded half R | one edge-tile spill per thread]
     const ap = this.#reserve(fn, apBytes + bpBytes + aBytes + bBytes + parts * tmpBytes);
@@ -344,14 +350,14 @@ export class KernelLayer {
     const py = this.#ptr(fn, y);
     if (n === 1 && transY) {
       // x is one row whichever way it is stored ([1, K] or [K, 1] are the same K floats); split Y's rows
-      const ranges = splitRange(m, TILE_ROWS, this.#parts(m * kk, MIN_FLOPS_PER_THREAD, Infinity));
+      const ranges = splitRange(m, TILE_ROWS, this.#parts(m * kk, splitPolicy.minFlops, Infinity));
       this.#run(fn, ranges.map(([j0, j1]): Call => ['gemvT', pc + j0 * 4, px, py + j0 * kk * 4, j1 - j0, kk, alpha, beta]));
       return;
     }
     // Split C by columns when it is wide (each thread packs only its part of op(Y): y = x·Wᵀ packs
     // only its rows of W), else by rows. Every C element sees the same K blocks in the same order.
     const byCols = m >= n;
-    const parts = this.#parts(n * m * kk, MIN_FLOPS_PER_THREAD, byCols ? Math.ceil(m / TILE_COLS) : Math.ceil(n / TILE_ROWS));
+    const parts = this.#parts(n * m * kk, splitPolicy.minFlops, byCols ? Math.ceil(m / TILE_COLS) : Math.ceil(n / TILE_ROWS));
     const kc = Math.min(kk, GEMM_KC);
     const ranges = byCols ? splitRange(m, TILE_COLS, parts) : splitRange(n, TILE_ROWS, parts);
     const widest = Math.max(...ranges.map(([a, b]) => b - a));
@@ -382,7 +388,7 @@ export class KernelLayer {
   broadcastRows(fn: string, y: MatrixDesc, bias: MatrixDesc): void {
     const py = this.#ptr(fn, y);
     const pb = this.#ptr(fn, bias);
-    const ranges = splitRange(y.rows, 1, this.#parts(y.rows * y.cols * 4, MIN_BYTES_PER_THREAD, y.rows));
+    const ranges = splitRange(y.rows, 1, this.#parts(y.rows * y.cols * 4, splitPolicy.minBytes, y.rows));
     this.#run(fn, ranges.map(([r0, r1]): Call => ['broadcastRows', py + r0 * y.cols * 4, pb, r1 - r0, y.cols]));
   }
 

@@ -64,6 +64,8 @@ export class WorkerPool {
   readonly #canBlock: boolean;
   #running = false;
   #disposed = false;
+  /** Runs that used at least one worker (for tests and benchmarks). */
+  runs = 0;
 
   private constructor(workers: number, module: WebAssembly.Module, memory: WebAssembly.Memory, names: readonly string[]) {
     this.#control = new SharedArrayBuffer(HEADER_BYTES + workers * SLOT_BYTES);
@@ -111,6 +113,7 @@ export class WorkerPool {
     const ready = this.#slots.filter((s) => this.#isReady(s));
     if (calls.length - 1 > ready.length) throw new LoRAError(`${fn}: internal error, ${calls.length - 1} jobs for ${ready.length} workers`);
     this.#running = true;
+    this.runs++;
     const i32 = this.#i32;
     const busy = ready.slice(0, calls.length - 1);
     const results = new Array<number>(calls.length).fill(0);

@@ -20,7 +20,9 @@ export interface Thread {
 /** Node: a worker_threads Worker running `source` (CommonJS, eval). */
 export async function startThread(source: string, onExit: (reason: string) => void): Promise<Thread> {
   const { Worker } = await import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:worker_threads');
-  const worker = new Worker(source, { eval: true, name: 'lora-wasm' });
+  // execArgv: [] — the worker is plain CommonJS and needs none of the parent's loaders or
+  // --input-type; V8 flags such as --experimental-wasm-relaxed-simd are process-wide anyway.
+  const worker = new Worker(source, { eval: true, name: 'lora-wasm', execArgv: [] });
   let exited = false;
   let settle: { resolve: () => void; reject: (e: Error) => void } | undefined;
   const ready = new Promise<void>((resolve, reject) => {

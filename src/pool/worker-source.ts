@@ -19,8 +19,10 @@
  */
 export const WORKER_SOURCE = String.raw`'use strict';
 (() => {
-  const node = typeof process === 'object' && process !== null && !!(process.versions && process.versions.node) && typeof require === 'function';
-  const port = node ? require('node:worker_threads').parentPort : self;
+  const node = typeof process === 'object' && process !== null && !!(process.versions && process.versions.node);
+  const port = node
+    ? (typeof require === 'function' ? require('node:worker_threads') : process.getBuiltinModule('node:worker_threads')).parentPort
+    : self;
   const post = (m) => port.postMessage(m);
   const start = async (msg) => {
     const L = msg.layout;
