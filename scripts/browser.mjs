@@ -30,10 +30,13 @@ export function serve(routes, port = 0) {
       res.writeHead(404).end('not found');
       return;
     }
+    // ?isolated=0 serves a page without cross-origin isolation (no SharedArrayBuffer: the threads fallback)
+    const isolation = url.searchParams.get('isolated') === '0'
+      ? {}
+      : { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
     res.writeHead(200, {
       'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream',
-      'cross-origin-opener-policy': 'same-origin',
-      'cross-origin-embedder-policy': 'require-corp',
+      ...isolation,
       'cache-control': 'no-store',
     });
     res.end(readFileSync(file));

@@ -74,8 +74,11 @@ const builds = [
 ];
 await Promise.all(builds.map((b) => esbuild.build(b)));
 if (!readFileSync(`${root}dist/browser.js`, 'utf8').includes('../build/lora-relaxed.wasm')) throw new Error('dist/browser.js lost its ../build/ .wasm URL');
+// No import of a node: module (the worker's source text names node:worker_threads for Node workers;
+// that is a string the browser never runs through require).
 for (const f of ['browser.js', 'lora-wasm.inline.js', 'lora-wasm.iife.js']) {
-  if (readFileSync(`${root}dist/${f}`, 'utf8').includes('node:')) throw new Error(`dist/${f} still mentions a node: module`);
+  const imports = readFileSync(`${root}dist/${f}`, 'utf8').match(/(?:from\s*|import\s*\(\s*)["'`]node:[^"'`]+/g);
+  if (imports) throw new Error(`dist/${f} still imports ${imports.join(', ')}`);
 }
 // Types for require(): the same declarations in a folder that TypeScript reads as CommonJS.
 mkdirSync(`${root}dist/cjs`, { recursive: true });

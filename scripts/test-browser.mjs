@@ -20,6 +20,8 @@ await esbuild.build({
   sourcemap: 'inline',
   external: ['node:*'],
   logLevel: 'warning',
+  // Web Workers instead of worker_threads, as in the browser bundles
+  plugins: [{ name: 'browser-threads', setup: (b) => b.onResolve({ filter: /\/thread\.js$/ }, () => ({ path: `${root}src/pool/thread.browser.ts` })) }],
 });
 const html = '<!doctype html><meta charset="utf-8"><title>lora-wasm tests</title><script type="module" src="tests.js"></script>';
 (await import('node:fs')).writeFileSync(`${out}index.html`, html);
@@ -69,6 +71,33 @@ try {
     total += t;
     passed += p;
     skipped += s;
+    await page.close();
+  }
+  // Threads without cross-origin isolation: one thread, said once in the console, reported by lw.threads.
+  {
+    const page = await browser.newPage();
+    const line = new Promise((resolve) => {
+      page.on('console', (m) => m.text().startsWith('LORA_FALLBACK ') && resolve(JSON.parse(m.text().slice(14))));
+      setTimeout(() => resolve(undefined), 60_000);
+    });
+    await page.goto(`${server.url}/t/index.html?fallback=1&isolated=0`);
+    const r = await line;
+    const checks = [
+      ['the page is not cross-origin isolated', r?.isolated === false],
+      ['threads: 2 and threads: auto fall back to 1 thread (lw.threads)', r?.threads?.[0] === 1 && r?.threads?.[1] === 1],
+      ['lw.threadsNote says why', /cross-origin isolated/.test(r?.note ?? '')],
+      ['the console says so once', r?.warnings?.length === 1 && /running on 1 thread instead of 2/.test(r.warnings[0])],
+      ['and it computes', r?.w00 === 1],
+    ];
+    for (const [name, ok] of checks) {
+      total++;
+      if (ok) passed++;
+      else {
+        failed = true;
+        console.log(`FAIL threads fallback: ${name} (${JSON.stringify(r)})`);
+      }
+    }
+    console.log(`chromium (fallback page): ${checks.filter((c) => c[1]).length} of ${checks.length} checks passed`);
     await page.close();
   }
 } finally {

@@ -13,8 +13,7 @@ const COUNTS = [1, 2, 3];
 const instances = (): Promise<LoRAWasm[]> => Promise.all(COUNTS.map((threads) => init({ simd: FLAVOUR, threads })));
 
 /** Runs `body` with every call split as finely as its tiles allow; checks the workers took part. */
-async function splitEverything<T>(body: () => Promise<T> | T): Promise<T> {
-  const lws = await instances();
+async function splitEverything<T>(lws: LoRAWasm[], body: () => Promise<T> | T): Promise<T> {
   const saved = { ...splitPolicy };
   const runs = lws.map((lw) => lw.workerPool?.runs ?? 0);
   splitPolicy.minFlops = 1;
@@ -58,7 +57,7 @@ test('init({ threads }) starts threads − 1 workers; lw.threads reports them; b
 
 test('merge, unmerge, mergeInto, delta and the safe merge: bit-identical for 1, 2, 3 threads on the whole shape set', async () => {
   const lws = await instances();
-  await splitEverything(() => {
+  await splitEverything(lws, () => {
     const r = rng(11);
     for (const { dOut, dIn, r: rank } of SHAPES) {
       const W0 = randomF32(r, dOut * dIn);
@@ -84,7 +83,7 @@ test('merge, unmerge, mergeInto, delta and the safe merge: bit-identical for 1, 
 
 test('half precision: f16 and bf16 merges and conversions are bit-identical across thread counts', async () => {
   const lws = await instances();
-  await splitEverything(() => {
+  await splitEverything(lws, () => {
     const r = rng(12);
     for (const { dOut, dIn, r: rank } of SHAPES.filter((_, i) => i % 3 === 0)) {
       for (const dtype of ['f16', 'bf16'] as const) {
@@ -111,7 +110,7 @@ test('half precision: f16 and bf16 merges and conversions are bit-identical acro
 
 test('the NaN scan finds the same first bad element whichever thread scans it, and W stays untouched', async () => {
   const lws = await instances();
-  await splitEverything(() => {
+  await splitEverything(lws, () => {
     const r = rng(13);
     for (const [dOut, dIn, rank] of [[300, 257, 7], [64, 64, 64], [1000, 3, 2]] as const) {
       for (const at of [0, randInt(r, 0, dOut * rank - 1), dOut * rank - 1]) {
@@ -140,7 +139,7 @@ test('the NaN scan finds the same first bad element whichever thread scans it, a
 
 test('GEMM in every transpose, with alpha and beta, and the batch-1 product: bit-identical across thread counts', async () => {
   const lws = await instances();
-  await splitEverything(() => {
+  await splitEverything(lws, () => {
     const r = rng(14);
     const shapes = [[1, 300, 257], [1, 7, 9], [2, 5, 3], [33, 70, 50], [100, 3, 300], [4, 520, 64], [67, 129, 1], [256, 96, 40]];
     for (let i = 0; i < 30; i++) shapes.push([randInt(r, 1, 90), randInt(r, 1, 90), randInt(r, 1, 300)]);
@@ -169,7 +168,7 @@ const i3 = (r: () => number): number => Math.floor(r() * 3);
 
 test('LoRA training (forward, backward, AdamW) and a Linear → ReLU → LoRALinear fit with SGD: bit-identical across thread counts', async () => {
   const lws = await instances();
-  await splitEverything(() => {
+  await splitEverything(lws, () => {
     const r = rng(15);
     const [n, dIn, dOut, rank] = [37, 70, 50, 5];
     const X0 = randomF32(r, n * dIn);
@@ -219,8 +218,9 @@ test('LoRA training (forward, backward, AdamW) and a Linear → ReLU → LoRALin
 });
 
 test('memory that grows after the workers started is used by them (big allocations, then a split merge)', async () => {
-  const lws = await instances();
-  await splitEverything(() => {
+  // fresh instances (a distinct memory cap is a distinct memo key): their memory is still small
+  const lws = await Promise.all(COUNTS.map((threads) => init({ simd: FLAVOUR, threads, maxMemoryBytes: 3 * 2 ** 28 })));
+  await splitEverything(lws, () => {
     const r = rng(16);
     const [dOut, dIn, rank] = [700, 600, 9];
     const W0 = randomF32(r, dOut * dIn);
@@ -238,6 +238,7 @@ test('memory that grows after the workers started is used by them (big allocatio
     });
     sameBits(outs, 'merge in grown memory');
   });
+  for (const lw of lws) lw.dispose();
 });
 
 test('below the thresholds a call stays on the calling thread (same results, no worker involved)', async () => {

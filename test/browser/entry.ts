@@ -24,16 +24,36 @@ const suites: [string, () => Promise<unknown>][] = [
   ['half.test.ts', () => import('../half.test.js')],
   ['safetensors.test.ts', () => import('../safetensors.test.js')],
   ['peft.test.ts', () => import('../peft.test.js')],
+  ['threads.test.ts', () => import('../threads.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
 window.addEventListener('unhandledrejection', (e) => console.error(`LORA_PAGE_ERROR ${String(e.reason?.stack ?? e.reason)}`));
 
-const { exec } = await import('uvu');
-for (let i = 0; i < suites.length; i++) {
-  g.UVU_INDEX = i;
-  g.UVU_QUEUE.push([suites[i]![0]]);
-  await suites[i]![1]();
+const fallbackPage = new URLSearchParams(location.search).has('fallback');
+if (fallbackPage) {
+  // A page without cross-origin isolation: threads fall back to 1, with one console warning.
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (...args: unknown[]) => {
+    warnings.push(args.join(' '));
+    warn(...args);
+  };
+  const { init } = await import('../../src/index.js');
+  const a = await init({ simd: 'relaxed', threads: 2 });
+  const b = await init({ simd: 'relaxed', threads: 'auto' });
+  const W = a.matrix(64, 64);
+  a.merge(W, a.matrix(64, 2, new Float32Array(128).fill(1)), a.matrix(2, 64, new Float32Array(128).fill(0.5)));
+  console.log(`LORA_FALLBACK ${JSON.stringify({
+    isolated: globalThis.crossOriginIsolated, threads: [a.threads, b.threads], note: a.threadsNote ?? '', warnings, w00: W.data[0],
+  })}`);
+} else {
+  const { exec } = await import('uvu');
+  for (let i = 0; i < suites.length; i++) {
+    g.UVU_INDEX = i;
+    g.UVU_QUEUE.push([suites[i]![0]]);
+    await suites[i]![1]();
+  }
+  await exec();
+  console.log('LORA_BROWSER_TESTS_DONE');
 }
-await exec();
-console.log('LORA_BROWSER_TESTS_DONE');
