@@ -16,6 +16,8 @@ export interface Row {
   /** Who ran it: 'lora-wasm' or a peer. */
   by: 'lora-wasm' | 'copy' | 'plain JS' | 'ml-matrix' | 'tfjs-wasm' | 'numpy';
   build?: 'baseline' | 'relaxed';
+  /** Threads it ran on (threads tables only). */
+  threads?: number;
   ms: number;
   /** Floating-point operations per call (0 when not meaningful). */
   flops: number;
@@ -47,6 +49,7 @@ export interface Case {
   name: string;
   by: Row['by'];
   build?: Row['build'];
+  threads?: number;
   /** Runs once per sample; set up outside (benny's setup-returns-fn form). */
   fn: () => () => unknown;
   speed?: Speed;
@@ -63,7 +66,7 @@ export async function suite(ctx: Ctx, group: string, shape: string, flops: numbe
     b.complete((summary) => {
       for (const r of summary.results) {
         const c = cases.find((x) => x.name === r.name)!;
-        ctx.rows.push({ group, shape, name: r.name, by: c.by, build: c.build, ms: r.details.median * 1e3, flops, bytes });
+        ctx.rows.push({ group, shape, name: r.name, by: c.by, build: c.build, threads: c.threads, ms: r.details.median * 1e3, flops, bytes });
       }
     }),
     b.save({ folder: 'bench/results', file, format: 'json', details: false }),

@@ -1,9 +1,9 @@
 /**
- * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora,cli]
+ * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora,cli,threads]
  *
  * Runs every benchmark in one process, so each ratio compares figures from the same run, prints
  * the tables, checks the targets, and (full runs) rewrites bench/RESULTS.md. benny's JSON, CSV and
- * chart.html land in bench/results/ (gitignored). Single thread throughout.
+ * chart.html land in bench/results/ (gitignored). Single thread, except the threads tables.
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
@@ -17,10 +17,11 @@ import { benchGemm } from './gemm.bench.js';
 import { benchHalf } from './half.bench.js';
 import { benchLora } from './lora.bench.js';
 import { benchRank } from './rank.bench.js';
+import { benchThreads } from './threads.bench.js';
 
 const quick = process.argv.includes('--quick');
 const onlyArg = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
-const only = new Set((onlyArg ?? 'merge,half,gemm,lora,cli').split(','));
+const only = new Set((onlyArg ?? 'merge,half,gemm,lora,cli,threads').split(','));
 const started = performance.now();
 
 setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}/`);
@@ -37,6 +38,7 @@ if (only.has('half')) await benchHalf(ctx);
 if (only.has('gemm')) await benchGemm(ctx);
 if (only.has('lora')) await benchLora(ctx);
 if (only.has('cli')) await benchCli(ctx);
+if (only.has('threads')) await benchThreads(ctx);
 
 // ---------------------------------------------------------------- tables
 const fmt = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
@@ -50,15 +52,18 @@ function tables(markdown: boolean): string {
   for (const group of groups) {
     const rows = ctx.rows.filter((r) => r.group === group);
     const peers = (['copy', 'plain JS', 'ml-matrix', 'tfjs-wasm', 'numpy'] as const).filter((p) => rows.some((r) => r.by === p));
-    const head = ['shape', 'case', 'ms', 'GFLOP/s', 'GB/s', ...peers.map((p) => (p === 'copy' ? '× copy' : `vs ${p}`))];
+    const threaded = rows.some((r) => r.threads !== undefined);
+    const head = ['shape', 'case', 'ms', 'GFLOP/s', 'GB/s', ...peers.map((p) => (p === 'copy' ? '× copy' : `vs ${p}`)), ...(threaded ? ['× 1 thread'] : [])];
     const lines = rows.map((r) => {
       const same = rows.filter((x) => x.shape === r.shape);
+      const one = same.find((x) => x.by === 'lora-wasm' && x.threads === 1);
+      const scaling = threaded ? [r.by === 'lora-wasm' && one && r.threads !== undefined ? fmt(one.ms / r.ms, 2) : ''] : [];
       const ratios = peers.map((p) => {
         const q = peer(same, p);
         if (!q || r.by === p) return '';
         return p === 'copy' ? fmt(r.ms / q.ms, 2) : `${fmt(q.ms / r.ms, q.ms / r.ms < 10 ? 2 : 0)}×`;
       });
-      return [r.shape, r.name, fmt(r.ms, 2), fmt(gflops(r)), fmt(gbs(r)), ...ratios];
+      return [r.shape, r.name, fmt(r.ms, 2), fmt(gflops(r)), fmt(gbs(r)), ...ratios, ...scaling];
     });
     out.push(markdown ? `### ${group}\n` : `\n${group}`);
     if (markdown) {
@@ -122,6 +127,25 @@ for (const lw of ctx.builds) {
   if (step && fwd) targets.push({ claim: `training step ≤ 1.25× the forward GEMM (${build})`, met: step.ms / fwd.ms <= 1.25, detail: `${fmt(step.ms / fwd.ms, 2)}×` });
 }
 
+// threads (one run, ratios within it)
+const threadRow = (group: string, shape: string, threads: number) =>
+  find(group, (r) => r.by === 'lora-wasm' && r.shape.startsWith(shape) && r.threads === threads)[0];
+{
+  const m2 = threadRow('threads: merge', '4096×4096 r=8', 2);
+  const copy = find('threads: merge', (r) => r.by === 'copy' && r.shape.startsWith('4096×4096 r=8'))[0];
+  if (m2 && copy) targets.push({ claim: 'merge 4096×4096 r=8 on 2 threads ≤ 1.0× the single-thread copy of W', met: m2.ms / copy.ms <= 1.0, detail: `${fmt(m2.ms / copy.ms, 2)}× (${fmt(m2.ms, 2)} ms vs ${fmt(copy.ms, 2)} ms)` });
+  for (const [group, shape, need, label] of [
+    ['threads: merge', '4096×4096 r=16', 1.8, 'merge 4096×4096 r=16'],
+    ['threads: gemm', '256×4096×4096', 1.8, 'GEMM 256×4096×4096'],
+    ['threads: training step', 'batch 64', 1.7, 'LoRA training step (batch 64, 4096×4096 r=16)'],
+  ] as const) {
+    const [one, two] = [threadRow(group, shape, 1), threadRow(group, shape, 2)];
+    if (one && two) targets.push({ claim: `${label}: 2 threads ≥ ${need}× one thread`, met: one.ms / two.ms >= need, detail: `${fmt(one.ms / two.ms, 2)}× (${fmt(two.ms, 2)} ms vs ${fmt(one.ms, 2)} ms)` });
+  }
+  const [s1, s2] = [threadRow('threads: per-call overhead', '128×128', 1), threadRow('threads: per-call overhead', '128×128', 2)];
+  if (s1 && s2) targets.push({ claim: 'a merge below the split threshold costs the same with a pool (128×128 r=8, threads: 2 vs 1)', met: s2.ms / s1.ms <= 1.1, detail: `${fmt(s2.ms / s1.ms, 2)}× (${fmt(s2.ms * 1e3, 0)} µs vs ${fmt(s1.ms * 1e3, 0)} µs)` });
+}
+
 const cliCopy = find('cli merge', (r) => r.by === 'copy')[0];
 const cliMerge = find('cli merge', (r) => r.by === 'lora-wasm')[0];
 if (cliCopy && cliMerge) {
@@ -132,7 +156,7 @@ if (cliCopy && cliMerge) {
 const seconds = (performance.now() - started) / 1000;
 const machine = `${os.cpus()[0]?.model.trim() ?? 'unknown CPU'}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.arch()}`;
 const command = `npm run bench${quick ? ' -- --quick' : ''}`;
-console.log(`\nMedians, single thread. Ratios: "× copy" is time over the W copy; "vs X" is X's time over this row's.\n${machine}`);
+console.log(`\nMedians, single thread unless a case names its threads. Ratios: "× copy" is time over the W copy; "vs X" is X's time over this row's.\n${machine}`);
 console.log(tables(false));
 console.log('\nTargets');
 for (const t of targets) console.log(`  ${t.met ? 'met   ' : 'MISSED'}  ${t.claim}: ${t.detail}`);
@@ -144,7 +168,7 @@ const md = [
   '',
   `Latest ${quick ? 'quick' : 'full'} run: ${new Date().toISOString().slice(0, 10)}, ${fmt(seconds, 0)} s. Reproduce with \`${command}\`.`,
   '',
-  `Machine: ${machine}. Single thread; relaxed SIMD through \`--experimental-wasm-relaxed-simd\`.`,
+  `Machine: ${machine}. Single thread except the threads tables (\`init({ threads })\`); relaxed SIMD through \`--experimental-wasm-relaxed-simd\`.`,
   'Medians of benny samples; every case was checked against a float64 reference before it was timed.',
   '"× copy" is the time over one `Float32Array.prototype.set` copy of W in the same run; "vs X" is X\'s time over the row\'s (higher is faster).',
   'GB/s counts W read and written once (merge), written once (delta), or C written once (GEMM).',

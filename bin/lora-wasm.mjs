@@ -20,7 +20,8 @@ const USAGE = `usage:
   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
   lora-wasm merge --base <model.safetensors | model.safetensors.index.json | model dir>
                   --adapter <adapter dir | .safetensors> --out <file | dir>
-                  [--multiplier 1] [--dtype keep|f32|f16|bf16] [--prefix P] [--safe] [--force] [--quiet]`;
+                  [--multiplier 1] [--dtype keep|f32|f16|bf16] [--prefix P] [--safe] [--force] [--quiet]
+                  [--threads auto|N]   (default auto: every core, at most 8)`;
 
 class UsageError extends Error {}
 const say = (line) => process.stdout.write(`${line}\n`);
@@ -129,7 +130,10 @@ async function merge(values) {
     if (exists(o) && !values.force) throw new LoRAError(`${o} exists; pass --force to replace it`);
   }
 
-  const lw = await init();
+  const threadsArg = values.threads ?? 'auto';
+  const threads = threadsArg === 'auto' ? 'auto' : Number(threadsArg);
+  if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1)) throw new UsageError(`--threads must be auto or a whole number ≥ 1, got ${threadsArg}`);
+  const lw = await init({ threads });
   const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
   const readers = await openAll(files);
   if (sharded) mkdirSync(outDir, { recursive: true });
@@ -183,6 +187,7 @@ async function main() {
       parsed = parseArgs({ args: rest, options: {
         base: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, multiplier: { type: 'string' },
         dtype: { type: 'string' }, prefix: { type: 'string' }, safe: { type: 'boolean' }, force: { type: 'boolean' }, quiet: { type: 'boolean' },
+        threads: { type: 'string' },
       } });
     } catch (e) {
       throw new UsageError(e.message);

@@ -97,6 +97,17 @@ test('merge streams the real adapter into an f16 base: merged tensors equal lw.m
   else assert.is(py.status, 0, `numpy check: ${py.stdout}${py.stderr}`);
 });
 
+test('merge --threads 1, 2 and auto (the default) write byte-identical files', async () => {
+  if (!existsSync(path.join(dir, 'adapter'))) return;
+  const files = ['1', '2', 'auto'].map((t) => {
+    const out = `threads-${t}.safetensors`;
+    const r = run('merge', '--base', 'base.safetensors', '--adapter', 'adapter', '--out', out, '--threads', t, '--quiet');
+    assert.is(r.status, 0, r.stderr);
+    return readFileSync(path.join(dir, out));
+  });
+  assert.ok(files[0]!.equals(files[1]!) && files[0]!.equals(files[2]!), 'the same bytes whatever the thread count');
+});
+
 test('merge --dtype f32 converts every float tensor; a sharded base is written sharded with its index', async () => {
   if (!existsSync(path.join(dir, 'adapter'))) return;
   const r = run('merge', '--base', 'base.safetensors', '--adapter', 'adapter', '--out', 'merged32.safetensors', '--dtype', 'f32', '--quiet');
@@ -144,6 +155,7 @@ test('errors: one line that says what to do, exit 1 (2 for usage), and no output
   expectFail(['merge', '--base', 'base.safetensors', '--adapter', 'adapter', '--out', 'merged.safetensors'], 1, ['merged.safetensors exists', '--force']);
   expectFail(['merge', '--base', 'base.safetensors', '--adapter', 'adapter', '--out', 'base.safetensors', '--force'], 1, ['is one of the inputs']);
   expectFail(['merge', '--base', 'base.safetensors', '--adapter', 'adapter', '--out', 'y.safetensors', '--dtype', 'f8'], 2, ['--dtype must be']);
+  expectFail(['merge', '--base', 'base.safetensors', '--adapter', 'adapter', '--out', 'y.safetensors', '--threads', '0'], 2, ['--threads must be auto or a whole number']);
   for (const [name, tensors, words] of [
     ['nolayer5.safetensors', baseTensors({ dropLayer5: true }), ['no tensor "distilbert.transformer.layer.5.attention.q_lin.weight"', 'close names']],
     ['badshape.safetensors', baseTensors({ qShape: [768, 512] }), ['[768, 768] weight', '[768, 512]']],

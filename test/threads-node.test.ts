@@ -150,7 +150,7 @@ test('concurrent async callers interleave whole calls: the same results as one a
   const lw = await isolated();
   await until(() => lw.threads === 3, 10_000);
   const saved = { ...splitPolicy };
-  splitPolicy.minFlops = 1;
+  splitPolicy.minMacs = 1;
   splitPolicy.minBytes = 1;
   try {
     const job = async (seed: number, steps: number): Promise<Float32Array> => {

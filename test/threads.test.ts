@@ -16,7 +16,7 @@ const instances = (): Promise<LoRAWasm[]> => Promise.all(COUNTS.map((threads) =>
 async function splitEverything<T>(lws: LoRAWasm[], body: () => Promise<T> | T): Promise<T> {
   const saved = { ...splitPolicy };
   const runs = lws.map((lw) => lw.workerPool?.runs ?? 0);
-  splitPolicy.minFlops = 1;
+  splitPolicy.minMacs = 1;
   splitPolicy.minBytes = 1;
   try {
     const result = await body();

@@ -73,19 +73,23 @@ export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: numb
 }
 
 /**
- * Work below which a call stays on the calling thread, per thread it would use
- * (measured in bench/threads.bench.ts: waking a worker and waiting for it costs
- * about 10–30 µs here, so each thread needs at least ~50 µs of work to gain):
- * multiply-adds for the rank-r update and GEMM, bytes touched for the streaming
- * kernels (scans, conversion, ReLU, optimizer steps).
+ * Work below which a call stays on the calling thread, per thread it would use.
+ * Measured by `npm run bench -- --only=threads` (the threshold table: the same
+ * call forced onto 2 threads against 1): waking a worker and waiting for it
+ * costs about 10–30 µs here, so a merge of 128×128 r=8 (131 k multiply-adds,
+ * ~40 µs) loses on 2 threads and one of 256×256 r=8 (524 k) gains ~1.4×; a
+ * conversion of 64 k elements (384 KB touched) breaks even.
+ *   MIN_MACS_PER_THREAD: multiply-adds, for the rank-r update and GEMM;
+ *   MIN_BYTES_PER_THREAD: bytes read and written, for the streaming kernels
+ *   (scans, conversion, ReLU, optimizer steps).
  */
-export const MIN_FLOPS_PER_THREAD = 2 ** 21;
+export const MIN_MACS_PER_THREAD = 2 ** 18;
 export const MIN_BYTES_PER_THREAD = 2 ** 19;
 /**
  * @internal The thresholds in force. Tests lower them to 1 so that even small
  * shapes are split over every thread (the split, not the size, is under test).
  */
-export const splitPolicy = { minFlops: MIN_FLOPS_PER_THREAD, minBytes: MIN_BYTES_PER_THREAD };
+export const splitPolicy = { minMacs: MIN_MACS_PER_THREAD, minBytes: MIN_BYTES_PER_THREAD };
 
 /** Element ranges of streaming kernels start at multiples of this, so SIMD lanes and scalar tails see the same elements as in one call. */
 const ELEMENT_ALIGN = 64;
@@ -293,7 +297,7 @@ export class KernelLayer {
     const bpBytes = ALIGN(packedBBytes(cols, r));
     const aBytes = u.a.dtype === 'f32' ? 0 : ALIGN(n * r * 4); // half factors are decoded to f32 before packing
     const bBytes = u.b.dtype === 'f32' ? 0 : ALIGN(r * cols * 4);
-    const parts = this.#parts(n * cols * r, splitPolicy.minFlops, Math.ceil(n / TILE_ROWS));
+    const parts = this.#parts(n * cols * r, splitPolicy.minMacs, Math.ceil(n / TILE_ROWS));
     const tmpBytes = ALIGN(TILE_TMP_BYTES);
     // scratch: [packed L | packed R | decoded half L | decoded half R | one edge-tile spill per thread]
     const ap = this.#reserve(fn, apBytes + bpBytes + aBytes + bBytes + parts * tmpBytes);
@@ -350,14 +354,14 @@ export class KernelLayer {
     const py = this.#ptr(fn, y);
     if (n === 1 && transY) {
       // x is one row whichever way it is stored ([1, K] or [K, 1] are the same K floats); split Y's rows
-      const ranges = splitRange(m, TILE_ROWS, this.#parts(m * kk, splitPolicy.minFlops, Infinity));
+      const ranges = splitRange(m, TILE_ROWS, this.#parts(m * kk, splitPolicy.minMacs, Infinity));
       this.#run(fn, ranges.map(([j0, j1]): Call => ['gemvT', pc + j0 * 4, px, py + j0 * kk * 4, j1 - j0, kk, alpha, beta]));
       return;
     }
     // Split C by columns when it is wide (each thread packs only its part of op(Y): y = x·Wᵀ packs
     // only its rows of W), else by rows. Every C element sees the same K blocks in the same order.
     const byCols = m >= n;
-    const parts = this.#parts(n * m * kk, splitPolicy.minFlops, byCols ? Math.ceil(m / TILE_COLS) : Math.ceil(n / TILE_ROWS));
+    const parts = this.#parts(n * m * kk, splitPolicy.minMacs, byCols ? Math.ceil(m / TILE_COLS) : Math.ceil(n / TILE_ROWS));
     const kc = Math.min(kk, GEMM_KC);
     const ranges = byCols ? splitRange(m, TILE_COLS, parts) : splitRange(n, TILE_ROWS, parts);
     const widest = Math.max(...ranges.map(([a, b]) => b - a));

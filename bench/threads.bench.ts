@@ -1,0 +1,238 @@
+/**
+ * Threads: the merge, GEMM and a training step on 1–4 threads (init({ threads })), in one run with
+ * the single-thread copy of W, tfjs-backend-wasm and numpy at their best thread counts, plus the
+ * per-call overhead below the split threshold and the measurement that chose the threshold.
+ *
+ * Every lora-wasm case is checked against float64 before it is timed (and threads > 1 must equal
+ * threads = 1 bit for bit, which test/threads.test.ts asserts; here the same check guards the timing).
+ */
+import { spawnSync } from 'node:child_process';
+import * as tf from '@tensorflow/tfjs-core';
+import { type LoRAWasm, type Matrix, detectFeatures, init } from '../src/index.js';
+import { splitPolicy } from '../src/kernel/kernel.js';
+import { linearElement, rankElement } from '../test/reference.js';
+import { type Case, type Ctx, random, suite, verify } from './common.js';
+
+export const THREAD_COUNTS = [1, 2, 3, 4];
+
+const sameBits = (a: Float32Array, b: Float32Array, what: string): void => {
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  if (x.length !== y.length || x.some((v, i) => v !== y[i])) throw new Error(`${what}: differs from 1 thread; refusing to time it`);
+};
+
+async function instances(): Promise<LoRAWasm[]> {
+  const simd = detectFeatures().relaxed ? 'relaxed' : 'baseline';
+  return Promise.all(THREAD_COUNTS.map((threads) => init({ simd, threads })));
+}
+
+async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Promise<void> {
+  const s = 0.5;
+  const w0 = random(d * d, 51 + r, 0.05), a = random(d * r, 52, 0.02), bm = random(r * d, 53, 0.05);
+  const cases: Case[] = [];
+  const held: Matrix[] = [];
+  const copyDst = new Float32Array(d * d);
+  cases.push({ name: 'copy of W (Float32Array.set), 1 thread', by: 'copy', fn: () => () => copyDst.set(w0) });
+  let first: Float32Array | undefined;
+  for (const lw of lws) {
+    const W = lw.matrix(d, d, w0), A = lw.matrix(d, r, a), B = lw.matrix(r, d, bm);
+    held.push(W, A, B);
+    lw.merge(W, A, B, { scale: s });
+    verify(`merge ${lw.threads} threads`, W.data, d, d, r, rankElement(w0, a, bm, d, r, d, s));
+    first ??= W.toFloat32();
+    sameBits(W.toFloat32(), first, `merge on ${lw.threads} threads`);
+    lw.unmerge(W, A, B, { scale: s });
+    let sign = 1;
+    cases.push({ name: `merge, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => {
+      if (sign > 0) lw.merge(W, A, B, { scale: s });
+      else lw.unmerge(W, A, B, { scale: s });
+      sign = -sign;
+    } });
+  }
+  const tW = tf.tensor2d(w0, [d, d]), tA = tf.tensor2d(a, [d, r]), tB = tf.tensor2d(bm, [r, d]);
+  const tfMerge = () => tf.tidy(() => tf.add(tW, tf.mul(s, tf.matMul(tA, tB))));
+  const t = tfMerge();
+  verify('tfjs merge', t.dataSync() as Float32Array, d, d, r, rankElement(w0, a, bm, d, r, d, s));
+  t.dispose();
+  cases.push({ name: 'tfjs-wasm add(W, mul(s, matMul(A, B))), 1 thread', by: 'tfjs-wasm', threads: 1, speed: 'slow', fn: () => () => tfMerge().dispose() });
+  await suite(ctx, 'threads: merge', `${d}×${d} r=${r}`, 2 * r * d * d, 8 * d * d, cases);
+  for (const x of [tW, tA, tB]) x.dispose();
+  for (const m of held) m.dispose();
+}
+
+async function gemmShape(ctx: Ctx, lws: LoRAWasm[], n: number, d: number): Promise<void> {
+  const x = random(n * d, 61), w = random(d * d, 62, 0.05);
+  const cases: Case[] = [];
+  const held: Matrix[] = [];
+  let first: Float32Array | undefined;
+  for (const lw of lws) {
+    const X = lw.matrix(n, d, x), W = lw.matrix(d, d, w), Y = lw.matrix(n, d);
+    held.push(X, W, Y);
+    lw.gemm(Y, X, W, { transY: true });
+    verify(`gemm ${lw.threads} threads`, Y.data, n, d, d, linearElement(x, w, n, d, d));
+    first ??= Y.toFloat32();
+    sameBits(Y.toFloat32(), first, `gemm on ${lw.threads} threads`);
+    cases.push({ name: `X·Wᵀ, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, speed: 'slow', fn: () => () => lw.gemm(Y, X, W, { transY: true }) });
+  }
+  // tfjs's fast path wants Wᵀ stored [in, out] (with transposeB it leaves XNNPACK): hand it that
+  const wt = new Float32Array(d * d);
+  for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) wt[j * d + i] = w[i * d + j]!;
+  const tX = tf.tensor2d(x, [n, d]), tWtc = tf.tensor2d(wt, [d, d]);
+  const tfg = () => tf.tidy(() => tf.matMul(tX, tWtc));
+  const t = tfg();
+  verify('tfjs gemm', t.dataSync() as Float32Array, n, d, d, linearElement(x, w, n, d, d));
+  t.dispose();
+  cases.push({ name: 'tfjs-wasm matMul(X, Wt), 1 thread', by: 'tfjs-wasm', threads: 1, speed: 'slow', fn: () => () => tfg().dispose() });
+  await suite(ctx, 'threads: gemm', `${n}×${d}×${d}`, 2 * n * d * d, 4 * n * d, cases);
+  for (const v of [tX, tWtc]) v.dispose();
+  for (const m of held) m.dispose();
+}
+
+async function trainingStep(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
+  const [n, D, R] = [64, 4096, 16];
+  const x = random(n * D, 71), w = random(D * D, 72, 0.05), target = random(n * D, 73);
+  const cases: Case[] = [];
+  const held: { dispose(): void }[] = [];
+  let first: Float32Array | undefined;
+  for (const lw of lws) {
+    const X = lw.matrix(n, D, x), W = lw.matrix(D, D, w), T = lw.matrix(n, D, target), G = lw.matrix(n, D);
+    const layer = lw.linear({ W, r: R, alpha: 32, inputGrad: false, seed: 4 });
+    const opt = lw.adamw(layer.parameters(), { lr: 1e-4 });
+    held.push(layer, opt, X, W, T, G);
+    verify(`training forward ${lw.threads} threads`, layer.forward(X).data, n, D, D, linearElement(x, w, n, D, D));
+    lw.mseLoss(layer.forward(X), T, G);
+    layer.backward(G);
+    first ??= layer.gradB.toFloat32();
+    sameBits(layer.gradB.toFloat32(), first, `∂B on ${lw.threads} threads`);
+    cases.push({ name: `training step, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, speed: 'slow', fn: () => () => {
+      lw.mseLoss(layer.forward(X), T, G);
+      layer.backward(G);
+      opt.step();
+    } });
+  }
+  await suite(ctx, 'threads: training step', `batch ${n}, ${D}×${D} r=${R}`, 2 * n * D * D, 0, cases);
+  for (const h of held) h.dispose();
+}
+
+/** A merge below the split threshold on an instance with a pool: it must cost what it costs without one. */
+async function overhead(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
+  const [d, r] = [128, 8]; // 131 k multiply-adds < 2·MIN_MACS_PER_THREAD: stays on the calling thread
+  const w0 = random(d * d, 81, 0.05), a = random(d * r, 82, 0.02), bm = random(r * d, 83, 0.05);
+  const cases: Case[] = [];
+  const held: Matrix[] = [];
+  for (const lw of lws.slice(0, 2)) {
+    const W = lw.matrix(d, d, w0), A = lw.matrix(d, r, a), B = lw.matrix(r, d, bm);
+    held.push(W, A, B);
+    let sign = 1;
+    cases.push({ name: `merge below the threshold, init({ threads: ${lw.threads} })`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => {
+      if (sign > 0) lw.merge(W, A, B, { scale: 0.5 });
+      else lw.unmerge(W, A, B, { scale: 0.5 });
+      sign = -sign;
+    } });
+  }
+  const runs = lws[1]!.workerPool?.runs ?? 0;
+  await suite(ctx, 'threads: per-call overhead', `${d}×${d} r=${r}`, 2 * r * d * d, 8 * d * d, cases);
+  if ((lws[1]!.workerPool?.runs ?? 0) !== runs) throw new Error('the small merge used the pool: the threshold is not what this bench assumes');
+  for (const m of held) m.dispose();
+}
+
+/**
+ * How the split thresholds were chosen: merges and f32 → f16 conversions of growing size, forced
+ * onto 2 threads (thresholds set to 1) against 1 thread. Where 2 threads start to win sets
+ * MIN_MACS_PER_THREAD and MIN_BYTES_PER_THREAD (src/kernel/kernel.ts).
+ */
+async function threshold(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
+  const saved = { ...splitPolicy };
+  for (const d of [128, 256, 512, 1024]) {
+    const r = 8;
+    const w0 = random(d * d, 91, 0.05), a = random(d * r, 92, 0.02), bm = random(r * d, 93, 0.05);
+    const cases: Case[] = [];
+    const held: Matrix[] = [];
+    for (const lw of lws.slice(0, 2)) {
+      const W = lw.matrix(d, d, w0), A = lw.matrix(d, r, a), B = lw.matrix(r, d, bm);
+      held.push(W, A, B);
+      let sign = 1;
+      cases.push({ name: `merge split over ${lw.threads} thread${lw.threads > 1 ? 's' : ''}`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => {
+        if (sign > 0) lw.merge(W, A, B, { scale: 0.5 });
+        else lw.unmerge(W, A, B, { scale: 0.5 });
+        sign = -sign;
+      } });
+    }
+    splitPolicy.minMacs = 1;
+    splitPolicy.minBytes = 1;
+    try {
+      await suite(ctx, 'threads: threshold', `${d}×${d} r=${r} (${((d * d * r) / 2 ** 20).toFixed(2)} M multiply-adds)`, 2 * r * d * d, 8 * d * d, cases);
+    } finally {
+      Object.assign(splitPolicy, saved);
+    }
+    for (const m of held) m.dispose();
+  }
+  for (const n of [16384, 65536, 262144, 1048576]) {
+    const cases: Case[] = [];
+    const held: Matrix<'f32' | 'f16'>[] = [];
+    const src = random(n, 94);
+    for (const lw of lws.slice(0, 2)) {
+      const S = lw.matrix(1, n, src), H = lw.matrix(1, n, undefined, { dtype: 'f16' });
+      held.push(S, H);
+      cases.push({ name: `f32 → f16 split over ${lw.threads} thread${lw.threads > 1 ? 's' : ''}`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => lw.convert(H, S) });
+    }
+    splitPolicy.minMacs = 1;
+    splitPolicy.minBytes = 1;
+    try {
+      await suite(ctx, 'threads: threshold', `convert ${n / 1024} k elements (${(6 * n) / 1024} KB touched)`, 0, 6 * n, cases);
+    } finally {
+      Object.assign(splitPolicy, saved);
+    }
+    for (const m of held) m.dispose();
+  }
+}
+
+/** numpy at 1 and 2 OpenBLAS threads; the faster of the two is the peer row. */
+function numpyPeers(ctx: Ctx): void {
+  const job = {
+    cases: [
+      { kind: 'merge', d_out: 4096, d_in: 4096, r: 8, group: 'threads: merge', shape: '4096×4096 r=8' },
+      { kind: 'merge', d_out: 4096, d_in: 4096, r: 16, group: 'threads: merge', shape: '4096×4096 r=16' },
+      { kind: 'gemm', n: 256, m: 4096, k: 4096, group: 'threads: gemm', shape: '256×4096×4096' },
+    ].map((c, i) => ({ ...c, reps: ctx.quick ? 5 : 11, seed: i })),
+  };
+  type Res = { numpy: string; cases: { group: string; shape: string; kind: string; median_s: number; row0_rel_err: number; r?: number; n?: number }[] };
+  const runs: { threads: number; res: Res }[] = [];
+  for (const threads of [1, 2]) {
+    const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads) };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    const run = spawnSync('python3', ['bench/peers/numpy_threads.py'], { input: JSON.stringify(job), encoding: 'utf8', env, timeout: 600_000 });
+    if (run.error || run.status !== 0) {
+      ctx.notes.push(`numpy threads peer skipped: python3 with numpy is not available here (${run.error?.message ?? run.stderr.trim().split('\n').at(-1)})`);
+      return;
+    }
+    runs.push({ threads, res: JSON.parse(run.stdout) as Res });
+  }
+  job.cases.forEach((c, i) => {
+    const best = runs.map((r) => ({ threads: r.threads, c: r.res.cases[i]! })).sort((p, q) => p.c.median_s - q.c.median_s)[0]!;
+    if (!(best.c.row0_rel_err < 1e-3)) throw new Error(`numpy ${c.kind} ${c.shape} is wrong (rel err ${best.c.row0_rel_err})`);
+    const flops = c.kind === 'merge' ? 2 * c.r! * c.d_out! * c.d_in! : 2 * c.n! * c.m! * c.k!;
+    const times = runs.map((r) => `${r.threads}: ${(r.res.cases[i]!.median_s * 1e3).toFixed(1)} ms`).join(', ');
+    ctx.rows.push({
+      group: c.group, shape: c.shape, name: `numpy ${c.kind === 'merge' ? 'W + A @ B' : 'X @ W.T'}, best of 1–2 threads (${times})`,
+      by: 'numpy', threads: best.threads, ms: best.c.median_s * 1e3, flops, bytes: c.kind === 'merge' ? 8 * c.d_out! * c.d_in! : 4 * c.n! * c.m!,
+    });
+  });
+  ctx.notes.push(`numpy ${runs[0]!.res.numpy} in the threads tables: OPENBLAS_NUM_THREADS 1 and 2, the faster kept (numpy's elementwise W + … is single-threaded either way)`);
+}
+
+export async function benchThreads(ctx: Ctx): Promise<void> {
+  const lws = await instances();
+  if (lws.some((lw, i) => lw.threads !== THREAD_COUNTS[i])) throw new Error(`asked for ${THREAD_COUNTS} threads, got ${lws.map((lw) => lw.threads)}`);
+  ctx.notes.push(`threads tables: ${lws[0]!.build} build; this machine has ${(await import('node:os')).availableParallelism()} cores, so 3 and 4 threads oversubscribe them`);
+  ctx.notes.push('tfjs-backend-wasm runs single-threaded in Node (WASM_HAS_MULTITHREAD_SUPPORT is off), so 1 thread is its best here');
+  await mergeShape(ctx, lws, 4096, 8);
+  await mergeShape(ctx, lws, 4096, 16);
+  await gemmShape(ctx, lws, 256, 4096);
+  await trainingStep(ctx, lws);
+  await overhead(ctx, lws);
+  await threshold(ctx, lws);
+  numpyPeers(ctx);
+  for (const lw of lws) lw.dispose();
+}
