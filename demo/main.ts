@@ -55,7 +55,7 @@ worker.onmessage = (e: MessageEvent<WorkerMessage>) => {
     case 'ready':
       set('build', `${m.build}${m.build === 'relaxed' ? ' (relaxed FMA)' : ' (SIMD128)'}`);
       start.disabled = false;
-      setStatus('ready', `Ready (${m.build} build${m.crossOriginIsolated ? ', cross-origin isolated' : ''}). Pick r, alpha and a learning rate, then fine-tune.`);
+      setStatus('ready', `Ready (${m.build} build, ${m.threads} thread${m.threads > 1 ? 's' : ''}${m.crossOriginIsolated ? ', cross-origin isolated' : ''}). Pick r, alpha and a learning rate, then fine-tune.`);
       break;
     case 'pretrained':
       set('accA', pct(m.accA));

@@ -10,7 +10,7 @@ export type MergePageRequest =
   | { type: 'merge'; files: File[]; base: File; dtype: 'keep' | 'f32' | 'f16' | 'bf16' };
 
 export type MergePageMessage =
-  | { type: 'ready'; build: string }
+  | { type: 'ready'; build: string; threads: number }
   | { type: 'adapter'; format: string; base: string; params: number; replacements: number; modules: { name: string; kind: string; r: number; alpha: number; scale: number; shape: string; dtype: string }[] }
   | { type: 'progress'; tensors: number; totalTensors: number; bytes: number; totalBytes: number }
   | { type: 'done'; blob: Blob; merged: number; replaced: number; seconds: number; peakWasmBytes: number }
@@ -58,7 +58,8 @@ self.onmessage = async (e: MessageEvent<MergePageRequest>) => {
 };
 
 const simd = new URLSearchParams(self.location.search).get('simd');
-init(simd === 'baseline' || simd === 'relaxed' ? { simd } : {}).then((x) => {
+// threads: 'auto' — this worker may block, so the pool's waits are Atomics.wait; the page stays responsive
+init({ threads: 'auto', ...(simd === 'baseline' || simd === 'relaxed' ? { simd } : {}) }).then((x) => {
   lw = x;
-  post({ type: 'ready', build: lw.build });
+  post({ type: 'ready', build: lw.build, threads: lw.threads });
 }, (err) => post({ type: 'error', message: (err as Error).message }));

@@ -55,7 +55,8 @@ $('merge').addEventListener('click', () => {
 worker.onmessage = (e: MessageEvent<MergePageMessage>) => {
   const m = e.data;
   if (m.type === 'ready') {
-    $('build').textContent = m.build;
+    $('build').textContent = `${m.build}, ${m.threads} thread${m.threads > 1 ? 's' : ''}`;
+    $('status').dataset.threads = String(m.threads);
     setStatus('ready', 'pick an adapter and a base model');
   } else if (m.type === 'adapter') {
     $('summary').textContent = `${m.format === 'peft' ? 'PEFT' : 'kohya'} adapter${m.base ? ` for ${m.base}` : ''}: ${m.modules.length} modules, ${m.params.toLocaleString('en-US')} parameters, ${m.replacements} tensors to replace`;

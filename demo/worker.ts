@@ -19,7 +19,7 @@ const CLASSES = 4;
 const N = 2048;
 /** Everything the worker tells the page. */
 export type WorkerMessage =
-  | { type: 'ready'; build: string; crossOriginIsolated: boolean }
+  | { type: 'ready'; build: string; crossOriginIsolated: boolean; threads: number }
   | { type: 'pretrained'; accA: number; accB: number; lossB: number }
   | { type: 'params'; trainable: number; frozen: number }
   | { type: 'progress'; step: number; total: number; loss: number; sps: number }
@@ -94,9 +94,9 @@ self.onmessage = (e: MessageEvent<StartMessage>) => {
   }
 };
 
-init()
+init({ threads: 'auto' }) // in this worker the pool may block (Atomics.wait); the page's own thread never waits
   .then((instance) => {
     lw = instance;
-    post({ type: 'ready', build: lw.build, crossOriginIsolated: globalThis.crossOriginIsolated === true });
+    post({ type: 'ready', build: lw.build, crossOriginIsolated: globalThis.crossOriginIsolated === true, threads: lw.threads });
   })
   .catch((err) => post({ type: 'error', message: String(err.message ?? err) }));

@@ -79,6 +79,8 @@ try {
   mp.on('pageerror', (e) => merrors.push(e.message));
   await mp.goto(`${server.url}/demo/merge.html?simd=${lw.build}`);
   await mp.waitForSelector('#status[data-state="ready"]', { timeout: 30_000 });
+  const cores = await mp.evaluate(() => Math.min(navigator.hardwareConcurrency, 8));
+  check('merge page: the worker runs a pool on every core (cross-origin isolated, threads: auto)', (await mp.getAttribute('#status', 'data-threads')) === String(cores), `${await mp.getAttribute('#status', 'data-threads')} threads, ${cores} cores`);
   await mp.setInputFiles('#adapter', [
     { name: 'adapter_config.json', mimeType: 'application/json', buffer: Buffer.from(config) },
     { name: 'adapter_model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from(adapterBytes) },
