@@ -25,11 +25,23 @@ export interface Row {
   bytes: number;
 }
 
+/** A paired, interleaved comparison of 1 thread against 2 (bench/threads.bench.ts pairedRatio). */
+export interface Paired {
+  group: string;
+  shape: string;
+  /** Median over pairs of time(1 thread) / time(2 threads). */
+  ratio: number;
+  msOne: number;
+  msTwo: number;
+  pairs: number;
+}
+
 export interface Ctx {
   quick: boolean;
   builds: LoRAWasm[];
   rows: Row[];
   notes: string[];
+  paired?: Paired[];
 }
 
 export const random = (n: number, seed: number, amp = 1): Float32Array => {

@@ -11,15 +11,49 @@ import * as tf from '@tensorflow/tfjs-core';
 import { type LoRAWasm, type Matrix, detectFeatures, init } from '../src/index.js';
 import { splitPolicy } from '../src/kernel/kernel.js';
 import { linearElement, rankElement } from '../test/reference.js';
-import { type Case, type Ctx, random, suite, verify } from './common.js';
+import { type Case, type Ctx, type Paired, random, suite, verify } from './common.js';
 
 export const THREAD_COUNTS = [1, 2, 3, 4];
+
+/**
+ * This machine is shared and its load changes from second to second, so a ratio of two medians taken
+ * seconds apart can swing by a third. A paired measurement alternates the two calls, times each pair
+ * back to back, and takes the median of the per-pair ratios: slow spells hit both sides of a pair.
+ */
+export function pairedRatio(one: () => unknown, two: () => unknown, pairs: number): { ratio: number; msOne: number; msTwo: number } {
+  one();
+  two();
+  const ratios: number[] = [];
+  const t1: number[] = [];
+  const t2: number[] = [];
+  for (let i = 0; i < pairs; i++) {
+    const first = i % 2 === 0; // alternate which side goes first
+    const time = (f: () => unknown) => {
+      const t = performance.now();
+      f();
+      return performance.now() - t;
+    };
+    const [a, b] = first ? [time(one), time(two)] : [0, time(two)];
+    const a2 = first ? a : time(one);
+    t1.push(a2);
+    t2.push(b);
+    ratios.push(a2 / b);
+  }
+  const median = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
+  return { ratio: median(ratios), msOne: median(t1), msTwo: median(t2) };
+}
 
 const sameBits = (a: Float32Array, b: Float32Array, what: string): void => {
   const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
   const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
   if (x.length !== y.length || x.some((v, i) => v !== y[i])) throw new Error(`${what}: differs from 1 thread; refusing to time it`);
 };
+
+function recordPaired(ctx: Ctx, group: string, shape: string, one: () => unknown, two: () => unknown, pairs: number): Paired {
+  const p = { group, shape, pairs, ...pairedRatio(one, two, pairs) };
+  (ctx.paired ??= []).push(p);
+  return p;
+}
 
 async function instances(): Promise<LoRAWasm[]> {
   const simd = detectFeatures().relaxed ? 'relaxed' : 'baseline';
@@ -31,6 +65,7 @@ async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Prom
   const w0 = random(d * d, 51 + r, 0.05), a = random(d * r, 52, 0.02), bm = random(r * d, 53, 0.05);
   const cases: Case[] = [];
   const held: Matrix[] = [];
+  const calls: (() => void)[] = [];
   const copyDst = new Float32Array(d * d);
   cases.push({ name: 'copy of W (Float32Array.set), 1 thread', by: 'copy', fn: () => () => copyDst.set(w0) });
   let first: Float32Array | undefined;
@@ -43,11 +78,13 @@ async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Prom
     sameBits(W.toFloat32(), first, `merge on ${lw.threads} threads`);
     lw.unmerge(W, A, B, { scale: s });
     let sign = 1;
-    cases.push({ name: `merge, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => {
+    const call = () => {
       if (sign > 0) lw.merge(W, A, B, { scale: s });
       else lw.unmerge(W, A, B, { scale: s });
       sign = -sign;
-    } });
+    };
+    calls.push(call);
+    cases.push({ name: `merge, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => call });
   }
   const tW = tf.tensor2d(w0, [d, d]), tA = tf.tensor2d(a, [d, r]), tB = tf.tensor2d(bm, [r, d]);
   const tfMerge = () => tf.tidy(() => tf.add(tW, tf.mul(s, tf.matMul(tA, tB))));
@@ -56,6 +93,9 @@ async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Prom
   t.dispose();
   cases.push({ name: 'tfjs-wasm add(W, mul(s, matMul(A, B))), 1 thread', by: 'tfjs-wasm', threads: 1, speed: 'slow', fn: () => () => tfMerge().dispose() });
   await suite(ctx, 'threads: merge', `${d}×${d} r=${r}`, 2 * r * d * d, 8 * d * d, cases);
+  recordPaired(ctx, 'threads: merge', `${d}×${d} r=${r}`, calls[0]!, calls[1]!, ctx.quick ? 20 : 60);
+  // the copy of W against the 2-thread merge, paired the same way (ratio = copy time / merge time)
+  recordPaired(ctx, 'threads: merge vs copy', `${d}×${d} r=${r}`, () => copyDst.set(w0), calls[1]!, ctx.quick ? 20 : 60);
   for (const x of [tW, tA, tB]) x.dispose();
   for (const m of held) m.dispose();
 }
@@ -64,6 +104,7 @@ async function gemmShape(ctx: Ctx, lws: LoRAWasm[], n: number, d: number): Promi
   const x = random(n * d, 61), w = random(d * d, 62, 0.05);
   const cases: Case[] = [];
   const held: Matrix[] = [];
+  const calls: (() => void)[] = [];
   let first: Float32Array | undefined;
   for (const lw of lws) {
     const X = lw.matrix(n, d, x), W = lw.matrix(d, d, w), Y = lw.matrix(n, d);
@@ -72,7 +113,9 @@ async function gemmShape(ctx: Ctx, lws: LoRAWasm[], n: number, d: number): Promi
     verify(`gemm ${lw.threads} threads`, Y.data, n, d, d, linearElement(x, w, n, d, d));
     first ??= Y.toFloat32();
     sameBits(Y.toFloat32(), first, `gemm on ${lw.threads} threads`);
-    cases.push({ name: `X·Wᵀ, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, speed: 'slow', fn: () => () => lw.gemm(Y, X, W, { transY: true }) });
+    const call = () => lw.gemm(Y, X, W, { transY: true });
+    calls.push(call);
+    cases.push({ name: `X·Wᵀ, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, speed: 'slow', fn: () => call });
   }
   // tfjs's fast path wants Wᵀ stored [in, out] (with transposeB it leaves XNNPACK): hand it that
   const wt = new Float32Array(d * d);
@@ -84,6 +127,7 @@ async function gemmShape(ctx: Ctx, lws: LoRAWasm[], n: number, d: number): Promi
   t.dispose();
   cases.push({ name: 'tfjs-wasm matMul(X, Wt), 1 thread', by: 'tfjs-wasm', threads: 1, speed: 'slow', fn: () => () => tfg().dispose() });
   await suite(ctx, 'threads: gemm', `${n}×${d}×${d}`, 2 * n * d * d, 4 * n * d, cases);
+  recordPaired(ctx, 'threads: gemm', `${n}×${d}×${d}`, calls[0]!, calls[1]!, ctx.quick ? 5 : 15);
   for (const v of [tX, tWtc]) v.dispose();
   for (const m of held) m.dispose();
 }
@@ -93,6 +137,7 @@ async function trainingStep(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
   const x = random(n * D, 71), w = random(D * D, 72, 0.05), target = random(n * D, 73);
   const cases: Case[] = [];
   const held: { dispose(): void }[] = [];
+  const calls: (() => void)[] = [];
   let first: Float32Array | undefined;
   for (const lw of lws) {
     const X = lw.matrix(n, D, x), W = lw.matrix(D, D, w), T = lw.matrix(n, D, target), G = lw.matrix(n, D);
@@ -104,13 +149,16 @@ async function trainingStep(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
     layer.backward(G);
     first ??= layer.gradB.toFloat32();
     sameBits(layer.gradB.toFloat32(), first, `∂B on ${lw.threads} threads`);
-    cases.push({ name: `training step, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, speed: 'slow', fn: () => () => {
+    const call = () => {
       lw.mseLoss(layer.forward(X), T, G);
       layer.backward(G);
       opt.step();
-    } });
+    };
+    calls.push(call);
+    cases.push({ name: `training step, ${lw.threads} thread${lw.threads > 1 ? 's' : ''} (${lw.build})`, by: 'lora-wasm', build: lw.build, threads: lw.threads, speed: 'slow', fn: () => call });
   }
   await suite(ctx, 'threads: training step', `batch ${n}, ${D}×${D} r=${R}`, 2 * n * D * D, 0, cases);
+  recordPaired(ctx, 'threads: training step', `batch ${n}, ${D}×${D} r=${R}`, calls[0]!, calls[1]!, ctx.quick ? 10 : 30);
   for (const h of held) h.dispose();
 }
 
@@ -132,59 +180,62 @@ async function overhead(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
   }
   const runs = lws[1]!.workerPool?.runs ?? 0;
   await suite(ctx, 'threads: per-call overhead', `${d}×${d} r=${r}`, 2 * r * d * d, 8 * d * d, cases);
+  recordPaired(ctx, 'threads: per-call overhead', `${d}×${d} r=${r}`, cases[0]!.fn(), cases[1]!.fn(), 2001);
   if ((lws[1]!.workerPool?.runs ?? 0) !== runs) throw new Error('the small merge used the pool: the threshold is not what this bench assumes');
   for (const m of held) m.dispose();
 }
 
 /**
  * How the split thresholds were chosen: merges and f32 → f16 conversions of growing size, forced
- * onto 2 threads (thresholds set to 1) against 1 thread. Where 2 threads start to win sets
- * MIN_MACS_PER_THREAD and MIN_BYTES_PER_THREAD (src/kernel/kernel.ts).
+ * onto 2 threads (thresholds set to 1) against 1 thread, paired and interleaved (pairedRatio), and
+ * the bare round trip of a pool run. Where 2 threads start to win sets MIN_MACS_PER_THREAD and
+ * MIN_BYTES_PER_THREAD (src/kernel/kernel.ts). Printed as notes.
  */
 async function threshold(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
   const saved = { ...splitPolicy };
-  for (const d of [128, 256, 512, 1024]) {
-    const r = 8;
-    const w0 = random(d * d, 91, 0.05), a = random(d * r, 92, 0.02), bm = random(r * d, 93, 0.05);
-    const cases: Case[] = [];
-    const held: Matrix[] = [];
-    for (const lw of lws.slice(0, 2)) {
-      const W = lw.matrix(d, d, w0), A = lw.matrix(d, r, a), B = lw.matrix(r, d, bm);
-      held.push(W, A, B);
-      let sign = 1;
-      cases.push({ name: `merge split over ${lw.threads} thread${lw.threads > 1 ? 's' : ''}`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => {
-        if (sign > 0) lw.merge(W, A, B, { scale: 0.5 });
-        else lw.unmerge(W, A, B, { scale: 0.5 });
-        sign = -sign;
-      } });
-    }
-    splitPolicy.minMacs = 1;
-    splitPolicy.minBytes = 1;
-    try {
-      await suite(ctx, 'threads: threshold', `${d}×${d} r=${r} (${((d * d * r) / 2 ** 20).toFixed(2)} M multiply-adds)`, 2 * r * d * d, 8 * d * d, cases);
-    } finally {
-      Object.assign(splitPolicy, saved);
-    }
-    for (const m of held) m.dispose();
+  const [lw1, lw2] = [lws[0]!, lws[1]!];
+  const pool = lw2.workerPool!;
+  const trips: number[] = [];
+  for (let i = 0; i < 2001; i++) {
+    const t = performance.now();
+    pool.run('bench', [['absMax', 0, 0, 0], ['absMax', 0, 0, 0]], () => 0);
+    trips.push(performance.now() - t);
   }
-  for (const n of [16384, 65536, 262144, 1048576]) {
-    const cases: Case[] = [];
-    const held: Matrix<'f32' | 'f16'>[] = [];
-    const src = random(n, 94);
-    for (const lw of lws.slice(0, 2)) {
-      const S = lw.matrix(1, n, src), H = lw.matrix(1, n, undefined, { dtype: 'f16' });
-      held.push(S, H);
-      cases.push({ name: `f32 → f16 split over ${lw.threads} thread${lw.threads > 1 ? 's' : ''}`, by: 'lora-wasm', build: lw.build, threads: lw.threads, fn: () => () => lw.convert(H, S) });
+  trips.sort((a, b) => a - b);
+  ctx.notes.push(`a pool run with one empty job on a worker: ${(trips[1000]! * 1e3).toFixed(1)} µs median round trip (the worker polls for ~20 k iterations before it sleeps; back-to-back calls find it awake)`);
+  const lines: string[] = [];
+  splitPolicy.minMacs = 1;
+  splitPolicy.minBytes = 1;
+  try {
+    for (const d of [64, 128, 256, 512, 1024]) {
+      const r = 8;
+      const w0 = random(d * d, 91, 0.05), a = random(d * r, 92, 0.02), bm = random(r * d, 93, 0.05);
+      const ms = [lw1, lw2].map((lw) => [lw.matrix(d, d, w0), lw.matrix(d, r, a), lw.matrix(r, d, bm)] as const);
+      const calls = ms.map(([W, A, B], k) => {
+        const lw = [lw1, lw2][k]!;
+        let sign = 1;
+        return () => {
+          if (sign > 0) lw.merge(W, A, B, { scale: 0.5 });
+          else lw.unmerge(W, A, B, { scale: 0.5 });
+          sign = -sign;
+        };
+      });
+      const p = pairedRatio(calls[0]!, calls[1]!, d <= 256 ? 1001 : 201);
+      lines.push(`merge ${d}×${d} r=${r} (${((d * d * r) / 1024).toFixed(0)} k multiply-adds): 1 thread ${(p.msOne * 1e3).toFixed(0)} µs, 2 threads ${(p.msTwo * 1e3).toFixed(0)} µs, ×${p.ratio.toFixed(2)}`);
+      for (const m of ms.flat()) m.dispose();
     }
-    splitPolicy.minMacs = 1;
-    splitPolicy.minBytes = 1;
-    try {
-      await suite(ctx, 'threads: threshold', `convert ${n / 1024} k elements (${(6 * n) / 1024} KB touched)`, 0, 6 * n, cases);
-    } finally {
-      Object.assign(splitPolicy, saved);
+    for (const n of [4096, 16384, 65536, 262144, 1048576]) {
+      const src = random(n, 94);
+      const ms = [lw1, lw2].map((lw) => [lw.matrix(1, n, src), lw.matrix(1, n, undefined, { dtype: 'f16' })] as const);
+      const calls = ms.map(([S, H], k) => () => [lw1, lw2][k]!.convert(H, S));
+      const p = pairedRatio(calls[0]!, calls[1]!, n <= 65536 ? 1001 : 201);
+      lines.push(`f32 → f16 of ${n / 1024} k elements (${(6 * n) / 1024} KB touched): 1 thread ${(p.msOne * 1e3).toFixed(0)} µs, 2 threads ${(p.msTwo * 1e3).toFixed(0)} µs, ×${p.ratio.toFixed(2)}`);
+      for (const m of ms.flat()) m.dispose();
     }
-    for (const m of held) m.dispose();
+  } finally {
+    Object.assign(splitPolicy, saved);
   }
+  ctx.notes.push(`split threshold measurement (forced onto 2 threads vs 1, paired medians): ${lines.join('; ')}`);
 }
 
 /** numpy at 1 and 2 OpenBLAS threads; the faster of the two is the peer row. */

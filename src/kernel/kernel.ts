@@ -74,17 +74,18 @@ export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: numb
 
 /**
  * Work below which a call stays on the calling thread, per thread it would use.
- * Measured by `npm run bench -- --only=threads` (the threshold table: the same
- * call forced onto 2 threads against 1): waking a worker and waiting for it
- * costs about 10–30 µs here, so a merge of 128×128 r=8 (131 k multiply-adds,
- * ~40 µs) loses on 2 threads and one of 256×256 r=8 (524 k) gains ~1.4×; a
- * conversion of 64 k elements (384 KB touched) breaks even.
+ * Measured by `npm run bench -- --only=threads` (the notes of its threshold
+ * step: the same call forced onto 2 threads against 1, paired): a pool round
+ * trip costs ~3 µs when the worker is awake, more when it has gone to sleep.
+ * A merge of 128×128 r=8 (131 k multiply-adds, ~35 µs) breaks even on 2
+ * threads and one of 256×256 r=8 (524 k) gains 1.3×; an f32 → f16 conversion
+ * touching 24 KB loses and one touching 96 KB gains 1.3×.
  *   MIN_MACS_PER_THREAD: multiply-adds, for the rank-r update and GEMM;
  *   MIN_BYTES_PER_THREAD: bytes read and written, for the streaming kernels
  *   (scans, conversion, ReLU, optimizer steps).
  */
 export const MIN_MACS_PER_THREAD = 2 ** 18;
-export const MIN_BYTES_PER_THREAD = 2 ** 19;
+export const MIN_BYTES_PER_THREAD = 2 ** 16;
 /**
  * @internal The thresholds in force. Tests lower them to 1 so that even small
  * shapes are split over every thread (the split, not the size, is under test).
