@@ -5,6 +5,7 @@
  * run. Target: the merge runs at ≥ 70 % of the copy's speed. Peak memory (max RSS of the merge
  * process, from /usr/bin/time where it exists) shows the streaming: near the largest tensor, not the
  * model. Every run's output is checked: merged tensors sampled against float64, the rest byte-equal.
+ * LORA_BENCH_CLI_KEEP=1 keeps the generated files (their folder is printed) for profiling.
  */
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -111,6 +112,8 @@ export async function benchCli(ctx: Ctx): Promise<void> {
     ctx.rows.push({ group: 'cli merge', shape: `${(size / 2 ** 30).toFixed(2)} GiB f16, ${names.length} modules, r=16`, name: 'lora-wasm merge (CLI, relaxed)', by: 'lora-wasm', build: 'relaxed', ms: m, flops: 2 * R * D * D * names.length, bytes: 2 * size });
     ctx.notes.push(`cli merge: ${(c / m * 100).toFixed(0)} % of the copy's speed (${(m / 1000).toFixed(2)} s vs ${(c / 1000).toFixed(2)} s for ${(size / 2 ** 30).toFixed(2)} GiB)${maxRssKb ? `; peak RSS of the merge process ${(maxRssKb / 1024).toFixed(0)} MiB (the largest tensor is 32 MiB)` : ''}`);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    // LORA_BENCH_CLI_KEEP=1 keeps the generated base and adapter, to profile the CLI on them
+    if (process.env.LORA_BENCH_CLI_KEEP) console.log(`kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
   }
 }

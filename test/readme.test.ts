@@ -50,6 +50,10 @@ test('the adapter-files example runs as written and prints what its comments say
   assert.equal(runBlock('Real adapter files: PEFT, kohya, safetensors'), ['layer.0.q_proj r=1 scale=2', '1,2,3,-1,-3,-5']);
 });
 
+test('the threads example runs as written and prints what its comments say', () => {
+  assert.equal(runBlock('Threads: every core'), ['2', 'true']);
+});
+
 test('the README quotes the exact setup lines and the PEFT mapping', () => {
   assert.ok(readme.includes('npm install && npm start\nnpm test\n'));
   assert.match(readme, /\| `A` \| `…lora_B\.weight` \| `\[out_features, r\]` \|/);
