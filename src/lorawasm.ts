@@ -22,6 +22,9 @@ import type { Build, Engine } from './runtime/engine.js';
 import { LoRATypeError, describeValue } from './errors.js';
 import { type Adapter, readAdapter } from './io/adapter.js';
 import { type SaveAdapterOptions, saveAdapter } from './io/export.js';
+import { type CombineOptions, type WeightedAdapter, combineAdapters } from './adapters/combine.js';
+import { type ExtractOptions, type TruncateOptions, type TruncateResult, extractAdapter, resizeAdapter } from './adapters/extract.js';
+import { AdapterSet, type AdapterSetOptions, type ServedAdapter } from './nn/adapter-set.js';
 import { type MergeAdapterOptions, type MergeAdapterReport, mergeAdapter } from './io/merge-adapter.js';
 import { type MergeFilesOptions, type MergeFilesReport, mergeAdapterFiles } from './io/merge-files.js';
 import { fileSource } from './io/node-file.js';
@@ -223,6 +226,32 @@ export class LoRAWasm {
   }
 
   /** A PEFT adapter (config object + safetensors bytes) from LoRALinear layers keyed by module name, or from an Adapter. */
+  /**
+   * Mixes adapters into one (PEFT's add_weighted_adapter): method 'cat', 'linear', 'svd', 'ties',
+   * 'dare_linear', 'dare_ties' or 'magnitude_prune' (the last four followed by a rank-k SVD).
+   */
+  combineAdapters(items: WeightedAdapter[], opts: CombineOptions): Adapter {
+    return combineAdapters(this.#engine, items, opts);
+  }
+
+  /**
+   * A rank-k adapter from a fine-tune: ΔW = Wtuned − Wbase by a randomized SVD. Two matrices, or two
+   * objects of matrices keyed by tensor name. Reports each module's singular values and kept energy.
+   */
+  extractAdapter(tuned: Matrix<DType> | Record<string, Matrix<DType>>, base: Matrix<DType> | Record<string, Matrix<DType>>, opts: ExtractOptions): TruncateResult {
+    return extractAdapter(this.#engine, tuned, base, opts);
+  }
+
+  /** The adapter truncated to a rank, or to a fraction of each module's ‖ΔW‖²_F, from its factors. */
+  resizeAdapter(adapter: Adapter, opts: TruncateOptions): TruncateResult {
+    return resizeAdapter(this.#engine, adapter, opts);
+  }
+
+  /** Serves many adapters over one base weight W [dOut, dIn] in one batch: forward(X, rowAdapter). */
+  adapterSet(w: Matrix, adapters: ServedAdapter[], opts?: AdapterSetOptions): AdapterSet {
+    return new AdapterSet(this.#engine, w, adapters, opts);
+  }
+
   saveAdapter(source: Adapter | Record<string, LoRALinear>, opts: SaveAdapterOptions): { config: Record<string, unknown>; weights: Uint8Array } {
     return saveAdapter(source, opts);
   }

@@ -92,6 +92,7 @@ test('src/ has no import cycle, and layers depend only downward (nn → ops → 
     ops: ['errors', 'memory', 'kernel', 'runtime'],
     nn: ['errors', 'memory', 'kernel', 'runtime', 'ops', 'random'],
     io: ['errors', 'memory', 'kernel', 'runtime', 'ops', 'nn'],
+    adapters: ['errors', 'memory', 'kernel', 'runtime', 'ops', 'io', 'random'],
   };
   for (const [f, deps] of graph) {
     const from = layer(f);

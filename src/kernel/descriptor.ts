@@ -40,3 +40,8 @@ export function describeBlock(heap: WasmHeap, block: Block, rows: number, cols: 
 }
 
 export const shapeOf = (x: { rows: number; cols: number }): string => `[${x.rows}, ${x.cols}]`;
+
+/** Rows [r0, r1) of a whole Matrix (row-major, so still contiguous). */
+export function describeRows(m: Matrix<DType>, r0: number, r1: number, name: string): MatrixDesc {
+  return { heap: m.heap, block: m.block, offset: r0 * m.cols * ITEM_BYTES[m.dtype], rows: r1 - r0, cols: m.cols, ld: m.cols, dtype: m.dtype, name };
+}

@@ -1,0 +1,188 @@
+/**
+ * Adapters from weights, and smaller adapters from larger ones:
+ *
+ *   lw.extractAdapter(Wtuned, Wbase, { rank | energy })   kohya's extract_lora_from_models, mergekit's
+ *     extract_lora: ΔW = Wtuned − Wbase ≈ U_k·S_k·V_kᵀ by a randomized SVD (rsvd.ts) whose products are
+ *     the GEMM; A = U_k·S_k, B = V_kᵀ, scale 1. ΔW is formed once in f32 (the only dOut×dIn temporary).
+ *   lw.resizeAdapter(adapter, { rank | energy })          kohya's resize_lora: s·A·B truncated per
+ *     module from its factors (QR of A and Bᵀ, SVD of the r×r core), never forming ΔW.
+ *
+ * Both report, per module, the singular values found and the fraction of ‖ΔW‖²_F kept.
+ */
+import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { Adapter, type AdapterModule } from '../io/adapter.js';
+import { describe, describeRows } from '../kernel/descriptor.js';
+import { type DType, Matrix } from '../memory/matrix.js';
+import { createMatrix } from '../ops/create.js';
+import { optionsObject } from '../ops/operands.js';
+import type { Engine } from '../runtime/engine.js';
+import { checkAdapterOwner, moduleFrom, newAdapter } from './result.js';
+import { fromRowMajor } from './linalg.js';
+import { type LinearOperator, type RankChoice, type Truncation, factoredSvd, randomizedSvd } from './rsvd.js';
+
+export interface TruncateOptions {
+  /** Keep this many singular values (at most min(out, in))… */
+  rank?: number;
+  /** …or the fewest that keep this fraction of ‖ΔW‖²_F, in (0, 1]. */
+  energy?: number;
+}
+
+export interface ExtractOptions extends TruncateOptions {
+  /** Module name for a single pair of matrices. Default 'weight'. */
+  name?: string;
+  /** Randomized SVD: extra sketch columns (default 10), power iterations (default 2), seed (default 0). */
+  oversample?: number;
+  powerIters?: number;
+  seed?: number;
+}
+
+export interface ModuleReport {
+  name: string;
+  rank: number;
+  /** The singular values found, descending (all of them for resize; the sketch's for extract). */
+  singularValues: Float64Array;
+  /** Fraction of ‖ΔW‖²_F the kept rank holds. */
+  energy: number;
+}
+
+export interface TruncateResult {
+  adapter: Adapter;
+  modules: ModuleReport[];
+}
+
+function rankChoice(fn: string, o: TruncateOptions): RankChoice {
+  if ((o.rank === undefined) === (o.energy === undefined)) {
+    throw new LoRATypeError(`${fn}: give exactly one of options.rank (a positive integer) and options.energy (a fraction in (0, 1])`);
+  }
+  if (o.rank !== undefined) {
+    if (!Number.isInteger(o.rank) || o.rank < 1) throw new LoRARangeError(`${fn}: options.rank must be a positive integer, got ${describeValue(o.rank)}`);
+    return { rank: o.rank };
+  }
+  if (typeof o.energy !== 'number' || !(o.energy > 0 && o.energy <= 1)) throw new LoRARangeError(`${fn}: options.energy must be a fraction in (0, 1], got ${describeValue(o.energy)}`);
+  return { energy: o.energy };
+}
+
+/** ΔW = tuned − base, formed once in f32, as a LinearOperator over the GEMM. */
+class Difference implements LinearOperator {
+  readonly rows: number;
+  readonly cols: number;
+  readonly d: Matrix<DType>;
+  readonly #engine: Engine;
+
+  constructor(engine: Engine, tuned: Matrix<DType>, base: Matrix<DType>) {
+    this.#engine = engine;
+    this.rows = tuned.rows;
+    this.cols = tuned.cols;
+    const fn = 'extractAdapter';
+    this.d = createMatrix(engine, this.rows, this.cols) as Matrix<DType>;
+    try {
+      engine.kernel.convert(fn, describe(this.d, 'ΔW'), describe(tuned, 'Wtuned'));
+      // subtract base a row block at a time (a half base is decoded into a small f32 block first)
+      const blockRows = Math.max(1, Math.floor(2 ** 18 / this.cols));
+      const tmp = base.dtype === 'f32' ? undefined : (createMatrix(engine, Math.min(blockRows, this.rows), this.cols) as Matrix<DType>);
+      try {
+        for (let r0 = 0; r0 < this.rows; r0 += blockRows) {
+          const r1 = Math.min(this.rows, r0 + blockRows);
+          if (tmp) engine.kernel.convert(fn, describeRows(tmp, 0, r1 - r0, 'block'), describeRows(base, r0, r1, 'Wbase'));
+          const d = (this.d.data as Float32Array).subarray(r0 * this.cols, r1 * this.cols);
+          const b = tmp ? (tmp.data as Float32Array) : (base.data as Float32Array).subarray(r0 * this.cols, r1 * this.cols);
+          for (let i = 0; i < d.length; i++) d[i]! -= b[i]!;
+        }
+      } finally {
+        tmp?.dispose();
+      }
+    } catch (e) {
+      this.d.dispose();
+      throw e;
+    }
+  }
+
+  apply(x: Matrix, out: Matrix): void {
+    this.#engine.kernel.gemm('extractAdapter', describe(out, 'Y'), describe(this.d, 'ΔW'), describe(x, 'Ω'));
+  }
+
+  applyT(y: Matrix, out: Matrix): void {
+    this.#engine.kernel.gemm('extractAdapter', describe(out, 'Z'), describe(this.d, 'ΔW'), describe(y, 'Q'), { transX: true });
+  }
+
+  frobenius2(): number {
+    const d = this.d.data as Float32Array;
+    let s = 0;
+    for (let i = 0; i < d.length; i++) s += d[i]! * d[i]!;
+    return s;
+  }
+}
+
+function checkWeight(engine: Engine, fn: string, x: unknown, name: string): Matrix<DType> {
+  if (!(x instanceof Matrix)) throw new LoRATypeError(`${fn}: ${name} must be a Matrix (f32, f16 or bf16), got ${describeValue(x)}`);
+  if (x.heap !== engine.heap) throw new LoRATypeError(`${fn}: ${name} belongs to another lora-wasm instance`);
+  if (!engine.heap.isLive(x.block)) throw new LoRADisposedError(`${fn}: ${name} was disposed`);
+  return x as Matrix<DType>;
+}
+
+export function extractAdapter(engine: Engine, tuned: unknown, base: unknown, optsIn: unknown): TruncateResult {
+  const fn = 'extractAdapter';
+  const o = optionsObject<ExtractOptions>(fn, optsIn, '{ rank: 16 } or { energy: 0.9 }');
+  const choice = rankChoice(fn, o);
+  for (const [k, v] of [['oversample', o.oversample], ['powerIters', o.powerIters], ['seed', o.seed]] as const) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new LoRARangeError(`${fn}: options.${k} must be a non-negative integer, got ${describeValue(v)}`);
+  }
+  // pairs of (name, tuned, base): one pair of matrices, or two maps of them keyed alike
+  let pairs: [string, Matrix<DType>, Matrix<DType>][];
+  if (tuned instanceof Matrix || base instanceof Matrix) {
+    pairs = [[o.name ?? 'weight', checkWeight(engine, fn, tuned, 'Wtuned'), checkWeight(engine, fn, base, 'Wbase')]];
+  } else {
+    if (typeof tuned !== 'object' || tuned === null || typeof base !== 'object' || base === null) {
+      throw new LoRATypeError(`${fn}: give two matrices, or two objects of matrices keyed by tensor name (e.g. lw.loadTensors(…).tensors), got ${describeValue(tuned)} and ${describeValue(base)}`);
+    }
+    const t = tuned as Record<string, unknown>;
+    const b = base as Record<string, unknown>;
+    const names = Object.keys(t).filter((k) => k in b);
+    if (names.length === 0) throw new LoRAShapeError(`${fn}: the tuned and base tensors share no name`);
+    pairs = names.map((k) => [k.replace(/\.weight$/, ''), checkWeight(engine, fn, t[k], `Wtuned['${k}']`), checkWeight(engine, fn, b[k], `Wbase['${k}']`)]);
+  }
+  for (const [name, t, b] of pairs) {
+    if (t.rows !== b.rows || t.cols !== b.cols) throw new LoRAShapeError(`${fn}: ${name}: Wtuned is [${t.rows}, ${t.cols}] but Wbase is [${b.rows}, ${b.cols}]`);
+    const full = Math.min(t.rows, t.cols);
+    if ('rank' in choice && choice.rank > full) throw new LoRARangeError(`${fn}: options.rank ${choice.rank} exceeds min(out, in) = ${full} of ${name} [${t.rows}, ${t.cols}]`);
+  }
+  const modules: AdapterModule[] = [];
+  const reports: ModuleReport[] = [];
+  try {
+    for (const [name, t, b] of pairs) {
+      const op = new Difference(engine, t, b);
+      try {
+        const tr = randomizedSvd(engine, op, choice, { oversample: o.oversample, powerIters: o.powerIters, seed: o.seed });
+        modules.push(moduleFrom(engine, tr, { name, kind: 'linear', fanInFanOut: false }));
+        reports.push({ name, rank: tr.rank, singularValues: tr.singularValues, energy: tr.energy });
+      } finally {
+        op.d.dispose();
+      }
+    }
+  } catch (e) {
+    for (const m of modules) for (const x of [m.A, m.B]) x.dispose();
+    throw e;
+  }
+  return { adapter: newAdapter(modules), modules: reports };
+}
+
+export function resizeAdapter(engine: Engine, adapter: unknown, optsIn: unknown): TruncateResult {
+  const fn = 'resizeAdapter';
+  const a = checkAdapterOwner(engine, fn, adapter, 'adapter');
+  const choice = rankChoice(fn, optionsObject<TruncateOptions>(fn, optsIn, '{ rank: 8 } or { energy: 0.95 }'));
+  const modules: AdapterModule[] = [];
+  const reports: ModuleReport[] = [];
+  try {
+    for (const m of a.modules) {
+      // the factors as stored; a rank above the module's keeps it whole
+      const want: RankChoice = 'rank' in choice ? { rank: Math.min(choice.rank, m.r) } : choice;
+      const tr = factoredSvd(fromRowMajor(m.A.toFloat32(), m.A.rows, m.r, m.scale), fromRowMajor(m.B.toFloat32(), m.r, m.B.cols), want);
+      modules.push(moduleFrom(engine, tr, m));
+      reports.push({ name: m.name, rank: tr.rank, singularValues: tr.singularValues, energy: tr.energy });
+    }
+  } catch (e) {
+    for (const m of modules) for (const x of [m.A, m.B]) x.dispose();
+    throw e;
+  }
+  return { adapter: a.format === 'peft' ? newAdapter(modules, a.config) : new Adapter(a.format, modules, [], a.config as Record<string, unknown>), modules: reports };
+}

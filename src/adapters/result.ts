@@ -1,0 +1,72 @@
+/**
+ * What the adapter algebra hands back: new Adapters built from new factors, and the ownership check
+ * every entry point makes on the Adapters it is given.
+ */
+import { LoRADisposedError, LoRATypeError, describeValue } from '../errors.js';
+import { Adapter, type AdapterModule } from '../io/adapter.js';
+import type { DType, Matrix } from '../memory/matrix.js';
+import { createMatrix } from '../ops/create.js';
+import type { Engine } from '../runtime/engine.js';
+import { quantile } from './linalg.js';
+import type { Truncation } from './rsvd.js';
+
+/** The Adapter itself, once each factor is checked to be live and this instance's. */
+export function checkAdapterOwner(engine: Engine, fn: string, adapter: unknown, name: string): Adapter {
+  if (!(adapter instanceof Adapter)) throw new LoRATypeError(`${fn}: ${name} must be an Adapter (from lw.loadAdapter, combineAdapters, extractAdapter or resizeAdapter), got ${describeValue(adapter)}`);
+  for (const m of adapter.modules) {
+    for (const x of [m.A, m.B]) {
+      if (x.heap !== engine.heap) throw new LoRATypeError(`${fn}: ${name} (module ${m.name}) belongs to another lora-wasm instance`);
+      if (!engine.heap.isLive(x.block)) throw new LoRADisposedError(`${fn}: ${name} was disposed (module ${m.name})`);
+    }
+  }
+  return adapter;
+}
+
+/** An Adapter (PEFT, scale 1 per module) from new modules; r and lora_alpha are the most common rank. */
+export function newAdapter(modules: AdapterModule[], base: Readonly<Record<string, unknown>> = {}): Adapter {
+  const counts = new Map<number, number>();
+  for (const m of modules) counts.set(m.r, (counts.get(m.r) ?? 0) + 1);
+  const r = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 1;
+  const odd = modules.filter((m) => m.r !== r);
+  return new Adapter('peft', modules, [], {
+    ...base,
+    peft_type: 'LORA',
+    r,
+    lora_alpha: r,
+    use_rslora: false,
+    target_modules: modules.map((m) => m.name.split('.').at(-1)!).filter((x, i, all) => all.indexOf(x) === i),
+    rank_pattern: Object.fromEntries(odd.map((m) => [m.name, m.r])),
+    alpha_pattern: Object.fromEntries(odd.map((m) => [m.name, m.r])),
+  });
+}
+
+/** A module from a truncation: A = U·S [rows, k], B = Vᵀ [k, cols], scale 1. */
+export function moduleFrom(engine: Engine, t: Truncation, like: Pick<AdapterModule, 'name' | 'kind' | 'fanInFanOut'>): AdapterModule {
+  const { us, v, rank: k } = t;
+  const a = new Float32Array(us.rows * k);
+  for (let i = 0; i < us.rows; i++) for (let j = 0; j < k; j++) a[i * k + j] = us.data[j * us.rows + i]!;
+  const b = new Float32Array(k * v.rows);
+  for (let j = 0; j < k; j++) b.set(v.data.subarray(j * v.rows, (j + 1) * v.rows), j * v.rows);
+  const A = createMatrix(engine, us.rows, k, a) as Matrix<DType>;
+  let B: Matrix<DType>;
+  try {
+    B = createMatrix(engine, k, v.rows, b) as Matrix<DType>;
+  } catch (e) {
+    A.dispose();
+    throw e;
+  }
+  return { name: like.name, kind: like.kind, r: k, alpha: k, scale: 1, fanInFanOut: like.fanInFanOut, A, B };
+}
+
+/**
+ * PEFT's svd_clamp: the entries of U·S and Vᵀ clamped to ± the q-quantile of all of them
+ * (torch.quantile's linear interpolation), in place.
+ */
+export function clampTruncation(t: Truncation, q: number): void {
+  const { us, v, rank: k } = t;
+  const all = new Float64Array((us.rows + v.rows) * k);
+  all.set(us.data.subarray(0, us.rows * k));
+  all.set(v.data.subarray(0, v.rows * k), us.rows * k);
+  const hi = quantile(all, q);
+  for (const x of [us.data, v.data]) for (let i = 0; i < x.length; i++) x[i] = Math.min(hi, Math.max(-hi, x[i]!));
+}
