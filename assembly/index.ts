@@ -11,6 +11,8 @@ export { broadcastRows, columnSums } from './lora';
 export { reluForward, reluBackward } from './activation';
 export { mseLoss, softmaxCrossEntropy } from './loss';
 export { sgdStep, adamwStep } from './optim';
+export { difference } from './difference';
+export { orthonormalize } from './orthonormalize';
 
 /** First byte after static data: the JS heap starts at or above this. */
 export function heapBase(): usize {

@@ -1,5 +1,5 @@
 /**
- * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora,cli,threads]
+ * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora,cli,threads,adapters]
  *
  * Runs every benchmark in one process, so each ratio compares figures from the same run, prints
  * the tables, checks the targets, and (full runs) rewrites bench/RESULTS.md. benny's JSON, CSV and
@@ -12,6 +12,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { detectFeatures, init } from '../src/index.js';
 import type { Ctx, Row } from './common.js';
+import { benchAdapters } from './adapters.bench.js';
 import { benchCli } from './cli.bench.js';
 import { benchGemm } from './gemm.bench.js';
 import { benchHalf } from './half.bench.js';
@@ -21,7 +22,7 @@ import { benchThreads } from './threads.bench.js';
 
 const quick = process.argv.includes('--quick');
 const onlyArg = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
-const only = new Set((onlyArg ?? 'merge,half,gemm,lora,cli,threads').split(','));
+const only = new Set((onlyArg ?? 'merge,half,gemm,lora,cli,threads,adapters').split(','));
 const started = performance.now();
 
 setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}/`);
@@ -39,6 +40,7 @@ if (only.has('gemm')) await benchGemm(ctx);
 if (only.has('lora')) await benchLora(ctx);
 if (only.has('cli')) await benchCli(ctx);
 if (only.has('threads')) await benchThreads(ctx);
+if (only.has('adapters')) await benchAdapters(ctx);
 
 // ---------------------------------------------------------------- tables
 const fmt = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
@@ -161,6 +163,22 @@ const threadRow = (group: string, shape: string, threads: number) =>
       detail: `${fmt(1 / po.ratio, 2)}× over ${po.pairs} pairs (${fmt(po.msTwo * 1e3, 0)} µs vs ${fmt(po.msOne * 1e3, 0)} µs)`,
     });
   }
+}
+
+{
+  const big = find('adapters: extract', (r) => r.name.startsWith('GEMM 256'))[0];
+  const thin = find('adapters: extract', (r) => r.name.startsWith('GEMM 4096'))[0];
+  const ex = find('adapters: extract', (r) => r.name.startsWith('extractAdapter'))[0];
+  if (big && thin && ex) {
+    const frac = gflops(ex) / gflops(thin);
+    targets.push({
+      claim: 'extractAdapter 4096×4096 k=16 at ≥ 60 % of the GEMM\'s GFLOP/s on its own products (the flops of its 6 passes over the whole call)', met: frac >= 0.6,
+      detail: `${fmt(100 * frac, 0)} % (${fmt(gflops(ex))} vs ${fmt(gflops(thin))} GFLOP/s on 4096×4096·4096×32; ${fmt(100 * gflops(ex) / gflops(big), 0)} % of the 256×4096×4096 GEMM's ${fmt(gflops(big))}; ${fmt(ex.ms, 0)} ms in all)`,
+    });
+  }
+  const base = find('adapters: serve', (r) => r.name.startsWith('base GEMM'))[0];
+  const set = find('adapters: serve', (r) => r.name.startsWith('adapterSet'))[0];
+  if (base && set) targets.push({ claim: 'adapterSet.forward, batch 32 over 64 adapters r=16, ≤ 1.3× the base GEMM alone', met: set.ms / base.ms <= 1.3, detail: `${fmt(set.ms / base.ms, 2)}× (${fmt(set.ms, 1)} ms vs ${fmt(base.ms, 1)} ms)` });
 }
 
 const cliCopy = find('cli merge', (r) => r.by === 'copy')[0];

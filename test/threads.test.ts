@@ -217,6 +217,26 @@ test('LoRA training (forward, backward, AdamW) and a Linear → ReLU → LoRALin
   });
 });
 
+test('extractAdapter and a pruned combineAdapters: the same factors, bit for bit, on 1, 2 and 3 threads', async () => {
+  const lws = await instances();
+  await splitEverything(lws, () => {
+    const r = rng(18);
+    const [rows, cols] = [150, 90];
+    const base = randomF32(r, rows * cols);
+    const tuned = base.map((x, i) => x + 0.3 * Math.sin(i * 0.37) * Math.cos(i * 0.011));
+    const outs = lws.map((lw) => {
+      const [T, B] = [lw.matrix(rows, cols, tuned), lw.matrix(rows, cols, base)];
+      const res = lw.extractAdapter(T, B, { rank: 6 });
+      const m = res.adapter.modules[0]!;
+      const got = [m.A.toFloat32(), m.B.toFloat32(), Float32Array.from(res.modules[0]!.singularValues)];
+      res.adapter.dispose();
+      for (const x of [T, B]) x.dispose();
+      return got;
+    });
+    for (let k = 0; k < 3; k++) sameBits(outs.map((o) => o[k]!), ['extract A', 'extract B', 'singular values'][k]!);
+  });
+});
+
 test('memory that grows after the workers started is used by them (big allocations, then a split merge)', async () => {
   // fresh instances (a distinct memory cap is a distinct memo key): their memory is still small
   const lws = await Promise.all(COUNTS.map((threads) => init({ simd: FLAVOUR, threads, maxMemoryBytes: 3 * 2 ** 28 })));

@@ -11,8 +11,8 @@
  */
 import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { Adapter, type AdapterModule } from '../io/adapter.js';
-import { describe, describeRows } from '../kernel/descriptor.js';
-import { type DType, Matrix } from '../memory/matrix.js';
+import { describe } from '../kernel/descriptor.js';
+import { type DType, Matrix, newMatrix } from '../memory/matrix.js';
 import { createMatrix } from '../ops/create.js';
 import { optionsObject } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
@@ -69,28 +69,16 @@ class Difference implements LinearOperator {
   readonly d: Matrix<DType>;
   readonly #engine: Engine;
 
+  readonly #norm2: number;
+
   constructor(engine: Engine, tuned: Matrix<DType>, base: Matrix<DType>) {
     this.#engine = engine;
     this.rows = tuned.rows;
     this.cols = tuned.cols;
-    const fn = 'extractAdapter';
-    this.d = createMatrix(engine, this.rows, this.cols) as Matrix<DType>;
+    this.d = newMatrix(engine.heap, 'extractAdapter ΔW', this.rows, this.cols) as Matrix<DType>; // every element is written: no zero fill
     try {
-      engine.kernel.convert(fn, describe(this.d, 'ΔW'), describe(tuned, 'Wtuned'));
-      // subtract base a row block at a time (a half base is decoded into a small f32 block first)
-      const blockRows = Math.max(1, Math.floor(2 ** 18 / this.cols));
-      const tmp = base.dtype === 'f32' ? undefined : (createMatrix(engine, Math.min(blockRows, this.rows), this.cols) as Matrix<DType>);
-      try {
-        for (let r0 = 0; r0 < this.rows; r0 += blockRows) {
-          const r1 = Math.min(this.rows, r0 + blockRows);
-          if (tmp) engine.kernel.convert(fn, describeRows(tmp, 0, r1 - r0, 'block'), describeRows(base, r0, r1, 'Wbase'));
-          const d = (this.d.data as Float32Array).subarray(r0 * this.cols, r1 * this.cols);
-          const b = tmp ? (tmp.data as Float32Array) : (base.data as Float32Array).subarray(r0 * this.cols, r1 * this.cols);
-          for (let i = 0; i < d.length; i++) d[i]! -= b[i]!;
-        }
-      } finally {
-        tmp?.dispose();
-      }
+      // one fused pass (assembly/difference.ts): ΔW = f32(tuned) − f32(base) and ‖ΔW‖²_F
+      this.#norm2 = engine.kernel.difference('extractAdapter', describe(this.d, 'ΔW'), describe(tuned, 'Wtuned'), describe(base, 'Wbase'));
     } catch (e) {
       this.d.dispose();
       throw e;
@@ -106,10 +94,7 @@ class Difference implements LinearOperator {
   }
 
   frobenius2(): number {
-    const d = this.d.data as Float32Array;
-    let s = 0;
-    for (let i = 0; i < d.length; i++) s += d[i]! * d[i]!;
-    return s;
+    return this.#norm2;
   }
 }
 

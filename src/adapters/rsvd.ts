@@ -8,15 +8,15 @@
  * randomizedSvd: M [m, n] known only through products M·X and Mᵀ·Y (LinearOperator), which run as
  * f32 GEMMs in wasm (Halko, Martinsson & Tropp 2011, Algorithms 4.4 and 5.1):
  *   Y = M·Ω (Ω Gaussian [n, l], l = k + oversampling); q power iterations Q = orth(M·orth(Mᵀ·Q));
- *   Bᵀ = Mᵀ·Q = Qt·Rt;  Rtᵀ = Ur·S·Vrᵀ  ⇒  M ≈ (Q·Ur)·S·(Qt·Vr)ᵀ.
- * The orthonormalisations are f64 Householder QR of the thin sketches.
+ *   B = Qᵀ·M, B·Bᵀ = Ub·S²·Ubᵀ  ⇒  M ≈ (Q·Ub)·S·(Bᵀ·Ub·S⁻¹)ᵀ.
+ * The orthonormalisations are f64 Gram–Schmidt (twice) of the thin sketches; B's SVD comes from
+ * the l × l eigenproblem of B·Bᵀ in f64 (B is f32 data, so squaring costs nothing it had).
  */
 import { LoRARangeError } from '../errors.js';
-import type { Matrix } from '../memory/matrix.js';
-import { createMatrix } from '../ops/create.js';
+import { type Matrix, newMatrix } from '../memory/matrix.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
-import { type Cols, fromRowMajor, mul, qr, svd, toRowMajor, transposed } from './linalg.js';
+import { type Cols, mul, qr, svd, transposed } from './linalg.js';
 
 export interface Truncation {
   /** Left factor with the singular values folded in: U·diag(S), [m, k]. */
@@ -90,50 +90,131 @@ export function randomizedSvd(engine: Engine, op: LinearOperator, choice: RankCh
   const p = o.oversample ?? 10;
   const q = o.powerIters ?? 2;
   const total = op.frobenius2();
-  let l = 'rank' in choice ? Math.min(full, choice.rank + p) : Math.min(full, 32);
+  // the sketch width: k + oversampling, rounded up to whole 8-column strips of the GEMM tile (the
+  // extra columns cost no more tile work, and sharpen the sketch)
+  const strips = (w: number): number => Math.min(full, Math.ceil(w / 8) * 8);
+  let l = 'rank' in choice ? strips(choice.rank + p) : strips(32);
   for (;;) {
     const t = sketch(engine, op, l, q, o.seed ?? 0);
     const enough = 'rank' in choice || l >= full || rankFor(t.s, total, choice) <= l - Math.min(p, l >> 2);
     if (enough) {
       if ('rank' in choice && choice.rank > full) throw new LoRARangeError(`rank ${choice.rank} exceeds min(rows, cols) = ${full}`);
-      return truncate(t.u, t.s, t.v, total, choice);
+      const { u, v } = t.factors(Math.max(1, rankFor(t.s, total, choice)));
+      return truncate(u, t.s, v, total, choice);
     }
-    l = Math.min(full, l * 2);
+    l = strips(l * 2);
   }
 }
 
-/** One randomized SVD with sketch width l: u [m, l], s, v [n, l]. */
-function sketch(engine: Engine, op: LinearOperator, l: number, powerIters: number, seed: number): { u: Cols; s: Float64Array; v: Cols } {
+/**
+ * Orthonormal columns of a column-major f64 [m, l], in place: the kernel's Gram–Schmidt twice
+ * (assembly/orthonormalize.ts); a column that vanished (a rank-deficient sketch) becomes a unit
+ * vector orthogonal to the others.
+ */
+function orthonormalizeColumns(engine: Engine, c: Float64Array, m: number, l: number): void {
+  if (engine.kernel.orthonormalize('randomizedSvd', c, m, l) === 0) return;
+  for (let j = 0; j < l; j++) {
+    const v = c.subarray(j * m, (j + 1) * m);
+    if (v.some((x) => x !== 0)) continue;
+    for (let e = 0; e < m; e++) {
+      v.fill(0);
+      v[(e * 7919 + j) % m] = 1;
+      for (let pass = 0; pass < 2; pass++) {
+        for (let p = 0; p < l; p++) {
+          if (p === j) continue;
+          const qp = c.subarray(p * m, (p + 1) * m);
+          let d = 0;
+          for (let i = 0; i < m; i++) d += qp[i]! * v[i]!;
+          for (let i = 0; i < m; i++) v[i]! -= d * qp[i]!;
+        }
+      }
+      let norm = 0;
+      for (let i = 0; i < m; i++) norm += v[i]! * v[i]!;
+      if (norm > 0.25) {
+        const inv = 1 / Math.sqrt(norm);
+        for (let i = 0; i < m; i++) v[i]! *= inv;
+        break;
+      }
+    }
+  }
+}
+
+interface Sketch {
+  /** The singular values found, descending. */
+  s: Float64Array;
+  /** The first k left and right singular vectors (column-major [m, k] and [n, k]). */
+  factors(k: number): { u: Cols; v: Cols };
+}
+
+/** One randomized SVD with sketch width l; the singular vectors are formed only for the k kept. */
+function sketch(engine: Engine, op: LinearOperator, l: number, powerIters: number, seed: number): Sketch {
   const { rows: m, cols: n } = op;
   const omega = new Float32Array(n * l);
   fillRandom(omega, seed, 'normal', 1);
   const held: Matrix[] = [];
   const mat = (rows: number, c: number, data?: Float32Array): Matrix => {
-    const x = createMatrix(engine, rows, c, data) as Matrix;
+    const x = newMatrix(engine.heap, 'randomizedSvd sketch', rows, c);
     held.push(x);
+    if (data) x.data.set(data); // our own finite values: no scan
     return x;
   };
-  const orth = (x: Matrix): { m: Matrix; q: Cols } => {
-    const qq = qr(fromRowMajor(x.toFloat32(), x.rows, x.cols)).q;
-    return { m: mat(x.rows, qq.cols, toRowMajor(qq)), q: qq };
+  /** An orthonormal basis of x's columns: f64 column-major, and uploaded as a row-major f32 Matrix. */
+  const orth = (x: Matrix): { m: Matrix; q: Float64Array } => {
+    const rows = x.rows;
+    const xr = x.toFloat32();
+    const q = new Float64Array(rows * l);
+    for (let i = 0, row = 0; i < rows; i++, row += l) for (let p = 0; p < l; p++) q[p * rows + i] = xr[row + p]!;
+    orthonormalizeColumns(engine, q, rows, l);
+    for (let i = 0, row = 0; i < rows; i++, row += l) for (let p = 0; p < l; p++) xr[row + p] = q[p * rows + i]!;
+    return { m: mat(rows, l, xr), q };
   };
   try {
     const y = mat(m, l);
     op.apply(mat(n, l, omega), y);
     let Q = orth(y);
-    const z = mat(n, Q.q.cols);
+    const z = mat(n, l);
     for (let i = 0; i < powerIters; i++) {
       op.applyT(Q.m, z);
       const Qz = orth(z);
-      const y2 = mat(m, Qz.q.cols);
-      op.apply(Qz.m, y2);
-      Q = orth(y2);
+      op.apply(Qz.m, y);
+      Q = orth(y);
     }
-    const bt = mat(n, Q.q.cols);
-    op.applyT(Q.m, bt); // Bᵀ = Mᵀ·Q
-    const { q: qt, r: rt } = qr(fromRowMajor(bt.toFloat32(), n, Q.q.cols));
-    const c = svd(transposed(rt)); // B = Rtᵀ·Qtᵀ
-    return { u: mul(Q.q, c.u), s: c.s, v: mul(qt, c.v) };
+    op.applyT(Q.m, z); // Bᵀ = Mᵀ·Q [n, l]
+    const bt = z.toFloat32();
+    // B·Bᵀ = U_b·S²·U_bᵀ (l × l, f64, Jacobi): B = U_b·S·Vᵀ with V = Bᵀ·U_b·S⁻¹
+    const g = new Float64Array(l * l);
+    for (let i = 0, row = 0; i < n; i++, row += l) {
+      for (let p = 0; p < l; p++) {
+        const bp = bt[row + p]!;
+        if (bp !== 0) for (let q = p; q < l; q++) g[p * l + q]! += bp * bt[row + q]!;
+      }
+    }
+    for (let p = 0; p < l; p++) for (let q = 0; q < p; q++) g[p * l + q] = g[q * l + p]!;
+    const e = svd({ rows: l, cols: l, data: g }); // symmetric positive semi-definite: s are the eigenvalues
+    const sigma = Float64Array.from(e.s, (x) => Math.sqrt(Math.max(0, x)));
+    const q = Q.q;
+    const factors = (k: number): { u: Cols; v: Cols } => {
+      const u: Cols = { rows: m, cols: k, data: new Float64Array(m * k) };
+      const v: Cols = { rows: n, cols: k, data: new Float64Array(n * k) };
+      // u = Q·U_b, v = Bᵀ·U_b·S⁻¹ (a column with σ = 0 stays zero: it carries no weight)
+      for (let c = 0; c < k; c++) {
+        const ub = e.u.data.subarray(c * l, (c + 1) * l);
+        const inv = sigma[c]! > 0 ? 1 / sigma[c]! : 0;
+        const uc = u.data.subarray(c * m, (c + 1) * m);
+        for (let p = 0; p < l; p++) {
+          const w = ub[p]!;
+          const qp = q.subarray(p * m, (p + 1) * m);
+          for (let i = 0; i < m; i++) uc[i]! += qp[i]! * w;
+        }
+        for (let i = 0, row = 0; i < n; i++, row += l) {
+          let acc = 0;
+          for (let p = 0; p < l; p++) acc += bt[row + p]! * ub[p]!;
+          v.data[c * n + i] = acc * inv;
+        }
+      }
+      return { u, v };
+    };
+    return { s: sigma, factors };
   } finally {
     for (const x of held) x.dispose();
   }

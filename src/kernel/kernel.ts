@@ -387,6 +387,44 @@ export class KernelLayer {
     }));
   }
 
+  // ------------------------------------------------------------ adapter extraction
+
+  /**
+   * dst = f32(a) − f32(b) (same shape; a, b any dtype, dst f32) and ‖dst‖²_F, as the row sums of
+   * squares added in row order: the same value for any split over threads.
+   */
+  difference(fn: string, dst: MatrixDesc, a: MatrixDesc, b: MatrixDesc): number {
+    this.#fits(fn, dst.rows === a.rows && dst.cols === a.cols && a.rows === b.rows && a.cols === b.cols, 'difference', [dst, a, b]);
+    const pd = this.#ptr(fn, dst);
+    const pa = this.#ptr(fn, a, true, DTYPES);
+    const pb = this.#ptr(fn, b, true, DTYPES);
+    const rows = dst.rows;
+    const cols = dst.cols;
+    const sums = this.#reserve(fn, rows * 8);
+    const [ai, bi] = [ITEM_BYTES[a.dtype], ITEM_BYTES[b.dtype]];
+    const ranges = splitRange(rows, 1, this.#parts(rows * cols * (4 + ai + bi), splitPolicy.minBytes, rows));
+    this.#run(fn, ranges.map(([r0, r1]): Call => [
+      'difference', pd + r0 * cols * 4, pa + r0 * cols * ai, DTYPE_CODE[a.dtype], pb + r0 * cols * bi, DTYPE_CODE[b.dtype], r1 - r0, cols, sums + r0 * 8,
+    ]));
+    const rowSums = this.heap.f64At(sums, rows);
+    let total = 0;
+    for (let i = 0; i < rows; i++) total += rowSums[i]!;
+    return total;
+  }
+
+  /**
+   * The columns of q (column-major f64 [m, l]) made orthonormal in place (assembly/orthonormalize.ts,
+   * in kernel scratch). Returns how many columns vanished (left as zeros for the caller to replace).
+   */
+  orthonormalize(fn: string, q: Float64Array, m: number, l: number): number {
+    if (q.length !== m * l) throw new LoRAError(`${fn}: internal error, orthonormalize got ${q.length} values for [${m}, ${l}]`);
+    const p = this.#reserve(fn, m * l * 8 + l * 8);
+    this.heap.f64At(p, m * l).set(q);
+    const vanished = this.#call(fn, () => this.#k.orthonormalize(p, m, l, p + m * l * 8));
+    q.set(this.heap.f64At(p, m * l));
+    return vanished;
+  }
+
   // ------------------------------------------------------------ layer pieces
 
   /** y[i, :] = bias for every row of y. */

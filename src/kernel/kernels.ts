@@ -61,13 +61,15 @@ export interface Kernels {
     p: number, g: number, m: number, v: number, n: number,
     lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number,
   ): void;
+  difference(dst: number, a: number, aDt: number, b: number, bDt: number, rows: number, cols: number, rowSums: number): void;
+  orthonormalize(q: number, m: number, l: number, dots: number): number;
 }
 
 /** Every function export init() requires of a module before it calls it a lora-wasm module. */
 export const KERNEL_NAMES: readonly (keyof Kernels)[] = [
   'heapBase', 'simdFlavour', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'convert', 'firstDifference',
   'rankUpdate', 'gemm', 'gemvT', 'broadcastRows', 'columnSums', 'reluForward', 'reluBackward', 'mseLoss',
-  'softmaxCrossEntropy', 'sgdStep', 'adamwStep',
+  'softmaxCrossEntropy', 'sgdStep', 'adamwStep', 'difference', 'orthonormalize',
 ];
 
 /** Bytes of packed A for `rows` rows and kc: whole 4-row blocks. */

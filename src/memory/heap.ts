@@ -227,6 +227,10 @@ export class WasmHeap {
     return new Uint16Array(this.memory.buffer, ptr, length);
   }
 
+  f64At(ptr: number, length: number): Float64Array {
+    return new Float64Array(this.memory.buffer, ptr, length);
+  }
+
   i32At(ptr: number, length: number): Int32Array {
     return new Int32Array(this.memory.buffer, ptr, length);
   }

@@ -25,6 +25,7 @@ const suites: [string, () => Promise<unknown>][] = [
   ['safetensors.test.ts', () => import('../safetensors.test.js')],
   ['peft.test.ts', () => import('../peft.test.js')],
   ['threads.test.ts', () => import('../threads.test.js')],
+  ['adapters.test.ts', () => import('../adapters.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
