@@ -9,21 +9,23 @@ import { FLAVOUR } from './helpers.js';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
 
-function block(heading: string): string {
+/** The n-th js block (from 0) of the README section under `## heading`. */
+function block(heading: string, n = 0): string {
   const at = readme.indexOf(`## ${heading}`);
   assert.ok(at >= 0, `README has a "${heading}" section`);
-  const m = readme.slice(at).match(/```js\n([\s\S]*?)```/);
-  assert.ok(m, `"${heading}" has a js block`);
-  return m![1]!;
+  const next = readme.indexOf('\n## ', at + 3);
+  const blocks = [...readme.slice(at, next < 0 ? undefined : next).matchAll(/```js\n([\s\S]*?)```/g)];
+  assert.ok(blocks[n], `"${heading}" has js block ${n}`);
+  return blocks[n]![1]!;
 }
 
 /**
  * Runs a section's js block as written in a child Node and returns its output lines. `import … from
  * 'lora-wasm'` resolves to this package's own built exports (package self-reference).
  */
-function runBlock(heading: string): string[] {
+function runBlock(heading: string, n = 0): string[] {
   const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
-  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', block(heading)], {
+  const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', block(heading, n)], {
     cwd: root,
     encoding: 'utf8',
     env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' }, // uvu forces colour; keep the child's numbers plain
@@ -48,6 +50,18 @@ test('the half-precision example runs as written and prints what its comments sa
 
 test('the adapter-files example runs as written and prints what its comments say', () => {
   assert.equal(runBlock('Real adapter files: PEFT, kohya, safetensors'), ['layer.0.q_proj r=1 scale=2', '1,2,3,-1,-3,-5']);
+});
+
+test('the adapter algebra example runs as written and prints what its comments say', () => {
+  assert.equal(runBlock('Adapters as values: combine, extract, resize'), ['4 2 1', '2 0.9952', '2 2']);
+});
+
+test('the extraction example runs as written and prints what its comments say', () => {
+  assert.equal(runBlock('Adapters as values: combine, extract, resize', 1), ['3 true', 'layers.0.q_proj 64 48']);
+});
+
+test('the serving example runs as written and prints what its comments say', () => {
+  assert.equal(runBlock('Serving many adapters in one batch'), ['4 8', 'true']);
 });
 
 test('the threads example runs as written and prints what its comments say', () => {
