@@ -190,28 +190,37 @@ export function svd(a: Cols): { u: Cols; s: Float64Array; v: Cols } {
 
 /** Replaces the columns of u whose singular value is 0 by unit vectors orthogonal to the others. */
 function completeOrthonormal(u: Cols, s: Float64Array): void {
-  const { rows: m, cols: n } = u;
-  for (let j = 0; j < n; j++) {
+  for (let j = 0; j < u.cols; j++) {
     if (s[j]! > 0) continue;
-    for (let e = 0; e < m; e++) {
-      const x = new Float64Array(m);
-      x[e] = 1;
-      for (let pass = 0; pass < 2; pass++) {
-        for (let c = 0; c < n; c++) {
-          if (c === j || (s[c] === 0 && c > j)) continue;
-          const uc = u.data.subarray(c * m, (c + 1) * m);
-          let dot = 0;
-          for (let i = 0; i < m; i++) dot += uc[i]! * x[i]!;
-          for (let i = 0; i < m; i++) x[i]! -= dot * uc[i]!;
-        }
+    unitOrthogonalColumn(u.data, u.rows, u.cols, j, (c) => !(s[c] === 0 && c > j));
+  }
+}
+
+/**
+ * Column j of a column-major [m, n] array becomes a unit vector orthogonal to the columns c ≠ j for
+ * which `against(c)` holds (orthonormal themselves): the first unit vector e_t, t = (e·7919 + j) mod m,
+ * that keeps a quarter of its length after two Gram–Schmidt passes.
+ */
+export function unitOrthogonalColumn(data: Float64Array, m: number, n: number, j: number, against: (c: number) => boolean = () => true): void {
+  const v = data.subarray(j * m, (j + 1) * m);
+  for (let e = 0; e < m; e++) {
+    v.fill(0);
+    v[(e * 7919 + j) % m] = 1;
+    for (let pass = 0; pass < 2; pass++) {
+      for (let c = 0; c < n; c++) {
+        if (c === j || !against(c)) continue;
+        const uc = data.subarray(c * m, (c + 1) * m);
+        let dot = 0;
+        for (let i = 0; i < m; i++) dot += uc[i]! * v[i]!;
+        for (let i = 0; i < m; i++) v[i]! -= dot * uc[i]!;
       }
-      let norm = 0;
-      for (let i = 0; i < m; i++) norm += x[i]! * x[i]!;
-      if (norm > 0.25) {
-        norm = Math.sqrt(norm);
-        for (let i = 0; i < m; i++) u.data[j * m + i] = x[i]! / norm;
-        break;
-      }
+    }
+    let norm = 0;
+    for (let i = 0; i < m; i++) norm += v[i]! * v[i]!;
+    if (norm > 0.25) {
+      const inv = 1 / Math.sqrt(norm);
+      for (let i = 0; i < m; i++) v[i]! *= inv;
+      return;
     }
   }
 }

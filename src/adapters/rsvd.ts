@@ -16,7 +16,7 @@ import { LoRARangeError } from '../errors.js';
 import { type Matrix, newMatrix } from '../memory/matrix.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
-import { type Cols, mul, qr, svd, transposed } from './linalg.js';
+import { type Cols, mul, qr, svd, transposed, unitOrthogonalColumn } from './linalg.js';
 
 export interface Truncation {
   /** Left factor with the singular values folded in: U·diag(S), [m, k]. */
@@ -114,28 +114,7 @@ export function randomizedSvd(engine: Engine, op: LinearOperator, choice: RankCh
 function orthonormalizeColumns(engine: Engine, c: Float64Array, m: number, l: number): void {
   if (engine.kernel.orthonormalize('randomizedSvd', c, m, l) === 0) return;
   for (let j = 0; j < l; j++) {
-    const v = c.subarray(j * m, (j + 1) * m);
-    if (v.some((x) => x !== 0)) continue;
-    for (let e = 0; e < m; e++) {
-      v.fill(0);
-      v[(e * 7919 + j) % m] = 1;
-      for (let pass = 0; pass < 2; pass++) {
-        for (let p = 0; p < l; p++) {
-          if (p === j) continue;
-          const qp = c.subarray(p * m, (p + 1) * m);
-          let d = 0;
-          for (let i = 0; i < m; i++) d += qp[i]! * v[i]!;
-          for (let i = 0; i < m; i++) v[i]! -= d * qp[i]!;
-        }
-      }
-      let norm = 0;
-      for (let i = 0; i < m; i++) norm += v[i]! * v[i]!;
-      if (norm > 0.25) {
-        const inv = 1 / Math.sqrt(norm);
-        for (let i = 0; i < m; i++) v[i]! *= inv;
-        break;
-      }
-    }
+    if (c.subarray(j * m, (j + 1) * m).every((x) => x === 0)) unitOrthogonalColumn(c, m, l, j);
   }
 }
 
