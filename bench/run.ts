@@ -2,7 +2,7 @@
  * npm run bench [-- --quick] [-- --only=merge,half,gemm,lora,cli,threads,adapters]
  *
  * Runs every benchmark in one process, so each ratio compares figures from the same run, prints
- * the tables, checks the targets, and (full runs) rewrites bench/RESULTS.md. benny's JSON, CSV and
+ * the tables, checks the targets, and (full runs of every group) rewrites bench/RESULTS.md. benny's JSON, CSV and
  * chart.html land in bench/results/ (gitignored). Single thread, except the threads tables.
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
@@ -224,5 +224,8 @@ const md = [
   '',
 ].join('\n');
 mkdirSync('bench/results', { recursive: true });
-writeFileSync(quick ? 'bench/results/RESULTS-quick.md' : 'bench/RESULTS.md', md);
-console.log(`wrote ${quick ? 'bench/results/RESULTS-quick.md' : 'bench/RESULTS.md'}`);
+// bench/RESULTS.md is the full run of every group; a quick or partial run writes beside the raw results
+const everything = !quick && onlyArg === undefined;
+const out = everything ? 'bench/RESULTS.md' : `bench/results/RESULTS-${quick ? 'quick' : 'full'}${onlyArg ? `-${[...only].join('-')}` : ''}.md`;
+writeFileSync(out, md);
+console.log(`wrote ${out}`);

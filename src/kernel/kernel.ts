@@ -75,16 +75,18 @@ export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: numb
 /**
  * Work below which a call stays on the calling thread, per thread it would use.
  * Measured by `npm run bench -- --only=threads` (the notes of its threshold
- * step: the same call forced onto 2 threads against 1, paired): a pool round
- * trip costs ~3 µs when the worker is awake, more when it has gone to sleep.
- * A merge of 128×128 r=8 (131 k multiply-adds, ~35 µs) breaks even on 2
- * threads and one of 256×256 r=8 (524 k) gains 1.3×; an f32 → f16 conversion
- * touching 24 KB loses and one touching 96 KB gains 1.3×.
- *   MIN_MACS_PER_THREAD: multiply-adds, for the rank-r update and GEMM;
+ * step: the same call forced onto 2 threads against 1, paired), in two runs on
+ * this shared 2-core machine: a pool round trip costs 3–6 µs while the worker
+ * is awake; a merge of 128×128 r=8 (131 k multiply-adds) lost or broke even,
+ * 512×512 r=8 (2 M) gained 1.44× in one run and lost 6 % in the other, and
+ * 1024×1024 r=8 (8 M) gained 1.5–1.6× in both; an f32 → f16 conversion
+ * touching 24 KB lost and one touching 96 KB gained 1.3–1.4× in both.
+ *   MIN_MACS_PER_THREAD: multiply-adds, for the rank-r update and GEMM (so a
+ *     512×512 r=8 merge stays whole and 1024×1024 r=8 is split);
  *   MIN_BYTES_PER_THREAD: bytes read and written, for the streaming kernels
- *   (scans, conversion, ReLU, optimizer steps).
+ *     (scans, conversion, ReLU, optimizer steps).
  */
-export const MIN_MACS_PER_THREAD = 2 ** 18;
+export const MIN_MACS_PER_THREAD = 2 ** 20;
 export const MIN_BYTES_PER_THREAD = 2 ** 16;
 /**
  * @internal The thresholds in force. Tests lower them to 1 so that even small
