@@ -10,6 +10,7 @@
 import type { LoRAWasm, Matrix } from '../src/index.js';
 import { gemmElement, linearElement } from '../test/reference.js';
 import { type Case, type Ctx, random, suite, verify } from './common.js';
+import { pairedRatio } from './threads.bench.js';
 
 const D = 4096;
 
@@ -144,7 +145,11 @@ async function serve(ctx: Ctx, lw: LoRAWasm): Promise<void> {
     { name: `(a) loop over the adapters one by one (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'slow', fn: () => loop },
     { name: `(b) merge per request (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'glacial', fn: () => perRequest },
   ];
-  await suite(ctx, 'adapters: serve', `batch ${batch}, ${groups.size} of ${count} adapters r=${r}, 4096×4096`, 2 * batch * D * D, 0, cases);
+  const shape = `batch ${batch}, ${groups.size} of ${count} adapters r=${r}, 4096×4096`;
+  await suite(ctx, 'adapters: serve', shape, 2 * batch * D * D, 0, cases);
+  // the target's ratio, paired and interleaved (medians taken seconds apart swing on this machine)
+  const p = pairedRatio(() => lw.gemm(Y, X, W, { transY: true }), () => set.forward(X, rowAdapter, Y), ctx.quick ? 10 : 30);
+  (ctx.paired ??= []).push({ group: 'adapters: serve', shape, pairs: ctx.quick ? 10 : 30, ...p });
   set.dispose();
   for (const m of [W, X, Y, wMerged, yRow, xRow, ...adapters.flatMap((a) => [a.A, a.B])]) m.dispose();
 }

@@ -178,7 +178,13 @@ const threadRow = (group: string, shape: string, threads: number) =>
   }
   const base = find('adapters: serve', (r) => r.name.startsWith('base GEMM'))[0];
   const set = find('adapters: serve', (r) => r.name.startsWith('adapterSet'))[0];
-  if (base && set) targets.push({ claim: 'adapterSet.forward, batch 32 over 64 adapters r=16, ≤ 1.3× the base GEMM alone', met: set.ms / base.ms <= 1.3, detail: `${fmt(set.ms / base.ms, 2)}× (${fmt(set.ms, 1)} ms vs ${fmt(base.ms, 1)} ms)` });
+  const ps = ctx.paired?.find((p) => p.group === 'adapters: serve');
+  if (base && set && ps) {
+    targets.push({
+      claim: 'adapterSet.forward, batch 32 over 64 adapters r=16, ≤ 1.3× the base GEMM alone (paired, interleaved)', met: 1 / ps.ratio <= 1.3,
+      detail: `${fmt(1 / ps.ratio, 2)}× over ${ps.pairs} pairs (medians ${fmt(ps.msTwo, 1)} vs ${fmt(ps.msOne, 1)} ms); the benny medians above give ${fmt(set.ms / base.ms, 2)}×`,
+    });
+  }
 }
 
 const cliCopy = find('cli merge', (r) => r.by === 'copy')[0];
