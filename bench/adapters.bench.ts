@@ -63,6 +63,15 @@ async function extract(ctx: Ctx, lw: LoRAWasm): Promise<void> {
   const rows = ctx.rows.filter((r) => r.group === 'adapters: extract');
   rows.find((r) => r.name.startsWith('GEMM 256'))!.flops = 2 * 256 * D * D;
   rows.find((r) => r.name.startsWith('GEMM 4096'))!.flops = 2 * 2 * D * D * l;
+  // the target's ratio, paired and interleaved: the GEMM time of the six passes alone over the whole call
+  const passes = () => {
+    for (let i = 0; i < 3; i++) {
+      lw.gemm(Sk, Wb, Om);
+      lw.gemm(Sk, Wb, Om, { transX: true });
+    }
+  };
+  const p = pairedRatio(passes, () => lw.extractAdapter(Wt, Wb, { rank: k }).adapter.dispose(), ctx.quick ? 5 : 15);
+  (ctx.paired ??= []).push({ group: 'adapters: extract', shape: '4096×4096, k=16', pairs: ctx.quick ? 5 : 15, ...p });
   for (const x of [Wb, Wt, U, V, X, Y, Om, Sk]) x.dispose();
 }
 
