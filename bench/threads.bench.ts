@@ -21,26 +21,27 @@ export const THREAD_COUNTS = [1, 2, 3, 4];
  * back to back, and takes the median of the per-pair ratios: slow spells hit both sides of a pair.
  */
 export function pairedRatio(one: () => unknown, two: () => unknown, pairs: number): { ratio: number; msOne: number; msTwo: number } {
+  const time = (f: () => unknown): number => {
+    const t = performance.now();
+    f();
+    return performance.now() - t;
+  };
   one();
   two();
-  const ratios: number[] = [];
   const t1: number[] = [];
   const t2: number[] = [];
   for (let i = 0; i < pairs; i++) {
-    const first = i % 2 === 0; // alternate which side goes first
-    const time = (f: () => unknown) => {
-      const t = performance.now();
-      f();
-      return performance.now() - t;
-    };
-    const [a, b] = first ? [time(one), time(two)] : [0, time(two)];
-    const a2 = first ? a : time(one);
-    t1.push(a2);
-    t2.push(b);
-    ratios.push(a2 / b);
+    // alternate which side goes first
+    if (i % 2 === 0) {
+      t1.push(time(one));
+      t2.push(time(two));
+    } else {
+      t2.push(time(two));
+      t1.push(time(one));
+    }
   }
   const median = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
-  return { ratio: median(ratios), msOne: median(t1), msTwo: median(t2) };
+  return { ratio: median(t1.map((a, i) => a / t2[i]!)), msOne: median(t1), msTwo: median(t2) };
 }
 
 const sameBits = (a: Float32Array, b: Float32Array, what: string): void => {

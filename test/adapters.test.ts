@@ -5,7 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
-  type Adapter, type DType, LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm, type Matrix, encodeSafetensors, init,
+  type Adapter, type DType, LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, type Matrix, encodeSafetensors, init,
 } from '../src/index.js';
 import { dareKeeps } from '../src/adapters/combine.js';
 import { assertThrowsTyped, FLAVOUR, lwUnderTest, randomF32, rng } from './helpers.js';
@@ -434,6 +434,13 @@ test('every error path of the adapter algebra has its typed error, and a failed 
   assertThrowsTyped(c(pair, { method: 'cat', rank: 3 }), LoRATypeError, ['rank applies to the svd-type methods']);
   assertThrowsTyped(c(pair, { method: 'svd', clamp: 1 }), LoRARangeError, ['clamp must be a quantile in (0, 1)']);
   assertThrowsTyped(c(pair, { method: 'ties', density: 0.5, majoritySign: 'most' }), LoRATypeError, ['majoritySign']);
+  assertThrowsTyped(c([7], { method: 'svd' }), LoRATypeError, ['item 0 must be { adapter, weight }']);
+  assertThrowsTyped(c(pair, { method: 'cat', clamp: 0.9 }), LoRATypeError, ['clamp applies to the svd-type methods']);
+  assertThrowsTyped(c(pair, { method: 'dare_linear', density: 0.5, seed: 1.5 }), LoRATypeError, ['options.seed must be an integer']);
+  const wide = await peft(18, 4, { dIn: D_IN + 1 });
+  assertThrowsTyped(c([...pair, { adapter: wide, weight: 1 }], { method: 'cat' }), LoRAShapeError, ['module l.q', `adapter 2's ΔW is linear [${D_OUT}, ${D_IN + 1}]`]);
+  wide.dispose();
+  assertThrowsTyped(c([{ adapter: wide, weight: 1 }], { method: 'svd' }), LoRADisposedError, ["l.q A is a disposed Matrix"]);
   const other2 = await init({ simd: FLAVOUR, maxMemoryBytes: 2 ** 27 });
   const foreign = await other2.loadAdapter({ weights: encodeSafetensors([
     { name: `${PEFT}l.q.lora_A.weight`, dtype: 'F32', shape: [1, D_IN], data: new Uint8Array(D_IN * 4) },
@@ -450,10 +457,11 @@ test('every error path of the adapter algebra has its typed error, and a failed 
   assertThrowsTyped(ex(Wt, Wodd, { rank: 2 }), LoRAShapeError, ['Wtuned is [20, 10] but Wbase is [10, 20]']);
   assertThrowsTyped(ex(Wt, [1, 2], { rank: 2 }), LoRATypeError, ['Wbase must be a Matrix']);
   assertThrowsTyped(ex({ a: Wt }, { b: Wb }, { rank: 2 }), LoRAShapeError, ['share no name']);
+  assertThrowsTyped(ex(Wt, Wb, { rank: 2, oversample: -1 }), LoRARangeError, ['options.oversample must be a non-negative integer']);
   Wodd.dispose();
   const gone = lw.matrix(20, 10);
   gone.dispose();
-  assertThrowsTyped(ex(Wt, gone, { rank: 2 }), LoRADisposedError, ['Wbase was disposed']);
+  assertThrowsTyped(ex(Wt, gone, { rank: 2 }), LoRADisposedError, ['Wbase is a disposed Matrix [20, 10]']);
   // resize
   assertThrowsTyped(() => lw.resizeAdapter(a1, { rank: 0 }), LoRARangeError, ['rank must be a positive integer']);
   assertThrowsTyped(() => lw.resizeAdapter({} as never, { rank: 2 }), LoRATypeError, ['must be an Adapter']);
@@ -463,8 +471,26 @@ test('every error path of the adapter algebra has its typed error, and a failed 
   assertThrowsTyped(s(W, [{ A: mod(a1).B, B: mod(a1).A, scale: 1 }]), LoRAShapeError, ['adapters[0] has A [4, 29]', `needs A [${D_OUT}, r]`]);
   assertThrowsTyped(s(W, [{ A: mod(a1).A, B: mod(a1).B, scale: Number.POSITIVE_INFINITY }]), LoRARangeError, ['scale must be a finite number']);
   assertThrowsTyped(s(lw.matrix(2, 2, undefined, { dtype: 'f16' }), []), LoRATypeError, ['W is f16']);
+  assertThrowsTyped(s(W, mod(a1)), LoRATypeError, ['adapters must be an array']);
+  assertThrowsTyped(s(W, [3]), LoRATypeError, ['adapters[0] must be { A, B, scale }']);
+  assertThrowsTyped(s(W, [{ A: [1], B: mod(a1).B, scale: 1 }]), LoRATypeError, ['adapters[0].A must be a Matrix']);
+  assertThrowsTyped(s([1, 2], []), LoRATypeError, ['the base weight W must be an f32 Matrix']);
+  assertThrowsTyped(() => lw.adapterSet(W, [], { bias: [1, 2] as never }), LoRATypeError, ['options.bias must be an f32 Matrix']);
+  const wrongBias = lw.matrix(1, 3);
+  assertThrowsTyped(() => lw.adapterSet(W, [], { bias: wrongBias }), LoRAShapeError, ['options.bias is [1, 3]', `needs [1, ${D_OUT}]`]);
+  wrongBias.dispose();
   const set = lw.adapterSet(W, [mod(a1), mod(a2)]);
   const X = lw.matrix(3, D_IN);
+  assertThrowsTyped(() => set.forward(X, 7 as never), LoRATypeError, ['rowAdapter must be an array']);
+  const badOut = lw.matrix(2, D_OUT);
+  assertThrowsTyped(() => set.forward(X, [0, 0, 0], badOut), LoRAShapeError, [`out is [2, ${D_OUT}] but needs [3, ${D_OUT}]`]);
+  assertThrowsTyped(() => set.forward(X, [0, 0, 0], {} as never), LoRATypeError, ['out must be a Matrix']);
+  badOut.dispose();
+  const W2 = lw.matrix(D_OUT, D_IN);
+  const set2 = lw.adapterSet(W2, [mod(a1)]);
+  W2.dispose();
+  assertThrowsTyped(() => set2.forward(X, [0, 0, 0]), LoRADisposedError, ['W was disposed; the set cannot run without it']);
+  set2.dispose();
   assertThrowsTyped(() => set.forward(X, [0, 1]), LoRAShapeError, ['rowAdapter has 2 entries but X has 3 rows']);
   for (const bad of [2, -2, 0.5, Number.NaN]) assertThrowsTyped(() => set.forward(X, [0, bad, 1]), LoRARangeError, ['rowAdapter[1]', '[0, 2)']);
   assertThrowsTyped(() => set.forward(lw.matrix(3, 5), [0, 0, 0]), LoRAShapeError, ['X is [3, 5]', `takes ${D_IN} features`]);

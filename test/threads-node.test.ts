@@ -171,6 +171,28 @@ test('concurrent async callers interleave whole calls: the same results as one a
   }
 });
 
+test('a single-thread build given with threads > 1, or a threads build with threads: 1, is refused with the build it needs', async () => {
+  await init({ simd: FLAVOUR, threads: 2, wasm: wasm(FLAVOUR) }).then(
+    () => assert.unreachable('a single-thread build was accepted for threads: 2'),
+    (e: Error) => assert.ok(e instanceof LoRAError && e.message.includes(`needs a threads build, lora-${FLAVOUR}-threads.wasm`), e.message),
+  );
+  await init({ simd: FLAVOUR, threads: 1, wasm: wasm(`${FLAVOUR}-threads`) }).then(
+    () => assert.unreachable('a threads build was accepted for threads: 1'),
+    (e: Error) => assert.ok(e instanceof LoRAError && e.message.includes('looks like a threads build'), e.message),
+  );
+});
+
+test('the pool refuses to be re-entered from inside a run', async () => {
+  const lw = await isolated();
+  await until(() => lw.threads === 3, 10_000);
+  const pool = lw.workerPool!;
+  assert.throws(
+    () => pool.run('outer', [['absMax', 0, 0, 0], ['absMax', 0, 0, 0]], () => pool.run('inner', [['absMax', 0, 0, 0], ['absMax', 0, 0, 0]], () => 0)[0]!),
+    (e: Error) => e instanceof LoRAError && /inner: internal error, the worker pool was re-entered/.test(e.message),
+  );
+  assert.equal(pool.run('after', [['absMax', 0, 0, 0], ['absMax', 0, 0, 0]], () => 0), [0, 0], 'and works afterwards');
+});
+
 test('a Node process whose pool is never disposed exits by itself within a second of its last line', () => {
   const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
   const script = `

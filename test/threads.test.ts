@@ -261,6 +261,26 @@ test('memory that grows after the workers started is used by them (big allocatio
   for (const lw of lws) lw.dispose();
 });
 
+test('shared memory: a view of wasm memory that no Matrix owns is refused also after growth made memory.buffer a new object', async () => {
+  const lw = await init({ simd: FLAVOUR, threads: 2, maxMemoryBytes: 5 * 2 ** 28 });
+  const buffer = lw.memory.buffer;
+  const stray = new Float32Array(buffer, 1024, 4);
+  const big = lw.matrix(1024, 1024); // grows memory: memory.buffer is another SharedArrayBuffer object now
+  assert.is.not(lw.memory.buffer, buffer);
+  const W = lw.matrix(2, 2);
+  for (const view of [stray, new Float32Array(lw.memory.buffer, 1024, 4)]) {
+    try {
+      lw.merge(W, { rows: 2, cols: 2, data: view }, lw.matrix(2, 2));
+      assert.unreachable('a stray view was accepted');
+    } catch (e) {
+      assert.instance(e, LoRATypeError);
+      assert.match((e as Error).message, 'no Matrix owns');
+    }
+  }
+  for (const m of [big, W]) m.dispose();
+  lw.dispose();
+});
+
 test('below the thresholds a call stays on the calling thread (same results, no worker involved)', async () => {
   const [, lw2] = await instances();
   const pool = lw2!.workerPool!;

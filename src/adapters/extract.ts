@@ -9,16 +9,15 @@
  *
  * Both report, per module, the singular values found and the fraction of ‖ΔW‖²_F kept.
  */
-import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { Adapter, type AdapterModule } from '../io/adapter.js';
 import { describe } from '../kernel/descriptor.js';
 import { type DType, Matrix, newMatrix } from '../memory/matrix.js';
-import { createMatrix } from '../ops/create.js';
-import { optionsObject } from '../ops/operands.js';
+import { checkMatrix, optionsObject } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { checkAdapterOwner, moduleFrom, newAdapter } from './result.js';
 import { fromRowMajor } from './linalg.js';
-import { type LinearOperator, type RankChoice, type Truncation, factoredSvd, randomizedSvd } from './rsvd.js';
+import { type LinearOperator, type RankChoice, factoredSvd, randomizedSvd } from './rsvd.js';
 
 export interface TruncateOptions {
   /** Keep this many singular values (at most min(out, in))… */
@@ -100,8 +99,7 @@ class Difference implements LinearOperator {
 
 function checkWeight(engine: Engine, fn: string, x: unknown, name: string): Matrix<DType> {
   if (!(x instanceof Matrix)) throw new LoRATypeError(`${fn}: ${name} must be a Matrix (f32, f16 or bf16), got ${describeValue(x)}`);
-  if (x.heap !== engine.heap) throw new LoRATypeError(`${fn}: ${name} belongs to another lora-wasm instance`);
-  if (!engine.heap.isLive(x.block)) throw new LoRADisposedError(`${fn}: ${name} was disposed`);
+  checkMatrix(engine.heap, fn, name, x as Matrix<DType>);
   return x as Matrix<DType>;
 }
 

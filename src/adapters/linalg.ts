@@ -26,11 +26,10 @@ export function fromRowMajor(x: ArrayLike<number>, rows: number, ncols: number, 
   return m;
 }
 
-/** Row-major f32 copy of m (or of its transpose). */
-export function toRowMajor(m: Cols, transpose = false): Float32Array {
+/** Row-major f32 copy of m. */
+export function toRowMajor(m: Cols): Float32Array {
   const out = new Float32Array(m.rows * m.cols);
-  if (transpose) for (let j = 0; j < m.cols; j++) for (let i = 0; i < m.rows; i++) out[j * m.rows + i] = m.data[j * m.rows + i]!;
-  else for (let i = 0; i < m.rows; i++) for (let j = 0; j < m.cols; j++) out[i * m.cols + j] = m.data[j * m.rows + i]!;
+  for (let i = 0; i < m.rows; i++) for (let j = 0; j < m.cols; j++) out[i * m.cols + j] = m.data[j * m.rows + i]!;
   return out;
 }
 

@@ -2,7 +2,8 @@
  * What the adapter algebra hands back: new Adapters built from new factors, and the ownership check
  * every entry point makes on the Adapters it is given.
  */
-import { LoRADisposedError, LoRATypeError, describeValue } from '../errors.js';
+import { LoRATypeError, describeValue } from '../errors.js';
+import { checkMatrix } from '../ops/operands.js';
 import { Adapter, type AdapterModule } from '../io/adapter.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { createMatrix } from '../ops/create.js';
@@ -14,10 +15,8 @@ import type { Truncation } from './rsvd.js';
 export function checkAdapterOwner(engine: Engine, fn: string, adapter: unknown, name: string): Adapter {
   if (!(adapter instanceof Adapter)) throw new LoRATypeError(`${fn}: ${name} must be an Adapter (from lw.loadAdapter, combineAdapters, extractAdapter or resizeAdapter), got ${describeValue(adapter)}`);
   for (const m of adapter.modules) {
-    for (const x of [m.A, m.B]) {
-      if (x.heap !== engine.heap) throw new LoRATypeError(`${fn}: ${name} (module ${m.name}) belongs to another lora-wasm instance`);
-      if (!engine.heap.isLive(x.block)) throw new LoRADisposedError(`${fn}: ${name} was disposed (module ${m.name})`);
-    }
+    checkMatrix(engine.heap, fn, `${name}'s ${m.name} A`, m.A);
+    checkMatrix(engine.heap, fn, `${name}'s ${m.name} B`, m.B);
   }
   return adapter;
 }

@@ -89,6 +89,7 @@ export function randomizedSvd(engine: Engine, op: LinearOperator, choice: RankCh
   const full = Math.min(m, n);
   const p = o.oversample ?? 10;
   const q = o.powerIters ?? 2;
+  if ('rank' in choice && choice.rank > full) throw new LoRARangeError(`rank ${choice.rank} exceeds min(rows, cols) = ${full}`);
   const total = op.frobenius2();
   // the sketch width: k + oversampling, rounded up to whole 8-column strips of the GEMM tile (the
   // extra columns cost no more tile work, and sharpen the sketch)
@@ -98,7 +99,6 @@ export function randomizedSvd(engine: Engine, op: LinearOperator, choice: RankCh
     const t = sketch(engine, op, l, q, o.seed ?? 0);
     const enough = 'rank' in choice || l >= full || rankFor(t.s, total, choice) <= l - Math.min(p, l >> 2);
     if (enough) {
-      if ('rank' in choice && choice.rank > full) throw new LoRARangeError(`rank ${choice.rank} exceeds min(rows, cols) = ${full}`);
       const { u, v } = t.factors(Math.max(1, rankFor(t.s, total, choice)));
       return truncate(u, t.s, v, total, choice);
     }

@@ -177,8 +177,10 @@ export class KernelLayer {
 
   /** How many threads a call with `work` units should use (min per thread `unit`), at most `maxParts`. */
   #parts(work: number, unit: number, maxParts: number): number {
-    if (this.#pool === undefined) return 1;
-    return Math.max(1, Math.min(this.threads, Math.floor(work / unit), maxParts));
+    const worth = Math.min(Math.floor(work / unit), maxParts);
+    // below the threshold the pool is not consulted at all (asking it checks each worker is alive)
+    if (this.#pool === undefined || worth < 2) return 1;
+    return Math.min(this.threads, worth);
   }
 
   /**

@@ -73,6 +73,8 @@ export class WasmHeap {
   private readonly freeRanges: FreeRange[] = [];
   private readonly live = new Map<number, Block>();
   private readonly views = new WeakMap<ArrayBufferView, Block>();
+  /** Every buffer object memory.buffer has been (recorded at start and after each growth). */
+  private readonly buffers = new WeakSet<ArrayBufferLike>();
   private liveBytes = 0;
   private liveBlocks = 0;
   private scratchBytes = 0;
@@ -88,6 +90,7 @@ export class WasmHeap {
     this.base = alignUp(Math.max(heapBase, ALIGN), ALIGN);
     this.top = this.base;
     this.pristine = this.base;
+    this.buffers.add(memory.buffer);
   }
 
   /**
@@ -235,9 +238,13 @@ export class WasmHeap {
     return new Int32Array(this.memory.buffer, ptr, length);
   }
 
-  /** True when `view` is a view on this heap's memory (current or a detached earlier buffer of it). */
+  /**
+   * True when `view` is a view on this heap's memory: on its current buffer, on an earlier one (a
+   * non-shared buffer is detached by growth; a shared one stays valid, and memory.buffer becomes a
+   * new object), or made by view().
+   */
   owns(view: ArrayBufferView): boolean {
-    return view.buffer === this.memory.buffer || this.views.has(view);
+    return this.buffers.has(view.buffer) || view.buffer === this.memory.buffer || this.views.has(view);
   }
 
   stats(): MemoryStats {
@@ -285,6 +292,7 @@ export class WasmHeap {
         throw fail(e);
       }
     }
+    this.buffers.add(this.memory.buffer); // only this thread grows memory: this is the object users will see
   }
 }
 

@@ -26,7 +26,7 @@ import { describe } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
 import { Matrix } from '../memory/matrix.js';
 import { mergeInto } from '../ops/merge.js';
-import { type MatrixInput, type Operand, boolOption, checkDim, operand, optionsObject, shapeOf, withStaging } from '../ops/operands.js';
+import { type MatrixInput, type Operand, boolOption, checkDim, operand, shapeOf, withStaging } from '../ops/operands.js';
 import { loraScale } from '../ops/scale.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
