@@ -23,7 +23,7 @@
  * get_delta_weight, which is already scaled); pass weights wᵢ·sᵢ to reproduce it.
  */
 import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import type { Adapter, AdapterModule } from '../io/adapter.js';
+import type { Adapter, AdapterModule } from './adapter.js';
 import { describe, describeBlock, describeRows } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
 import type { DType, Matrix } from '../memory/matrix.js';

@@ -10,7 +10,7 @@
  * Both report, per module, the singular values found and the fraction of ‖ΔW‖²_F kept.
  */
 import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import { Adapter, type AdapterModule } from '../io/adapter.js';
+import { Adapter, type AdapterModule } from './adapter.js';
 import { describe } from '../kernel/descriptor.js';
 import { type DType, Matrix, newMatrix } from '../memory/matrix.js';
 import { checkMatrix, optionsObject } from '../ops/operands.js';

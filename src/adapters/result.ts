@@ -4,7 +4,7 @@
  */
 import { LoRATypeError, describeValue } from '../errors.js';
 import { checkMatrix } from '../ops/operands.js';
-import { Adapter, type AdapterModule } from '../io/adapter.js';
+import { Adapter, type AdapterModule } from './adapter.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { createMatrix } from '../ops/create.js';
 import type { Engine } from '../runtime/engine.js';

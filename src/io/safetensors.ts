@@ -247,3 +247,10 @@ export function encodeSafetensors(tensors: readonly (TensorToWrite & { data: Arr
   }
   return out;
 }
+
+/** A tensor shape as a matrix: [n] → [1, n], [] → [1, 1], [a, b, 1, 1] → [a, b], [a, ...rest] → [a, Π rest]. */
+export function as2d(shape: readonly number[]): [number, number] {
+  if (shape.length === 0) return [1, 1];
+  if (shape.length === 1) return [1, shape[0]!];
+  return [shape[0]!, numelOf(shape.slice(1))];
+}

@@ -7,8 +7,7 @@
  */
 import { LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
-import { as2d } from './adapter.js';
-import { DTYPE_OF_ST, ST_OF_DTYPE, SafetensorsReader, encodeSafetensors, tensorData } from './safetensors.js';
+import { DTYPE_OF_ST, ST_OF_DTYPE, type SafetensorsReader, as2d, encodeSafetensors, tensorData } from './safetensors.js';
 
 export interface TensorSet {
   /** Matrices keyed by tensor name. */

@@ -13,7 +13,8 @@ import { convert } from '../ops/convert.js';
 import { checkMerge, merge, mergeInto } from '../ops/merge.js';
 import { type AnyMatrixInput, boolOption, f32Option, optionsObject } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
-import { type Adapter, type AdapterModule, checkAdapter, checkTargetShape, targetOf } from './adapter.js';
+import { type Adapter, type AdapterModule, checkAdapter } from './adapter.js';
+import { checkTargetShape, targetOf } from './plan.js';
 
 export interface MergeAdapterOptions {
   /** Multiplies every module's scale (kohya's --multiplier; −1 unmerges). Default 1. */

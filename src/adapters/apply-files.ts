@@ -17,8 +17,9 @@ import { createMatrix } from '../ops/create.js';
 import { merge } from '../ops/merge.js';
 import { f32Option } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
-import { type Adapter, type AdapterModule, type Replacement, as2d, checkAdapter, checkTargetShape, targetOf } from './adapter.js';
-import { DTYPE_OF_ST, ST_OF_DTYPE, SafetensorsReader, type TensorInfo, planSafetensors, tensorData } from './safetensors.js';
+import { DTYPE_OF_ST, ST_OF_DTYPE, type SafetensorsReader, type TensorInfo, as2d, planSafetensors, tensorData } from '../io/safetensors.js';
+import { type Adapter, type AdapterModule, type Replacement, checkAdapter } from './adapter.js';
+import { checkTargetShape, targetOf } from './plan.js';
 
 export interface MergeFilesOptions {
   /** The base model: one reader, or one per shard. */

@@ -10,8 +10,9 @@
 import { LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { LoRALinear } from '../nn/lora-linear.js';
-import { Adapter, transpose } from './adapter.js';
-import { ST_OF_DTYPE, encodeSafetensors } from './safetensors.js';
+import { ST_OF_DTYPE, encodeSafetensors } from '../io/safetensors.js';
+import { transpose } from '../memory/transpose.js';
+import { Adapter } from './adapter.js';
 
 export interface SaveAdapterOptions {
   /** `base_model_name_or_path`, e.g. 'distilbert-base-uncased'. */

@@ -1,0 +1,75 @@
+/**
+ * The Adapter value: a LoRA adapter's modules (resident factor matrices, each with its scale and the
+ * layout of the base tensor it changes) and the whole tensors it replaces. Loaders (load.ts) make one
+ * from PEFT or kohya files; the algebra (combine, extract, resize) takes and returns them; the planner
+ * (plan.ts) decides what one does to a model.
+ *
+ * Naming. PEFT's `lora_A.weight` [r, in] is our B and `lora_B.weight` [out, r] is our A. Every module
+ * is stored so that merging is always W ← W + s·A·B on W as the base file stores it:
+ *   nn.Linear        W [out, in]   A = lora_B [out, r]            B = lora_A [r, in]
+ *   fan_in_fan_out   W [in, out]   A = lora_Aᵀ [in, r]            B = lora_Bᵀ [r, out]     (ΔW = (lora_B·lora_A)ᵀ)
+ *   Embedding        W [num, dim]  A = lora_embedding_Aᵀ [num, r] B = lora_embedding_Bᵀ [r, dim]
+ *   kohya 1×1 conv   W [out, in, 1, 1] treated as [out, in]; A = lora_up, B = lora_down
+ */
+import { LoRATypeError, describeValue } from '../errors.js';
+import { type DType, type Matrix, disposeSymbol } from '../memory/matrix.js';
+
+export interface AdapterModule {
+  /** The module's name in the base model, e.g. 'distilbert.transformer.layer.0.attention.q_lin' (kohya: 'lora_unet_…'). */
+  readonly name: string;
+  readonly kind: 'linear' | 'embedding' | 'conv1x1';
+  readonly r: number;
+  readonly alpha: number;
+  /** s: alpha/r, or alpha/√r with rsLoRA. */
+  readonly scale: number;
+  /** GPT-2's Conv1D: W stored [in, out]. */
+  readonly fanInFanOut: boolean;
+  /** Ours: ΔW = scale·A·B on W's stored layout. */
+  readonly A: Matrix<DType>;
+  readonly B: Matrix<DType>;
+  /** PEFT lora_bias: scale·biasDelta is added to the base bias `<name>.bias`. */
+  readonly biasDelta?: Matrix<DType>;
+}
+
+export interface Replacement {
+  /** The base tensor's name, e.g. 'classifier.weight'. */
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly tensor: Matrix<DType>;
+}
+
+export class Adapter {
+  readonly format: 'peft' | 'kohya';
+  readonly modules: readonly AdapterModule[];
+  /** Tensors that replace the base tensor of the same name (PEFT modules_to_save, trained biases). */
+  readonly replacements: readonly Replacement[];
+  /** The adapter_config.json fields as read (PEFT), or {} (kohya). */
+  readonly config: Readonly<Record<string, unknown>>;
+
+  /** @internal use lw.loadAdapter */
+  constructor(format: 'peft' | 'kohya', modules: AdapterModule[], replacements: Replacement[], config: Record<string, unknown>) {
+    this.format = format;
+    this.modules = modules;
+    this.replacements = replacements;
+    this.config = config;
+  }
+
+  /** Trainable parameters: Σ r·(in + out) over modules. */
+  get parameters(): number {
+    return this.modules.reduce((s, m) => s + m.A.rows * m.A.cols + m.B.rows * m.B.cols, 0);
+  }
+
+  dispose(): void {
+    for (const m of this.modules) for (const x of [m.A, m.B, m.biasDelta]) x?.dispose();
+    for (const r of this.replacements) r.tensor.dispose();
+  }
+
+  [disposeSymbol](): void {
+    this.dispose();
+  }
+}
+
+export function checkAdapter(x: unknown, fn: string): Adapter {
+  if (!(x instanceof Adapter)) throw new LoRATypeError(`${fn}: adapter must be an Adapter from lw.loadAdapter, got ${describeValue(x)}`);
+  return x;
+}

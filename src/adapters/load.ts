@@ -1,0 +1,180 @@
+/**
+ * Adapters from files: HuggingFace PEFT (`adapter_model.safetensors` + `adapter_config.json`) and
+ * kohya / sd-scripts (`lora_unet_…`, `lora_te_…`), read into an `Adapter` value (see adapter.ts for
+ * how PEFT's and kohya's factors become our A and B). Only the factors are transposed (O(r·(in + out))), never W.
+ *
+ * Scales. PEFT: lora_alpha / r (or / √r with use_rslora), with `rank_pattern` and `alpha_pattern`
+ * keys matched against the module name as PEFT does, as the regex `(.*\.)?key$`. kohya: alpha / r,
+ * alpha defaulting to r.
+ *
+ * Nothing is skipped silently: a tensor that is neither a LoRA factor nor a tensor to replace
+ * (modules_to_save, trained biases) is an error, and so is every feature whose math this does not
+ * implement (DoRA, PiSSA/OLoRA/CorDA/LoftQ initialisations that only fit a modified base, conv
+ * kernels, layer replication, trainable tokens, target parameters).
+ */
+import { LoRAFormatError } from '../errors.js';
+import type { DType, Matrix } from '../memory/matrix.js';
+import { transpose } from '../memory/transpose.js';
+import { KOHYA } from '../io/kohya.js';
+import { PEFT_EMBEDDING, PEFT_FACTOR, PEFT_PREFIX, patternValue, readPeftConfig } from '../io/peft.js';
+import { DTYPE_OF_ST, type SafetensorsReader, type TensorInfo, as2d, numelOf, tensorData } from '../io/safetensors.js';
+import { Adapter, type AdapterModule, type Replacement } from './adapter.js';
+
+
+/** Makes a resident matrix from file data (raw bits for half types), optionally transposed. */
+export type MakeMatrix = (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType) => Matrix<DType>;
+
+
+interface Parts {
+  A?: TensorInfo;
+  B?: TensorInfo;
+  bias?: TensorInfo;
+  embedding?: boolean;
+  alpha?: TensorInfo;
+}
+
+/** Reads an adapter into resident matrices; `make` allocates them (lw.matrix). */
+export async function readAdapter(
+  reader: SafetensorsReader, configIn: unknown, make: MakeMatrix,
+): Promise<Adapter> {
+  const file = reader.file;
+  const names = reader.tensors.map((t) => t.name);
+  const kohya = names.some((n) => KOHYA.test(n));
+  const made: Matrix<DType>[] = [];
+  const load = async (t: TensorInfo, rows: number, cols: number, transposed = false): Promise<Matrix<DType>> => {
+    const dtype = DTYPE_OF_ST[t.dtype];
+    if (!dtype) throw new LoRAFormatError(`safetensors: ${file}: "${t.name}" is ${t.dtype}, which lora-wasm does not support (it reads F32, F16 and BF16)`);
+    let data = tensorData(file, await reader.read(t.name));
+    if (transposed) data = transpose(data, cols, rows);
+    const m = make(rows, cols, data, dtype);
+    made.push(m);
+    return m;
+  };
+  try {
+    return kohya ? await readKohya(reader, load) : await readPeft(reader, configIn, load);
+  } catch (e) {
+    for (const m of made) m.dispose();
+    throw e;
+  }
+}
+
+type Load = (t: TensorInfo, rows: number, cols: number, transposed?: boolean) => Promise<Matrix<DType>>;
+
+async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load): Promise<Adapter> {
+  const file = reader.file;
+  if (configIn === undefined) throw new LoRAFormatError(`${file}: a PEFT adapter needs its adapter_config.json (pass { config })`);
+  const { config, raw } = readPeftConfig(configIn);
+  const modules = new Map<string, Parts>();
+  const replace: { info: TensorInfo; name: string }[] = [];
+  const part = (m: string): Parts => modules.get(m) ?? (modules.set(m, {}), modules.get(m)!);
+  for (const t of reader.tensors) {
+    if (!t.name.startsWith(PEFT_PREFIX)) throw new LoRAFormatError(`${file}: "${t.name}" is not a PEFT key (they start with "${PEFT_PREFIX}")`);
+    const key = t.name.slice(PEFT_PREFIX.length);
+    if (/\.lora_magnitude_vector(\.|$)/.test(key)) throw new LoRAFormatError(`${file}: "${t.name}" is a DoRA magnitude vector; DoRA adapters are not supported`);
+    let m = key.match(PEFT_EMBEDDING);
+    if (m) {
+      const p = part(m[1]!);
+      p.embedding = true;
+      if (m[2] === 'lora_embedding_A') p.B = t; // [r, num]
+      else p.A = t; // [dim, r]
+      continue;
+    }
+    m = key.match(PEFT_FACTOR);
+    if (m) {
+      const p = part(m[1]!);
+      if (m[3] === 'bias') {
+        if (m[2] !== 'lora_B') throw new LoRAFormatError(`${file}: "${t.name}": only lora_B carries a bias (lora_bias)`);
+        p.bias = t;
+      } else if (m[2] === 'lora_A') p.B = t;
+      else p.A = t;
+      continue;
+    }
+    if (/\.(lora_|hada_|lokr_|oft_|boft_)/.test(key)) throw new LoRAFormatError(`${file}: "${t.name}" is not a LoRA tensor lora-wasm knows`);
+    // a whole tensor that replaces the base one: modules_to_save, or a bias trained with bias: all/lora_only
+    const plain = key.replace(/\.modules_to_save\.[A-Za-z0-9_-]+\./, '.');
+    const owner = plain.replace(/\.[^.]+$/, '');
+    const saved = config.modules_to_save.some((s) => owner.endsWith(s)); // PEFT: key.endswith(target_key)
+    if (!saved && !(config.bias !== 'none' && plain.endsWith('.bias'))) {
+      throw new LoRAFormatError(`${file}: "${t.name}" is neither a LoRA factor nor in modules_to_save ${JSON.stringify(config.modules_to_save)}; refusing to skip it`);
+    }
+    replace.push({ info: t, name: plain });
+  }
+  const out: AdapterModule[] = [];
+  for (const [name, p] of modules) {
+    if (!p.A || !p.B) throw new LoRAFormatError(`${file}: module "${name}" has ${p.A ? 'lora_B' : 'lora_A'} but not ${p.A ? 'lora_A' : 'lora_B'}`);
+    if (p.A.shape.length !== 2 || p.B.shape.length !== 2) {
+      throw new LoRAFormatError(`${file}: module "${name}" has ${p.B.shape.length}-d factors ${JSON.stringify(p.B.shape)}; conv kernels are not supported`);
+    }
+    const [bRows, bCols] = p.B.shape as [number, number];
+    const [aRows, aCols] = p.A.shape as [number, number];
+    const r = bRows;
+    if (aCols !== r) {
+      throw new LoRAFormatError(`${file}: module "${name}": the factors' ranks disagree (${JSON.stringify(p.B.shape)} and ${JSON.stringify(p.A.shape)})`);
+    }
+    const rPattern = patternValue(config.rank_pattern, name, config.r);
+    if (rPattern !== r) throw new LoRAFormatError(`${file}: module "${name}" has rank ${r} but adapter_config.json says ${rPattern}`);
+    const alpha = patternValue(config.alpha_pattern, name, config.lora_alpha);
+    const scale = config.use_rslora ? alpha / Math.sqrt(r) : alpha / r;
+    let A: Matrix<DType>, B: Matrix<DType>;
+    let kind: AdapterModule['kind'] = 'linear';
+    if (p.embedding) {
+      kind = 'embedding';
+      A = await load(p.B, bCols, r, true); // lora_embedding_Aᵀ [num, r]
+      B = await load(p.A, r, aRows, true); // lora_embedding_Bᵀ [r, dim]
+    } else if (config.fan_in_fan_out) {
+      A = await load(p.B, bCols, r, true); // lora_Aᵀ [in, r]
+      B = await load(p.A, r, aRows, true); // lora_Bᵀ [r, out]
+    } else {
+      A = await load(p.A, aRows, r); // lora_B [out, r]
+      B = await load(p.B, r, bCols); // lora_A [r, in]
+    }
+    const biasDelta = p.bias ? await load(p.bias, 1, numelOf(p.bias.shape)) : undefined;
+    out.push({ name, kind, r, alpha, scale, fanInFanOut: config.fan_in_fan_out && kind === 'linear', A, B, biasDelta });
+  }
+  const replacements: Replacement[] = [];
+  for (const { info, name } of replace) {
+    const [rows, cols] = as2d(info.shape);
+    replacements.push({ name, shape: info.shape, tensor: await load(info, rows, cols) });
+  }
+  return new Adapter('peft', out, replacements, raw);
+}
+
+async function readKohya(reader: SafetensorsReader, load: Load): Promise<Adapter> {
+  const file = reader.file;
+  const modules = new Map<string, Parts>();
+  for (const t of reader.tensors) {
+    const m = t.name.match(KOHYA);
+    if (!m) {
+      const why = /dora_scale|hada_|lokr_/.test(t.name) ? ' (DoRA and LyCORIS LoHa/LoKr are not supported)' : '';
+      throw new LoRAFormatError(`${file}: "${t.name}" is not a kohya LoRA key (<module>.lora_down.weight, .lora_up.weight, .alpha)${why}`);
+    }
+    const p = modules.get(m[1]!) ?? (modules.set(m[1]!, {}), modules.get(m[1]!)!);
+    if (m[2] === 'lora_down.weight') p.B = t;
+    else if (m[2] === 'lora_up.weight') p.A = t;
+    else p.alpha = t;
+  }
+  const out: AdapterModule[] = [];
+  for (const [name, p] of modules) {
+    if (!p.A || !p.B) throw new LoRAFormatError(`${file}: module "${name}" has ${p.A ? 'lora_up' : 'lora_down'} but not ${p.A ? 'lora_down' : 'lora_up'}`);
+    const conv = p.B.shape.length === 4;
+    if (conv && !(p.B.shape[2] === 1 && p.B.shape[3] === 1 && p.A.shape[2] === 1 && p.A.shape[3] === 1)) {
+      throw new LoRAFormatError(`${file}: module "${name}" is a ${p.B.shape[2]}×${p.B.shape[3]} conv LoRA; only linear and 1×1-conv layers are supported`);
+    }
+    if (!conv && (p.B.shape.length !== 2 || p.A.shape.length !== 2)) throw new LoRAFormatError(`${file}: module "${name}" has factors of shape ${JSON.stringify(p.B.shape)}, ${JSON.stringify(p.A.shape)}`);
+    const r = p.B.shape[0]!;
+    if (p.A.shape[1] !== r) throw new LoRAFormatError(`${file}: module "${name}": lora_down ${JSON.stringify(p.B.shape)} and lora_up ${JSON.stringify(p.A.shape)} disagree on the rank`);
+    let alpha = r;
+    if (p.alpha) {
+      if (numelOf(p.alpha.shape) !== 1) throw new LoRAFormatError(`${file}: "${p.alpha.name}" must hold one value, it has shape ${JSON.stringify(p.alpha.shape)}`);
+      const a = await load(p.alpha, 1, 1);
+      alpha = a.toFloat32()[0]!;
+      a.dispose();
+      if (!Number.isFinite(alpha)) throw new LoRAFormatError(`${file}: "${p.alpha.name}" is ${alpha}`);
+    }
+    const A = await load(p.A, p.A.shape[0]!, r);
+    const B = await load(p.B, r, p.B.shape[1]!);
+    out.push({ name, kind: conv ? 'conv1x1' : 'linear', r, alpha, scale: alpha / r, fanInFanOut: false, A, B });
+  }
+  return new Adapter('kohya', out, [], {});
+}
+

@@ -1,0 +1,2 @@
+/** kohya / sd-scripts LoRA keys: lora_unet_…, lora_te_… with .lora_down.weight [r, in], .lora_up.weight [out, r], a 0-d .alpha. */
+export const KOHYA = /^(lora_(?:unet|te\d?)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
