@@ -59,3 +59,31 @@ export function assertThrowsTyped(fn: () => unknown, cls: abstract new (...args:
   assert.unreachable(`expected ${cls.name} but nothing was thrown`);
   throw new Error('unreachable');
 }
+
+/**
+ * Asserts the promise (or async function) rejects with an instance of `cls` whose message contains
+ * every `parts`. uvu's `assert.throws` / `assert.not.throws` do not await: use this for async calls.
+ */
+export async function assertRejectsTyped(
+  work: Promise<unknown> | (() => Promise<unknown>), cls: abstract new (...args: never[]) => Error, parts: string[] = [],
+): Promise<Error> {
+  try {
+    await (typeof work === 'function' ? work() : work);
+  } catch (e) {
+    if (!(e instanceof cls)) assert.unreachable(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    for (const p of parts) assert.ok((e as Error).message.includes(p), `message "${(e as Error).message}" should mention "${p}"`);
+    return e as Error;
+  }
+  assert.unreachable(`expected ${cls.name} but the promise resolved`);
+  throw new Error('unreachable');
+}
+
+/** Awaits `work` and fails the test with its error if it rejects (uvu's `assert.not.throws` does not await). */
+export async function assertResolves<T>(work: Promise<T> | (() => Promise<T>), label: string): Promise<T> {
+  try {
+    return await (typeof work === 'function' ? work() : work);
+  } catch (e) {
+    assert.unreachable(`${label}: expected to succeed, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    throw e;
+  }
+}
