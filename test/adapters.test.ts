@@ -111,20 +111,32 @@ test('cat stacks s·w·A and B: ΔW = Σ wᵢsᵢAᵢBᵢ exactly, rank Σrᵢ, 
   for (const a of [a1, a2, c]) a.dispose();
 });
 
-test("linear is PEFT's: A = Σ sign(ws)·√|ws|·Aᵢ, B = Σ √|ws|·Bᵢ, which is not Σ wᵢsᵢΔWᵢ; equal ranks required", async () => {
+test("linear follows PEFT's _generalized_task_arithmetic_weighted_adapter: sign·√|ws| on lora_A (our B), √|ws| on lora_B (our A), summed; not Σ wᵢsᵢΔWᵢ; equal ranks required", async () => {
   const [a1, a2] = [await peft(3, 4), await peft(4, 4, { alpha: 2 })];
   const [w1, w2] = [0.6, -0.3];
   const c = lw.combineAdapters([{ adapter: a1, weight: w1 }, { adapter: a2, weight: w2 }], { method: 'linear' });
   const m = mod(c);
   assert.is(m.r, 4);
+  assert.is(m.scale, 1);
+  // peft/tuners/lora/model.py: weight_with_scaling = weight·scaling; sign = 1 if ≥ 0 else −1;
+  // valid_weights_A = √|ws|·sign (for lora_A, our B), valid_weights_B = √|ws| (for lora_B, our A);
+  // task_arithmetic sums the weighted factors. Written here in float64.
   const [m1, m2] = [mod(a1), mod(a2)];
-  const f = (ws: number) => [Math.sign(ws) * Math.sqrt(Math.abs(ws)), Math.sqrt(Math.abs(ws))] as const;
-  const [fa1, fb1] = f(w1 * m1.scale);
-  const [fa2, fb2] = f(w2 * m2.scale);
-  const A1 = m1.A.toFloat32(), A2 = m2.A.toFloat32(), B1 = m1.B.toFloat32(), B2 = m2.B.toFloat32();
+  const [r, dOut, dIn] = [4, D_OUT, D_IN];
+  const wA = (ws: number) => (ws >= 0 ? 1 : -1) * Math.sqrt(Math.abs(ws)); // lora_A's weight
+  const wB = (ws: number) => Math.sqrt(Math.abs(ws)); // lora_B's weight
+  const [ws1, ws2] = [w1 * m1.scale, w2 * m2.scale];
+  const loraA1 = m1.B.toFloat32(), loraA2 = m2.B.toFloat32(); // PEFT's lora_A [r, in] is our B
+  const loraB1 = m1.A.toFloat32(), loraB2 = m2.A.toFloat32(); // PEFT's lora_B [out, r] is our A
+  const targetA = Float64Array.from({ length: r * dIn }, (_, i) => wA(ws1) * loraA1[i]! + wA(ws2) * loraA2[i]!);
+  const targetB = Float64Array.from({ length: dOut * r }, (_, i) => wB(ws1) * loraB1[i]! + wB(ws2) * loraB2[i]!);
+  const want = new Float64Array(dOut * dIn); // ΔW = target_lora_B · target_lora_A (scale 1)
+  for (let i = 0; i < dOut; i++) for (let k = 0; k < r; k++) for (let j = 0; j < dIn; j++) want[i * dIn + j]! += targetB[i * r + k]! * targetA[k * dIn + j]!;
   const gotA = m.A.toFloat32(), gotB = m.B.toFloat32();
-  for (let i = 0; i < gotA.length; i++) assert.ok(Math.abs(gotA[i]! - (fa1 * A1[i]! + fa2 * A2[i]!)) <= 4 * 2 ** -24 * (Math.abs(fa1 * A1[i]!) + Math.abs(fa2 * A2[i]!)) + 1e-30);
-  for (let i = 0; i < gotB.length; i++) assert.ok(Math.abs(gotB[i]! - (fb1 * B1[i]! + fb2 * B2[i]!)) <= 4 * 2 ** -24 * (Math.abs(fb1 * B1[i]!) + Math.abs(fb2 * B2[i]!)) + 1e-30);
+  for (let i = 0; i < gotB.length; i++) assert.ok(Math.abs(gotB[i]! - targetA[i]!) <= 4 * 2 ** -24 * (Math.abs(wA(ws1) * loraA1[i]!) + Math.abs(wA(ws2) * loraA2[i]!)) + 1e-30, `B[${i}] ${gotB[i]} vs lora_A ${targetA[i]}`);
+  for (let i = 0; i < gotA.length; i++) assert.ok(Math.abs(gotA[i]! - targetB[i]!) <= 4 * 2 ** -24 * (Math.abs(wB(ws1) * loraB1[i]!) + Math.abs(wB(ws2) * loraB2[i]!)) + 1e-30, `A[${i}] ${gotA[i]} vs lora_B ${targetB[i]}`);
+  const err = frob(product(m), want) / frob(want);
+  assert.ok(err < 1e-5, `ΔW relative error ${err} against PEFT's formula`);
   const sum = delta64(m1).map((v, i) => w1 * v + w2 * delta64(m2)[i]!);
   assert.ok(frob(product(m), sum) > 1e-3 * frob(sum), 'the cross terms are there: linear is not the weighted sum of the ΔW');
   const odd = await peft(5, 6);

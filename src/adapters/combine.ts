@@ -4,8 +4,9 @@
  * Definitions follow PEFT's add_weighted_adapter (tuners/lora/model.py) and utils/merge_utils.py, per
  * module, with sᵢ each adapter's scale and wᵢ its weight; the result has scale 1 (alpha = r):
  *   cat              A = [w₁s₁A₁ | w₂s₂A₂ | …], B = [B₁; B₂; …]: exact, rank Σrᵢ
- *   linear           A = Σ sign(wᵢsᵢ)·√|wᵢsᵢ|·Aᵢ, B = Σ √|wᵢsᵢ|·Bᵢ (equal ranks). NOT Σ wᵢsᵢAᵢBᵢ: the
- *                    cross terms Aᵢ·Bⱼ stay in, as in PEFT.
+ *   linear           A = Σ √|wᵢsᵢ|·Aᵢ, B = Σ sign(wᵢsᵢ)·√|wᵢsᵢ|·Bᵢ (equal ranks): the sign
+ *                    goes on PEFT's lora_A, which is our B. NOT Σ wᵢsᵢAᵢBᵢ: the cross terms
+ *                    Aᵢ·Bⱼ stay in, as in PEFT.
  *   svd              Σ wᵢsᵢAᵢBᵢ truncated to rank k, from the stacked factors (rsvd.ts factoredSvd)
  *   ties, dare_linear, dare_ties, magnitude_prune
  *                    PEFT's *_svd types: per-element decisions on each ΔWᵢ = sᵢAᵢBᵢ, then a rank-k
@@ -167,16 +168,19 @@ function combineModule(engine: Engine, parts: Part[], o: CombineOptions): Adapte
     return truncated(factoredSvd(l, rr, { rank }));
   }
   if (o.method === 'linear') {
+    // PEFT's _generalized_task_arithmetic_weighted_adapter: sign·√|ws| weighs lora_A (our B), √|ws|
+    // weighs lora_B (our A), and task_arithmetic sums each side over the adapters.
     const r = m0.r;
     const a = new Float32Array(rows * r);
     const b = new Float32Array(r * cols);
     for (const { module: m, weight } of parts) {
       const ws = weight * m.scale;
       const root = Math.sqrt(Math.abs(ws));
+      const signed = ws >= 0 ? root : -root;
       const ai = m.A.toFloat32();
       const bi = m.B.toFloat32();
-      for (let i = 0; i < ai.length; i++) a[i]! += Math.sign(ws) * root * ai[i]!;
-      for (let i = 0; i < bi.length; i++) b[i]! += root * bi[i]!;
+      for (let i = 0; i < ai.length; i++) a[i]! += root * ai[i]!;
+      for (let i = 0; i < bi.length; i++) b[i]! += signed * bi[i]!;
     }
     return make(r, a, b);
   }
