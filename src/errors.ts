@@ -1,18 +1,26 @@
 /**
- * Typed errors. Every error lora-wasm throws on purpose is `instanceof LoRAError`,
- * and also an instance of the built-in class that fits its kind:
+ * Typed errors: one table, which class for which kind of mistake. Every error lora-wasm throws on
+ * purpose is `instanceof LoRAError`, and also an instance of the built-in class that fits its kind:
  *
- *   LoRAShapeError     RangeError  dims, lengths, shape mismatches
- *   LoRARangeError     RangeError  an option or value outside its range (lr < 0, beta1 = 1, a label ≥ classes)
- *   LoRATypeError      TypeError   wrong kind of value (Float64Array, not a matrix, a string option, aliasing,
- *                                  another instance's Matrix)
- *   LoRADisposedError  TypeError   a Matrix (or a view of one) used after dispose() or garbage collection
- *   LoRANonFiniteError RangeError  NaN/±Inf in an adapter, a scale, or a merge result
- *   LoRAMemoryError    RangeError  wasm memory exhausted (4 GiB or the init() cap)
- *   LoRAStateError     Error       a call out of order (backward before forward, backward while merged)
- *   LoRAFormatError    Error       a malformed or unsupported file (safetensors, adapter_config.json): names the file and key
+ *   kind         class                 built-in    for
+ *   shape        LoRAShapeError        RangeError  dims, lengths, shape mismatches
+ *   range        LoRARangeError        RangeError  an option or value outside its range (lr < 0, beta1 = 1, a label ≥ classes)
+ *   type         LoRATypeError         TypeError   wrong kind of value (Float64Array, not a matrix, a string option, an
+ *                                                  unknown dtype or enum value, aliasing, another instance's Matrix)
+ *   disposed     LoRADisposedError     TypeError   a Matrix (or a view of one), a layer, an optimizer or an AdapterSet
+ *                                                  used after dispose() or garbage collection
+ *   nonFinite    LoRANonFiniteError    RangeError  NaN/±Inf in an adapter, a scale, or a merge result
+ *   memory       LoRAMemoryError       RangeError  wasm memory exhausted (4 GiB or the init() cap)
+ *   state        LoRAStateError        Error       a call out of order (backward before forward, backward while merged)
+ *   format       LoRAFormatError       Error       a malformed or unsupported file (safetensors, adapter_config.json, a
+ *                                                  .wasm that is not a lora-wasm module): names the file and key
+ *   environment  LoRAEnvironmentError  Error       the engine or host cannot do what was asked: no SIMD128 or relaxed
+ *                                                  SIMD, a fetch or file system call that failed
+ *   internal     LoRAError             Error       a bug in lora-wasm (an internal check failed, a kernel trapped):
+ *                                                  the only use of a bare LoRAError; please report it
  *
- * JS classes have one parent, so LoRAError recognises its family by a brand
+ * ERROR_CLASSES below is this table as code, and test/errors.test.ts checks every exported class
+ * against it. JS classes have one parent, so LoRAError recognises its family by a brand
  * (Symbol.hasInstance) rather than by the prototype chain.
  */
 
@@ -91,8 +99,8 @@ export class LoRAMemoryError extends RangeError {
 
 export class LoRAStateError extends LoRAError {
   declare readonly code: 'LORA_STATE';
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = 'LoRAStateError';
     Object.defineProperty(this, 'code', { value: 'LORA_STATE', enumerable: true });
   }
@@ -100,12 +108,37 @@ export class LoRAStateError extends LoRAError {
 
 export class LoRAFormatError extends LoRAError {
   declare readonly code: 'LORA_FORMAT';
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = 'LoRAFormatError';
     Object.defineProperty(this, 'code', { value: 'LORA_FORMAT', enumerable: true });
   }
 }
+
+export class LoRAEnvironmentError extends LoRAError {
+  declare readonly code: 'LORA_ENVIRONMENT';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LoRAEnvironmentError';
+    Object.defineProperty(this, 'code', { value: 'LORA_ENVIRONMENT', enumerable: true });
+  }
+}
+
+/** The table above: which class for which kind of mistake. */
+export const ERROR_CLASSES = {
+  shape: LoRAShapeError,
+  range: LoRARangeError,
+  type: LoRATypeError,
+  disposed: LoRADisposedError,
+  nonFinite: LoRANonFiniteError,
+  memory: LoRAMemoryError,
+  state: LoRAStateError,
+  format: LoRAFormatError,
+  environment: LoRAEnvironmentError,
+  internal: LoRAError,
+} as const;
+
+export type ErrorKind = keyof typeof ERROR_CLASSES;
 
 /** A short description of any value, for error messages ('null', '42', '"abc"', 'Float64Array(4)', 'Matrix [2, 3]'). */
 export function describeValue(v: unknown): string {

@@ -49,4 +49,6 @@ export {
   LoRAMemoryError,
   LoRAStateError,
   LoRAFormatError,
+  LoRAEnvironmentError,
 } from './errors.js';
+export type { ErrorKind } from './errors.js';

@@ -3,26 +3,52 @@ import * as assert from 'uvu/assert';
 import {
   LoRADisposedError, LoRAError, LoRAMemoryError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, type LoRAWasm, init,
 } from '../src/index.js';
+import * as api from '../src/index.js';
+import { ERROR_CLASSES } from '../src/errors.js';
 import { FLAVOUR, assertBitIdentical, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 
-test('every error class is a LoRAError and the built-in class of its kind', () => {
-  const cases = [
-    [new LoRAShapeError('x'), RangeError, 'LoRAShapeError', 'LORA_SHAPE'],
-    [new LoRATypeError('x'), TypeError, 'LoRATypeError', 'LORA_TYPE'],
-    [new LoRADisposedError('x'), TypeError, 'LoRADisposedError', 'LORA_DISPOSED'],
-    [new LoRANonFiniteError('x'), RangeError, 'LoRANonFiniteError', 'LORA_NON_FINITE'],
-    [new LoRAMemoryError('x'), RangeError, 'LoRAMemoryError', 'LORA_MEMORY'],
-    [new LoRAError('x'), Error, 'LoRAError', 'LORA_ERROR'],
-  ] as const;
-  for (const [e, builtin, name, code] of cases) {
+/** The table of src/errors.ts, written out independently: exported class name → [built-in parent, code]. */
+const EXPECTED: Record<string, [ErrorConstructor | RangeErrorConstructor | TypeErrorConstructor, string]> = {
+  LoRAError: [Error, 'LORA_ERROR'],
+  LoRAShapeError: [RangeError, 'LORA_SHAPE'],
+  LoRARangeError: [RangeError, 'LORA_RANGE'],
+  LoRATypeError: [TypeError, 'LORA_TYPE'],
+  LoRADisposedError: [TypeError, 'LORA_DISPOSED'],
+  LoRANonFiniteError: [RangeError, 'LORA_NON_FINITE'],
+  LoRAMemoryError: [RangeError, 'LORA_MEMORY'],
+  LoRAStateError: [Error, 'LORA_STATE'],
+  LoRAFormatError: [Error, 'LORA_FORMAT'],
+  LoRAEnvironmentError: [Error, 'LORA_ENVIRONMENT'],
+};
+
+/** Every error class the package exports, found by walking the exports (so a new class cannot be skipped). */
+const exportedErrorClasses = Object.entries(api).filter(
+  ([, v]) => typeof v === 'function' && (v as { prototype?: unknown }).prototype instanceof Error,
+) as [string, new (message: string) => Error][];
+
+test('every exported error class is a LoRAError, the built-in class of its kind, named and coded', () => {
+  assert.equal(exportedErrorClasses.map(([name]) => name).sort(), Object.keys(EXPECTED).sort(), 'exported error classes = the expected table');
+  for (const [name, cls] of exportedErrorClasses) {
+    const [builtin, code] = EXPECTED[name]!;
+    const e = new cls('x');
     assert.ok(e instanceof LoRAError, `${name} instanceof LoRAError`);
     assert.ok(e instanceof builtin, `${name} instanceof ${builtin.name}`);
+    assert.ok(e instanceof cls, `${name} instanceof itself`);
     assert.is(e.name, name);
+    assert.is(e.message, 'x');
     assert.is((e as { code?: string }).code, code);
+    for (const [other, otherCls] of exportedErrorClasses) {
+      if (other !== name && other !== 'LoRAError') assert.not.ok(e instanceof otherCls, `${name} is not a ${other}`);
+    }
   }
   assert.not.ok(new RangeError('x') instanceof LoRAError, 'plain errors are not LoRAErrors');
-  assert.not.ok(new LoRATypeError('x') instanceof LoRAShapeError, 'siblings do not match each other');
-  assert.not.ok(new LoRAError('x') instanceof LoRAShapeError);
+});
+
+test('ERROR_CLASSES (the table as code) holds every exported error class once', () => {
+  const inTable = Object.values(ERROR_CLASSES) as unknown[];
+  assert.is(new Set(inTable).size, inTable.length, 'one kind per class');
+  assert.equal(inTable.map((c) => (c as { name: string }).name).sort(), exportedErrorClasses.map(([name]) => name).sort());
+  for (const [, cls] of exportedErrorClasses) assert.ok(inTable.includes(cls), `${cls.name} has a kind`);
 });
 
 type ErrorClass = abstract new (...args: never[]) => Error;

@@ -3,12 +3,16 @@ import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
+import { LoRAEnvironmentError, LoRAError, LoRAFormatError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory/heap.js';
 import { Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, TILE_COLS, TILE_ROWS } from '../src/kernel/kernels.js';
-import { FLAVOUR, lwUnderTest } from './helpers.js';
+import { FLAVOUR, assertRejectsTyped, lwUnderTest } from './helpers.js';
 
 const wasmBytes = (build: string) => readFileSync(new URL(`../build/lora-${build}.wasm`, import.meta.url));
+/** A valid module that imports memory like ours but exports no kernel. */
+const notLoRA = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x02, 0x0f, 0x01, 0x03, 0x65, 0x6e, 0x76, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02, 0x00, 0x01,
+]);
 const relaxedFlag = process.execArgv.includes('--experimental-wasm-relaxed-simd');
 
 test('detectFeatures sees SIMD, and relaxed SIMD exactly when Node 20 has the flag', () => {
@@ -27,15 +31,20 @@ test('init() is memoised per options and reports the flavour that runs', async (
   assert.is(auto.build, detectFeatures().relaxed ? 'relaxed' : 'baseline', "'auto' prefers relaxed where available");
 });
 
-test("simd: 'relaxed' fails with a clear LoRAError where the engine lacks it", async () => {
+test("build: 'relaxed' (and its alias simd) fails with a LoRAEnvironmentError where the engine lacks it", async () => {
   if (detectFeatures().relaxed) return;
-  try {
-    await init({ simd: 'relaxed' });
-    assert.unreachable('relaxed loaded without engine support');
-  } catch (e) {
-    assert.instance(e, LoRAError);
-    assert.match((e as Error).message, /--experimental-wasm-relaxed-simd/);
+  for (const opts of [{ build: 'relaxed' }, { simd: 'relaxed' }] as const) {
+    await assertRejectsTyped(init(opts), LoRAEnvironmentError, ['--experimental-wasm-relaxed-simd']);
   }
+});
+
+test('init({ build }) names the build as lw.build does; simd is an alias for it', async () => {
+  const lw = await init({ build: FLAVOUR });
+  assert.is(lw.build, FLAVOUR);
+  assert.is(await init({ simd: FLAVOUR }), lw, 'the alias gives the same (memoised) instance');
+  assert.is(await init({ build: FLAVOUR, simd: FLAVOUR }), lw, 'both, agreeing');
+  await assertRejectsTyped(init({ build: 'relaxed', simd: 'baseline' }), LoRATypeError, ['options.build', 'options.simd']);
+  await assertRejectsTyped(init({ build: 'fast' as 'auto' }), LoRATypeError, ["options.build must be 'auto', 'relaxed' or 'baseline'"]);
 });
 
 test('init accepts the module as bytes, as a compiled Module, and as a per-flavour map', async () => {
@@ -73,7 +82,7 @@ test('init fetches http(s) URLs: streaming for application/wasm, bytes otherwise
       await init({ wasm: `${base}/missing.wasm` });
       assert.unreachable('a 404 loaded');
     } catch (e) {
-      assert.instance(e, LoRAError);
+      assert.instance(e, LoRAEnvironmentError);
       assert.match((e as Error).message, /answered 404.*check the URL given in init\(\{ wasm \}\)/);
     }
   } finally {
@@ -85,8 +94,9 @@ test('init rejects bad options and mismatched modules with typed errors', async 
   const cases: [Parameters<typeof init>[0], new (...a: never[]) => Error, RegExp][] = [
     [{ simd: 'fast' as 'auto' }, LoRATypeError, /options.simd must be 'auto', 'relaxed' or 'baseline', got "fast"/],
     [{ wasm: { relaxed: wasmBytes('relaxed') }, simd: 'baseline' }, LoRATypeError, /options.wasm has no 'baseline' entry/],
-    [{ wasm: new Uint8Array([0, 1, 2, 3]) }, LoRAError, /could not load the .* lora-wasm module/],
-    [{ wasm: new URL('file:///nonexistent/lora.wasm') }, LoRAError, /could not load/],
+    [{ wasm: new Uint8Array([0, 1, 2, 3]) }, LoRAFormatError, /could not load the .* lora-wasm module/],
+    [{ wasm: new URL('file:///nonexistent/lora.wasm') }, LoRAEnvironmentError, /could not load/],
+    [{ wasm: notLoRA }, LoRAFormatError, /not a lora-wasm module of this version/],
   ];
   if (detectFeatures().relaxed) {
     cases.push([{ wasm: wasmBytes('relaxed'), simd: 'baseline' }, LoRATypeError, /is the relaxed build/]);

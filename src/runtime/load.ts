@@ -6,13 +6,13 @@
  * Two .wasm flavours are built from one source (assembly/simd.ts):
  *   relaxed   f32x4.relaxed_madd  Chromium, Node ≥ 22, Node 20 with --experimental-wasm-relaxed-simd
  *   baseline  f32x4.mul + add     every engine with SIMD128
- * `simd: 'auto'` picks relaxed when the engine validates it.
+ * `build: 'auto'` (the default) picks relaxed when the engine validates it.
  *
  * Memory is created here and imported by the module, so that several
  * instances (workers) can share it; the kernels only take pointers and sizes.
  */
 import { instantiate } from '@assemblyscript/loader';
-import { LoRAError, LoRARangeError, LoRATypeError, describeValue } from '../errors.js';
+import { LoRAEnvironmentError, LoRAError, LoRAFormatError, LoRARangeError, LoRATypeError, describeValue } from '../errors.js';
 import { KernelLayer, moduleInfo } from '../kernel/kernel.js';
 import { KERNEL_NAMES, type Kernels } from '../kernel/kernels.js';
 import { MAX_PAGES, PAGE_BYTES, WasmHeap } from '../memory/heap.js';
@@ -26,7 +26,9 @@ import { pathToUrl, readFileUrl } from './load-file.js';
 import { defaultWasm } from './wasm-source.js';
 
 export interface InitOptions {
-  /** Which flavour to run. 'auto' (default) prefers relaxed where the engine supports it. */
+  /** Which build (flavour) to run, as lw.build reports it. 'auto' (default) prefers relaxed where the engine supports it. */
+  build?: 'auto' | Build;
+  /** The former name of `build`, still accepted (giving both with different values is an error). */
   simd?: 'auto' | Build;
   /**
    * Where the .wasm comes from. Default: embedded in the browser bundles, and
@@ -93,16 +95,32 @@ async function resolveThreads(option: InitOptions['threads']): Promise<{ threads
 const isSource = (v: unknown): v is WasmSource =>
   typeof v === 'string' || v instanceof URL || v instanceof WebAssembly.Module || v instanceof ArrayBuffer || ArrayBuffer.isView(v);
 
-/** Checks init()'s options synchronously; throws typed errors. */
+const BUILD_CHOICES: readonly unknown[] = ['auto', 'relaxed', 'baseline'];
+
+/** options.build, or its alias options.simd, checked under the name the caller used. */
+function requestedBuild(o: InitOptions): 'auto' | Build {
+  for (const key of ['build', 'simd'] as const) {
+    if (o[key] !== undefined && !BUILD_CHOICES.includes(o[key])) {
+      throw new LoRATypeError(`init: options.${key} must be 'auto', 'relaxed' or 'baseline', got ${describeValue(o[key])}`);
+    }
+  }
+  if (o.build !== undefined && o.simd !== undefined && o.build !== o.simd) {
+    throw new LoRATypeError(`init: options.build is '${o.build}' but options.simd (its former name) is '${o.simd}'; give one`);
+  }
+  return o.build ?? o.simd ?? 'auto';
+}
+
+/**
+ * Checks init()'s options synchronously; throws typed errors. The result names the build as
+ * `build` only (the `simd` alias is resolved).
+ */
 export function checkInitOptions(options: unknown): InitOptions {
   if (options === undefined) return {};
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new LoRATypeError(`init: options must be an object like { simd, wasm, maxMemoryBytes }, got ${describeValue(options)}`);
+    throw new LoRATypeError(`init: options must be an object like { build, threads, wasm, maxMemoryBytes }, got ${describeValue(options)}`);
   }
   const o = options as InitOptions;
-  if (o.simd !== undefined && o.simd !== 'auto' && o.simd !== 'relaxed' && o.simd !== 'baseline') {
-    throw new LoRATypeError(`init: options.simd must be 'auto', 'relaxed' or 'baseline', got ${describeValue(o.simd)}`);
-  }
+  const build = requestedBuild(o);
   if (o.maxMemoryBytes !== undefined) {
     if (typeof o.maxMemoryBytes !== 'number') {
       throw new LoRATypeError(`init: options.maxMemoryBytes must be a number of bytes, got ${describeValue(o.maxMemoryBytes)}`);
@@ -129,24 +147,25 @@ export function checkInitOptions(options: unknown): InitOptions {
       );
     }
   }
-  return o;
+  const { simd: _alias, ...rest } = o;
+  return { ...rest, build };
 }
 
 /** Loads, instantiates and checks one module; the Engine owns a fresh memory. */
 export async function loadEngine(options: InitOptions): Promise<Engine> {
-  const simd = options.simd ?? 'auto';
+  const requested = requestedBuild(options);
   const maxBytes = options.maxMemoryBytes ?? MAX_PAGES * PAGE_BYTES;
   const features = detectFeatures();
   if (!features.simd) {
-    throw new LoRAError('init: this engine has no WebAssembly SIMD128 support, which lora-wasm requires');
+    throw new LoRAEnvironmentError('init: this engine has no WebAssembly SIMD128 support, which lora-wasm requires');
   }
-  if (simd === 'relaxed' && !features.relaxed) {
-    throw new LoRAError(
-      "init: simd: 'relaxed' was requested but this engine does not support relaxed SIMD " +
+  if (requested === 'relaxed' && !features.relaxed) {
+    throw new LoRAEnvironmentError(
+      "init: the 'relaxed' build was requested but this engine does not support relaxed SIMD " +
         '(Node 20 needs --experimental-wasm-relaxed-simd; Node ≥ 22 and Chromium have it)',
     );
   }
-  const want: Build = simd === 'auto' ? (features.relaxed ? 'relaxed' : 'baseline') : simd;
+  const want: Build = requested === 'auto' ? (features.relaxed ? 'relaxed' : 'baseline') : requested;
   const { threads, note } = await resolveThreads(options.threads);
   const shared = threads > 1;
   const source = pickSource(options.wasm, shared ? `${want}-threads` : want);
@@ -167,11 +186,13 @@ export async function loadEngine(options: InitOptions): Promise<Engine> {
         ? ` (with threads > 1 it needs a threads build, lora-${want}-threads.wasm: pass it as options.wasm['${want}-threads'])`
         : ` (this looks like a threads build: pass a single-thread build, or threads > 1)`
       : '';
-    throw new LoRAError(`init: could not load the ${want} lora-wasm module: ${(e as Error).message}${hint}`, { cause: e });
+    // a module that does not compile or link is a bad file; a file or fetch that failed is the host's
+    const Kind = e instanceof WebAssembly.CompileError || e instanceof WebAssembly.LinkError ? LoRAFormatError : LoRAEnvironmentError;
+    throw new Kind(`init: could not load the ${want} lora-wasm module: ${(e as Error).message}${hint}`, { cause: e });
   }
   const missing = KERNEL_NAMES.filter((name) => typeof exports[name] !== 'function');
   if (missing.length > 0) {
-    throw new LoRAError(
+    throw new LoRAFormatError(
       `init: the given wasm is not a lora-wasm module of this version: it lacks ${missing.slice(0, 3).map((m) => `'${m}'`).join(', ')}` +
         `${missing.length > 3 ? ` and ${missing.length - 3} more` : ''} (build it from assembly/ with npm run build:wasm)`,
     );
@@ -179,8 +200,9 @@ export async function loadEngine(options: InitOptions): Promise<Engine> {
   const kernels = exports as unknown as Kernels;
   const info = moduleInfo(kernels);
   const build: Build = info.relaxed ? 'relaxed' : 'baseline';
-  if (simd !== 'auto' && build !== simd) {
-    throw new LoRATypeError(`init: options.simd is '${simd}' but the given wasm module is the ${build} build`);
+  if (requested !== 'auto' && build !== requested) {
+    const key = options.build !== undefined ? 'build' : 'simd';
+    throw new LoRATypeError(`init: options.${key} is '${requested}' but the given wasm module is the ${build} build`);
   }
   const heap = new WasmHeap(memory, info.heapBase, maxPages * PAGE_BYTES);
   let pool: WorkerPool | undefined;
@@ -223,9 +245,9 @@ async function resolveSource(source: WasmSource, isDefault: boolean): Promise<We
   try {
     res = await fetch(url);
   } catch (e) {
-    throw new LoRAError(`init: could not fetch ${url.href} (${(e as Error).message}); ${remedy(isDefault)}`, { cause: e });
+    throw new LoRAEnvironmentError(`init: could not fetch ${url.href} (${(e as Error).message}); ${remedy(isDefault)}`, { cause: e });
   }
-  if (!res.ok) throw new LoRAError(`init: fetching ${url.href} answered ${res.status} ${res.statusText}; ${remedy(isDefault)}`);
+  if (!res.ok) throw new LoRAEnvironmentError(`init: fetching ${url.href} answered ${res.status} ${res.statusText}; ${remedy(isDefault)}`);
   if (typeof WebAssembly.compileStreaming === 'function' && res.headers.get('content-type')?.startsWith('application/wasm')) {
     return WebAssembly.compileStreaming(res);
   }
