@@ -4,9 +4,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAFormatError } from '../src/index.js';
-import { SafetensorsReader, encodeSafetensors, tensorData } from '../src/io/safetensors.js';
+import { SafetensorsReader, encodeSafetensors, isEmptyShape, planSafetensors, tensorData } from '../src/io/safetensors.js';
 import { bytesSource } from '../src/io/source.js';
-import { assertThrowsTyped, rng } from './helpers.js';
+import { assertRejectsTyped, assertResolves, assertThrowsTyped, rng } from './helpers.js';
 import { FIXTURE_ADAPTER, readFixture, readLocalFixture } from './fixtures.js';
 
 const enc = new TextEncoder();
@@ -28,6 +28,7 @@ async function rejects(bytes: Uint8Array, words: string[]): Promise<void> {
     for (const t of r.tensors) await r.read(t.name);
   } catch (e) {
     assert.instance(e, LoRAFormatError, (e as Error).message);
+    assert.not.ok((e as Error).message.includes('\n'), `one line: ${JSON.stringify((e as Error).message)}`);
     for (const w of ['test.safetensors', ...words]) assert.ok((e as Error).message.includes(w), `"${(e as Error).message}" should mention "${w}"`);
     return;
   }
@@ -40,7 +41,8 @@ test('reads the real PEFT adapter (written by the reference implementation): nam
   const r = await open(bytes, 'adapter_model.safetensors');
   assert.is(bytes.length, 2962192);
   assert.is(r.dataStart, 8 + 3840);
-  assert.equal(r.metadata, { format: 'pt' });
+  assert.equal({ ...r.metadata }, { format: 'pt' });
+  assert.is(Object.getPrototypeOf(r.metadata), null);
   assert.is(r.tensors.length, 28);
   const q = r.get('base_model.model.distilbert.transformer.layer.0.attention.q_lin.lora_A.weight')!;
   assert.equal([q.dtype, q.shape], ['F32', [8, 768]]);
@@ -89,18 +91,18 @@ test('every malformed file is a LoRAFormatError that names the file and the key'
   await rejects(file({ __metadata__: { format: 1 }, ...ok }, d8), ['"__metadata__"."format" must be a string']);
   await rejects(file({ __metadata__: ['x'], ...ok }, d8), ['"__metadata__" must be an object of strings']);
   await rejects(file({ a: { dtype: 'F99', shape: [2], data_offsets: [0, 8] } }, d8), ['"a"', 'unknown dtype "F99"']);
-  await rejects(file({ a: { dtype: 'F32', shape: [-2], data_offsets: [0, 8] } }, d8), ['"a"', 'bad shape']);
+  await rejects(file({ a: { dtype: 'F32', shape: [-2], data_offsets: [0, 8] } }, d8), ['"a" has a bad shape', 'shape[0] must be a non-negative integer, got -2']);
   await rejects(file({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 12] } }, new Uint8Array(12)), ['"a"', '(8 bytes)', 'hold 12']);
   await rejects(file({ a: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, d8), ['gap before "a"']);
   await rejects(file({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, d8), ['"b" overlaps']);
   await rejects(file(ok, new Uint8Array(12)), ['end at byte 8', 'holds 12 data bytes']);
-  await rejects(file('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', d8), ['"a" appears twice']);
-  await rejects(file({ a: { dtype: 'F32', shape: [2], data_offsets: [8, 0] } }, d8), ['bad data_offsets']);
+  await rejects(file('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', d8), ['the key "a" appears twice in the header']);
+  await rejects(file({ a: { dtype: 'F32', shape: [2], data_offsets: [8, 0] } }, d8), ['"a" has bad data_offsets [8, 0]', 'end before they begin']);
   await rejects(file({ a: 'x' }, d8), ['"a" must be an object']);
   // a known but unsupported dtype is read, then named when its values are asked for
   const r = await open(file({ i: { dtype: 'I64', shape: [1], data_offsets: [0, 8] } }, d8));
   assertThrowsTyped(() => tensorData(r.file, { info: r.tensors[0]!, bytes: d8 }), LoRAFormatError, ['"i" is I64', 'F32, F16 and BF16']);
-  await assert.not.throws(async () => open(file(ok, d8)));
+  await assertResolves(open(file(ok, d8)), 'the valid file');
 });
 
 test('every committed malformed file (test/fixtures/adapters/malformed) is a LoRAFormatError with its expected words', async () => {
@@ -153,6 +155,139 @@ test('fuzz: truncated and bit-flipped files fail only with LoRAFormatError, read
     await tryOpen(m);
   }
   assert.ok(failures > 400, `${failures} mutated files were rejected`);
+});
+
+const f32 = (n: number) => new Uint8Array(4 * n);
+/** One tensor's entry; a string shape or offsets goes in as raw JSON text. */
+const raw = (x: unknown): string => (typeof x === 'string' ? x : JSON.stringify(x));
+const entry = (shape: unknown, offsets: unknown, dtype = 'F32') => `{"dtype":"${dtype}","shape":${raw(shape)},"data_offsets":${raw(offsets)}}`;
+
+test('"__metadata__": null is no metadata (the reference reads Option<HashMap>)', async () => {
+  const r = await assertResolves(open(file({ __metadata__: null, a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(1))), '__metadata__ null');
+  assert.equal(Object.keys(r.metadata), []);
+  assert.equal(r.tensors.map((t) => t.name), ['a']);
+  await rejects(file({ __metadata__: 'x', a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(1)), ['"__metadata__" must be an object of strings (or null), got "x"']);
+});
+
+test('shape and data_offsets must be integer literals: 4.0, 0.5, 1e0, -1 and -0 are refused, naming the tensor and the field', async () => {
+  // JSON.parse reads 4.0 as 4; the reference's usize fields refuse any literal that is not an integer
+  await rejects(file(`{"a":${entry([1], '[0, 4.0]')}}`, f32(1)), ['"a" has bad data_offsets', 'data_offsets[1] must be a non-negative integer, got 4.0']);
+  await rejects(file(`{"a":${entry([1], '[0.5, 4.5]')}}`, f32(1)), ['"a" has bad data_offsets', 'data_offsets[0]', 'got 0.5']);
+  await rejects(file(`{"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}}`, f32(1)), ['"a" has a bad shape', 'shape[0] must be a non-negative integer, got 1.0']);
+  await rejects(file(`{"a":{"dtype":"F32","shape":[2, 1e0],"data_offsets":[0,8]}}`, f32(2)), ['"a"', 'shape[1]', 'got 1e0']);
+  await rejects(file(`{"a":{"dtype":"F32","shape":[-0],"data_offsets":[0,0]}}`), ['"a"', 'shape[0]', 'got -0']);
+  await rejects(file(`{"a":${entry([1], [-4, 4])}}`, f32(1)), ['"a" has bad data_offsets', 'got -4']);
+  await rejects(file(`{"a":${entry([1], '["0", 4]')}}`, f32(1)), ['"a" has bad data_offsets', 'got "0"']);
+  await rejects(file(`{"a":${entry(2, [0, 8])}}`, f32(2)), ['"a" has a bad shape', 'list of non-negative integers, got 2']);
+  await rejects(file(`{"a":${entry([1], [0, 4, 8])}}`, f32(1)), ['"a" has bad data_offsets', 'must be [begin, end], got [0, 4, 8]']);
+  await rejects(file(`{"a":${entry([1], '[0, 18446744073709551616]')}}`, f32(1)), ['"a"', 'more than 2^64 − 1']);
+  await rejects(file(`{"a":{"dtype":"F32","data_offsets":[0,4]}}`, f32(1)), ['"a" has no shape']);
+});
+
+test('an element count that overflows usize is refused as the reference\'s checked_mul refuses it, even when a later dimension is 0', async () => {
+  const max = Number.MAX_SAFE_INTEGER;
+  await rejects(file({ a: { dtype: 'F32', shape: [max, max, 0], data_offsets: [0, 0] } }), ['"a" has a bad shape [9007199254740991, 9007199254740991, 0]', 'overflows']);
+  await rejects(file(`{"a":${entry('[4294967296, 4294967296, 0]', [0, 0], 'U8')}}`), ['"a"', 'overflows']); // 2^64: one past usize
+  await rejects(file(`{"a":${entry('[0, 18446744073709551615]', [0, 0], 'F32')}}`), ['"a"', 'lora-wasm does not read']); // valid, but past 2^53
+  // within usize at every step, then 0: valid in the reference, so valid here
+  const r = await assertResolves(open(file(`{"a":${entry('[1073741824, 1073741824, 0]', [0, 0])},"b":${entry([1], [0, 4])}}`, f32(1))), '2^60 then 0');
+  assert.equal(r.get('a')!.shape, [2 ** 30, 2 ** 30, 0]);
+  // the byte count, not only the element count: 2^62 F32 elements are 2^64 bytes
+  await rejects(file(`{"a":${entry('[4611686018427387904]', [0, 0])}}`), ['"a"', 'overflows']);
+});
+
+test('zero-size tensors ([0], [0, 4], [4, 0]) are read with begin = end, between others', async () => {
+  const h = `{"e0":${entry([0], [0, 0])},"a":${entry([2], [0, 8])},"e1":${entry([0, 4], [8, 8], 'F16')},"e2":${entry([4, 0], [8, 8], 'I64')},"b":${entry([1], [8, 12])}}`;
+  const r = await open(file(h, f32(3)));
+  assert.equal(r.tensors.map((t) => [t.name, t.begin, t.end]), [['e0', 0, 0], ['a', 0, 8], ['e1', 8, 8], ['e2', 8, 8], ['b', 8, 12]]);
+  assert.is((await r.read('e1')).bytes.length, 0);
+  assert.ok(isEmptyShape(r.get('e2')!.shape) && !isEmptyShape(r.get('a')!.shape) && !isEmptyShape([]));
+  await rejects(file(`{"e":${entry([0], [0, 4])}}`, f32(1)), ['"e" is F32 [0] (0 bytes)', 'hold 4']);
+});
+
+test('names that are members of Object.prototype are tensors and metadata keys like any other', async () => {
+  const names = ['__proto__', 'constructor', 'toString', 'hasOwnProperty'];
+  const h = `{"__metadata__":{"__proto__":"p","constructor":"c"},${names.map((n, k) => `"${n}":${entry([1], [4 * k, 4 * k + 4])}`).join(',')}}`;
+  const r = await open(file(h, f32(4)));
+  assert.equal(r.tensors.map((t) => t.name), names);
+  assert.is(Object.getPrototypeOf(r.metadata), null);
+  assert.equal(Object.keys(r.metadata), ['__proto__', 'constructor']);
+  assert.is(r.metadata.__proto__, 'p' as never);
+  assert.is(r.get('valueOf'), undefined);
+  await assertRejectsTyped(r.read('valueOf'), LoRAFormatError, ['there is no tensor "valueOf"']);
+  await rejects(file({ a: { dtype: 'constructor', shape: [1], data_offsets: [0, 4] } }, f32(1)), ['"a" has an unknown dtype "constructor"']);
+  await rejects(file({ a: { dtype: '__proto__', shape: [1], data_offsets: [0, 4] } }, f32(1)), ['"a" has an unknown dtype "__proto__"']);
+  // the writer: any well-formed name but __metadata__, and the duplicate check sees only real duplicates
+  const t = (name: string) => ({ name, dtype: 'F32', shape: [1], data: new Float32Array([1]) });
+  const out = encodeSafetensors([...names, ''].map(t), Object.fromEntries([['__proto__', 'p']]));
+  const back = await open(out);
+  assert.equal(back.tensors.map((x) => x.name), ['', '__proto__', 'constructor', 'hasOwnProperty', 'toString']);
+  assert.equal({ ...back.metadata }, Object.fromEntries([['__proto__', 'p']]));
+  assertThrowsTyped(() => encodeSafetensors([t('toString'), t('toString')]), LoRAFormatError, ['cannot write "toString" twice']);
+  assertThrowsTyped(() => encodeSafetensors([t('__metadata__')]), LoRAFormatError, ['"__metadata__"']);
+  assertThrowsTyped(() => encodeSafetensors([t('x\uD800')]), LoRAFormatError, ['lone surrogate']);
+  assertThrowsTyped(() => encodeSafetensors([{ ...t('a'), dtype: 'constructor' }]), LoRAFormatError, ['"a"', 'unknown dtype constructor']);
+});
+
+test('the writer orders names as Rust compares strings (UTF-8 bytes) and keeps integer-like names in that order', async () => {
+  const t = (name: string) => ({ name, dtype: 'F16', shape: [1], data: new Uint16Array(1) });
+  const out = encodeSafetensors(['2', '10', '\u{10000}', '\uFFFF', 'b'].map(t), { '1': 'x', a: 'y' });
+  const n = Number(new DataView(out.buffer).getBigUint64(0, true));
+  const text = new TextDecoder().decode(out.subarray(8, 8 + n)).trimEnd();
+  // an object would put "2" before "10" and "1" first; UTF-16 order would put U+10000 before U+FFFF
+  assert.is(text, '{"__metadata__":{"1":"x","a":"y"},"10":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"2":{"dtype":"F16","shape":[1],"data_offsets":[2,4]},' +
+    '"b":{"dtype":"F16","shape":[1],"data_offsets":[4,6]},"\uFFFF":{"dtype":"F16","shape":[1],"data_offsets":[6,8]},"\u{10000}":{"dtype":"F16","shape":[1],"data_offsets":[8,10]}}');
+  assert.equal(planSafetensors([{ name: 'z', dtype: 'F32', shape: [0, 3] }]).dataBytes, 0, 'a zero-size tensor is written with no bytes');
+});
+
+test('malformed headers: every case is a one-line LoRAFormatError naming the file', async () => {
+  const ok = `{"a":${entry([2], [0, 8])}}`;
+  const d8 = f32(2);
+  await rejects(file(ok, d8, 100_000_001n), ['the header length is 100000001 bytes, over the 100,000,000-byte limit']);
+  await rejects(file(ok, d8, BigInt(ok.length + 9)), [`the header length is ${ok.length + 9} bytes but the file has only ${ok.length + 8}`]);
+  await rejects(file(`{"a":${entry([1], [4, 8])},"b":${entry([1], [8, 12])}}`, f32(3)), ['gap before "a"', 'bytes 0 to 4']);
+  await rejects(file(`{"a":${entry([2], [0, 8])},"b":${entry([2], [8, 16])},"c":${entry([1], [20, 24])}}`, f32(6)), ['gap before "c"']);
+  await rejects(file(`{"a":${entry([2], [0, 8])},"b":${entry([2], [4, 12])}}`, f32(3)), ['"b" overlaps']);
+  await rejects(file(`{"a":${entry([3], [0, 8])}}`, d8), ['"a" is F32 [3] (12 bytes) but its data_offsets [0, 8] hold 8']);
+  await rejects(file(`{"a":${entry([2], [0, 8])}}`, f32(3)), ['the tensors end at byte 8 of the data but the file holds 12 data bytes']);
+  await rejects(file(`{"a":${entry([2], [0, 16])}}`, d8), ['"a" has bad data_offsets [0, 16]', 'past the 8 data bytes']);
+  await rejects(file('{}', d8), ['end at byte 0', 'holds 8']);
+  await rejects(file(`{"__metadata__":{"n":1},"a":${entry([2], [0, 8])}}`, d8), ['"__metadata__"."n" must be a string, got 1']);
+  await rejects(file(`{"__metadata__":{"n":null},"a":${entry([2], [0, 8])}}`, d8), ['"__metadata__"."n" must be a string, got null']);
+  await rejects(file(`{"__metadata__":{"n":{"x":"y"}},"a":${entry([2], [0, 8])}}`, d8), ['"__metadata__"."n" must be a string, got an object']);
+  // a key twice in any object: JSON.parse would keep the last one silently
+  await rejects(file(`{"a":${entry([2], [0, 8])},"a":${entry([2], [0, 8])}}`, d8), ['the key "a" appears twice in the header']);
+  await rejects(file(`{"\\u0061":${entry([2], [0, 8])},"a":${entry([2], [0, 8])}}`, d8), ['the key "a" appears twice in the header']);
+  await rejects(file(`{"a":{"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}}`, d8), ['the key "dtype" appears twice in "a"']);
+  await rejects(file(`{"__metadata__":{"k":"1","k":"2"},"a":${entry([2], [0, 8])}}`, d8), ['the key "k" appears twice in "__metadata__"']);
+  await rejects(file(`{"__metadata__":null,"__metadata__":{},"a":${entry([2], [0, 8])}}`, d8), ['the key "__metadata__" appears twice in the header']);
+  // not UTF-8, not JSON as serde_json reads it
+  const bad = file(ok, d8);
+  bad[12] = 0xc3; // a truncated two-byte sequence
+  await rejects(bad, ['the header is not valid UTF-8']);
+  for (const [text, words] of [
+    [`${ok} x`, ['not valid JSON', 'unexpected "x"', 'after the header']],
+    [`{"a":${entry([2], [0, 8])},}`, ['not valid JSON', 'unexpected "}"']],
+    [`{'a':${entry([2], [0, 8])}}`, ['not valid JSON', `unexpected "'" at character 1`]],
+    [`{"a":${entry([2], [0, 8])}`, ['not valid JSON', 'ends too early']],
+    [`{"a\n":${entry([2], [0, 8])}}`, ['not valid JSON', 'control character (U+000a)']],
+    [`{"\\ud800":${entry([2], [0, 8])}}`, ['not valid JSON', 'lone surrogate']],
+    [`{"\\x":${entry([2], [0, 8])}}`, ['not valid JSON', 'bad escape']],
+    [`{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}}`, ['not valid JSON', 'unexpected "N"']],
+    [`{"a":{"dtype":"F32","shape":[02],"data_offsets":[0,8]}}`, ['not valid JSON', 'unexpected "2"']],
+    [`{"a":{"x":${'['.repeat(200)}${']'.repeat(200)},"dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, ['not valid JSON', 'more than 127 nested']],
+    ['', ['not valid JSON', 'ends too early']],
+    ['null', ['not a JSON object (it is null)']],
+  ] as const) {
+    await rejects(file(text, d8), [...words]);
+  }
+  await rejects(file(`{"a":${entry([2], [0, 8], 'F128')}}`, d8), ['"a" has an unknown dtype "F128"']);
+  await rejects(file(`{"a":${entry([2], [0, 8], 'f32')}}`, d8), ['"a" has an unknown dtype "f32"']);
+  await rejects(file(`{"a\\nb":${entry([2], [0, 8], 'Q4')}}`, d8), ['"a\\nb" has an unknown dtype "Q4"']); // the name's newline stays escaped
+  // what the reference accepts besides: whitespace, unknown fields, a struct as the list of its fields, a deep unknown field
+  await assertResolves(open(file(` \t\r\n{ "a" : { "dtype" : "F32" , "shape" : [ 2 ] , "data_offsets" : [ 0 , 8 ] , "extra" : [1.5, {"y": null}] } }  `, d8)), 'whitespace and an unknown field');
+  await assertResolves(open(file('{"a":["F32",[2],[0,8]]}', d8)), 'a tensor as [dtype, shape, data_offsets]');
+  await assertResolves(open(file(`{"a":{"x":${'['.repeat(120)}${']'.repeat(120)},"dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, d8)), '122 levels');
 });
 
 test.run();
