@@ -4,36 +4,96 @@
  *
  *   y_i = x_i·Wᵀ [+ bias] + s_a·(x_i·B_aᵀ)·A_aᵀ     a = rowAdapter[i]; a = −1: the bare base row
  *
- * with ONE GEMM for the base over the whole batch, then the low-rank work per adapter:
- *   SGMV (segments, prefill-sized): the rows of one adapter, when there are at least SGMV_MIN_ROWS of
- *     them, go as one block: H = X_a·B_aᵀ, Y_a += s·H·A_aᵀ, two small GEMMs (rows that are not
- *     contiguous are gathered into scratch and the result added back);
- *   BGMV (gather per row, decode-sized): a lone row runs two matrix-vector products straight on its
- *     row of X and of Y, reading A_a and B_a in place.
- * Ranks and scales may differ per adapter. The factors are the caller's (kept alive by them; a
- * half-precision factor is copied to f32 once, here); W is used in place and never changed.
+ * in three named steps, every one a guarded kernel-layer call on descriptors:
+ *   base     ONE GEMM over the whole batch (after the bias is broadcast into Y);
+ *   segment  SGMV (prefill-sized): the rows of one adapter, when there are at least SGMV_MIN_ROWS of
+ *            them, go as one block: H = X_a·B_aᵀ, Y_a += s·H·A_aᵀ, two small GEMMs. Rows that are not
+ *            adjacent are gathered (row copies) into scratch, X_a and Y_a alike, and Y_a is copied back;
+ *   lone     BGMV (decode-sized): a lone row runs two matrix-vector products straight on its rows of
+ *            X and of Y.
+ * Ranks and scales may differ per adapter.
+ *
+ * Ownership. The factors are SNAPSHOTTED: every A and B, f32 or half, is copied into the set's own f32
+ * storage when the set is made. Later changes to the caller's factors do not show, and the caller may
+ * dispose its adapter once the set exists. W and the bias are read in place, live, and never changed.
  */
 import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import { type MatrixDesc, describe, describeBlock, describeRows } from '../kernel/descriptor.js';
-import { type DType, Matrix } from '../memory/matrix.js';
-import { convert } from '../ops/convert.js';
-import { createMatrix } from '../ops/create.js';
-import { type MatrixInput, operand, optionsObject, withStaging } from '../ops/operands.js';
+import { ITEM_BYTES, type MatrixDesc, describe, describeBlock } from '../kernel/descriptor.js';
+import { type DType, Matrix, disposeSymbol, newMatrix } from '../memory/matrix.js';
+import { type MatrixInput, type Operand, assertDisjoint, operand, optionsObject, withStaging } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
+import { Adapter, type AdapterModule } from './adapter.js';
 
 /** Rows of one adapter at or above which they are run as one segment (SGMV) rather than row by row (BGMV). */
 export const SGMV_MIN_ROWS = 4;
 
-/** One adapter to serve: ΔW = scale·A·B with A [dOut, r], B [r, dIn] (an AdapterModule fits). */
-export interface ServedAdapter {
+/** One module's factors: ΔW = scale·A·B with A [dOut, r], B [r, dIn], any dtype (an AdapterModule fits). */
+export interface AdapterFactors {
   A: Matrix<DType>;
   B: Matrix<DType>;
   scale: number;
 }
 
+/**
+ * One adapter to serve: its factors `{ A, B, scale }`, an `Adapter` with exactly one module (as
+ * lw.loadAdapter returns it), or `{ adapter, module: 'name' }` for one module of a larger Adapter.
+ */
+export type ServedAdapter = AdapterFactors | Adapter | { adapter: Adapter; module: string };
+
 export interface AdapterSetOptions {
-  /** Base bias [1, dOut], added to every row. */
+  /** Base bias [1, dOut], added to every row (read in place). */
   bias?: Matrix;
+}
+
+/** The set's own f32 copy of one adapter. */
+interface Served {
+  A: Matrix;
+  B: Matrix;
+  scale: number;
+  r: number;
+}
+
+/** The first few module names of an Adapter, for messages. */
+function moduleNames(a: Adapter): string {
+  const names = a.modules.slice(0, 4).map((m) => m.name);
+  return a.modules.length > 4 ? `${names.join(', ')}, … (${a.modules.length} in all)` : names.join(', ');
+}
+
+/** Rows [r0, r1) of a descriptor: describeRows for a descriptor (X may be staged, or a view with an offset). */
+const rowsOf = (d: MatrixDesc, r0: number, r1: number): MatrixDesc =>
+  ({ ...d, offset: d.offset + r0 * d.ld * ITEM_BYTES[d.dtype], rows: r1 - r0 });
+
+/** adapters[i] as factors: an Adapter's only module, a named module, or the factors themselves. */
+function factorsOf(fn: string, item: unknown, i: number): AdapterFactors {
+  const at = `adapters[${i}]`;
+  let m: unknown = item;
+  if (item instanceof Adapter) {
+    if (item.modules.length !== 1) {
+      if (item.modules.length === 0) throw new LoRATypeError(`${fn}: ${at} is an Adapter with no modules; there is nothing to serve`);
+      throw new LoRATypeError(
+        `${fn}: ${at} is an Adapter with ${item.modules.length} modules (${moduleNames(item)}); a set serves one module per ` +
+          `entry: pass { adapter, module: '${item.modules[0]!.name}' }`,
+      );
+    }
+    m = item.modules[0];
+  } else if (typeof item === 'object' && item !== null && 'adapter' in item) {
+    const { adapter, module } = item as { adapter: unknown; module: unknown };
+    if (!(adapter instanceof Adapter)) throw new LoRATypeError(`${fn}: ${at}.adapter must be an Adapter from lw.loadAdapter, got ${describeValue(adapter)}`);
+    if (typeof module !== 'string') throw new LoRATypeError(`${fn}: ${at}.module must be a module name (${moduleNames(adapter)}), got ${describeValue(module)}`);
+    m = adapter.modules.find((x) => x.name === module);
+    if (m === undefined) throw new LoRATypeError(`${fn}: ${at}.module '${module}' is not a module of the adapter; its modules are ${moduleNames(adapter)}`);
+  } else if (typeof item !== 'object' || item === null) {
+    throw new LoRATypeError(`${fn}: ${at} must be { A, B, scale }, an Adapter or { adapter, module }, got ${describeValue(item)}`);
+  }
+  // an AdapterModule: only the ones whose ΔW adds to x·Wᵀ as it is
+  const mod = m as Partial<AdapterModule>;
+  const named = mod.name === undefined ? at : `${at} (module ${mod.name})`;
+  if (mod.kind === 'embedding') throw new LoRATypeError(`${fn}: ${named} is an embedding module; adapterSet serves linear layers (y = x·Wᵀ)`);
+  if (mod.fanInFanOut) {
+    throw new LoRATypeError(`${fn}: ${named} is a fan_in_fan_out module (W stored [in, out], GPT-2's Conv1D); adapterSet serves y = x·Wᵀ with W [out, in]`);
+  }
+  if (mod.biasDelta) throw new LoRATypeError(`${fn}: ${named} carries a bias delta (PEFT lora_bias), which adapterSet does not serve`);
+  return m as AdapterFactors;
 }
 
 export class AdapterSet {
@@ -44,11 +104,12 @@ export class AdapterSet {
   readonly #engine: Engine;
   readonly #W: Matrix;
   readonly #bias: Matrix | undefined;
-  readonly #adapters: { A: Matrix; B: Matrix; scale: number; r: number }[];
-  /** f32 copies this set made of half-precision factors (freed by dispose). */
-  readonly #owned: Matrix[] = [];
-  /** Scratch, grown on demand: gathered X rows, H, and the segment's low-rank output. */
-  #scratch: { x?: Matrix; h?: Matrix; y?: Matrix } = {};
+  /** The set's own f32 copies of the factors (freed by dispose). */
+  readonly #adapters: Served[];
+  /** What an output must not overlap: W, the bias, and the caller's factors (while they live). */
+  readonly #inputs: { op: Operand; m: Matrix<DType> }[];
+  /** Scratch, grown on demand: gathered X rows, gathered Y rows, H. */
+  #scratch: { x?: Matrix; y?: Matrix; h?: Matrix } = {};
   #disposed = false;
 
   /** @internal use lw.adapterSet */
@@ -56,23 +117,33 @@ export class AdapterSet {
     const fn = 'adapterSet';
     this.#engine = engine;
     if (!(w instanceof Matrix)) throw new LoRATypeError(`${fn}: the base weight W must be an f32 Matrix [dOut, dIn], got ${describeValue(w)}`);
-    operand(engine.heap, fn, 'W', w); // instance, liveness, f32
+    const wOp = operand(engine.heap, fn, 'W', w); // instance, liveness, f32
     this.#W = w as Matrix;
     [this.dOut, this.dIn] = [w.rows, w.cols];
+    this.#inputs = [{ op: wOp, m: w }];
     const o = optionsObject<AdapterSetOptions>(fn, optsIn, '{ bias }');
     if (o.bias !== undefined) {
       if (!(o.bias instanceof Matrix)) throw new LoRATypeError(`${fn}: options.bias must be an f32 Matrix [1, ${this.dOut}], got ${describeValue(o.bias)}`);
-      operand(engine.heap, fn, 'bias', o.bias);
+      this.#inputs.push({ op: operand(engine.heap, fn, 'bias', o.bias), m: o.bias });
       if (o.bias.rows !== 1 || o.bias.cols !== this.dOut) throw new LoRAShapeError(`${fn}: options.bias is [${o.bias.rows}, ${o.bias.cols}] but W [${this.dOut}, ${this.dIn}] needs [1, ${this.dOut}]`);
       this.#bias = o.bias;
     }
-    if (!Array.isArray(adapters)) throw new LoRATypeError(`${fn}: adapters must be an array of { A, B, scale } (an Adapter's modules fit), got ${describeValue(adapters)}`);
-    const checked = adapters.map((a, i) => {
-      if (typeof a !== 'object' || a === null) throw new LoRATypeError(`${fn}: adapters[${i}] must be { A, B, scale }, got ${describeValue(a)}`);
-      const { A, B, scale } = a as ServedAdapter;
+    const items = this.#check(fn, adapters);
+    this.#adapters = this.#snapshot(fn, items);
+    this.size = items.length;
+  }
+
+  /** Every entry resolved to factors and checked (dtype, liveness, shapes against W, scale); nothing allocated. */
+  #check(fn: string, adapters: unknown): AdapterFactors[] {
+    if (!Array.isArray(adapters)) {
+      throw new LoRATypeError(`${fn}: adapters must be an array of { A, B, scale }, Adapters or { adapter, module }, got ${describeValue(adapters)}`);
+    }
+    const heap = this.#engine.heap;
+    return adapters.map((item, i) => {
+      const { A, B, scale } = factorsOf(fn, item, i);
       for (const [name, m] of [['A', A], ['B', B]] as const) {
         if (!(m instanceof Matrix)) throw new LoRATypeError(`${fn}: adapters[${i}].${name} must be a Matrix, got ${describeValue(m)}`);
-        operand(engine.heap, fn, `adapters[${i}].${name}`, m, ['f32', 'f16', 'bf16']);
+        this.#inputs.push({ op: operand(heap, fn, `adapters[${i}].${name}`, m, ['f32', 'f16', 'bf16']), m });
       }
       if (A.rows !== this.dOut || B.cols !== this.dIn || A.cols !== B.rows) {
         throw new LoRAShapeError(`${fn}: adapters[${i}] has A [${A.rows}, ${A.cols}] and B [${B.rows}, ${B.cols}]; W [${this.dOut}, ${this.dIn}] needs A [${this.dOut}, r] and B [r, ${this.dIn}]`);
@@ -82,116 +153,160 @@ export class AdapterSet {
       }
       return { A, B, scale };
     });
-    // half factors: one f32 copy each, made after every check passed
-    try {
-      this.#adapters = checked.map(({ A, B, scale }) => ({ A: this.#f32(A), B: this.#f32(B), scale, r: A.cols }));
-    } catch (e) {
-      for (const m of this.#owned) m.dispose();
-      throw e;
-    }
-    this.size = checked.length;
   }
 
-  #f32(m: Matrix<DType>): Matrix {
-    if (m.dtype === 'f32') return m as Matrix;
-    const c = createMatrix(this.#engine, m.rows, m.cols) as Matrix;
-    this.#owned.push(c);
-    convert(this.#engine, c, m);
-    return c;
+  /** The set's own f32 copy of every factor (all or nothing: a failure frees the copies made). */
+  #snapshot(fn: string, items: AdapterFactors[]): Served[] {
+    const { heap, kernel } = this.#engine;
+    const made: Matrix[] = [];
+    const copy = (m: Matrix<DType>, name: string): Matrix => {
+      const c = newMatrix(heap, `${fn} (${name})`, m.rows, m.cols);
+      made.push(c);
+      kernel.convert(fn, describe(c, name), describe(m, name)); // f32: a copy; f16/bf16: exact decode
+      return c;
+    };
+    try {
+      return items.map(({ A, B, scale }, i) => ({ A: copy(A, `adapters[${i}].A`), B: copy(B, `adapters[${i}].B`), scale, r: A.cols }));
+    } catch (e) {
+      for (const m of made) m.dispose();
+      throw e;
+    }
   }
 
   /**
    * Y [n, dOut] for X [n, dIn], row i through adapter rowAdapter[i] (−1: the base alone). Returns a
-   * new Matrix, or writes `out` ([n, dOut]) and returns it.
+   * new Matrix, or writes `out` ([n, dOut], a Matrix or a plain { rows, cols, data }) and returns it.
+   * `out` must not share memory with X, W, the bias or the caller's factors (LoRATypeError).
    */
-  forward(x: MatrixInput, rowAdapter: ArrayLike<number>, out?: Matrix): Matrix {
+  forward(x: MatrixInput, rowAdapter: ArrayLike<number>): Matrix;
+  forward<T extends MatrixInput>(x: MatrixInput, rowAdapter: ArrayLike<number>, out: T): T;
+  forward(x: MatrixInput, rowAdapter: ArrayLike<number>, out?: MatrixInput): MatrixInput {
     const fn = 'adapterSet.forward';
     const e = this.#engine;
-    if (this.#disposed) throw new LoRADisposedError(`${fn}: this adapter set was disposed`);
-    for (const [name, m] of [['W', this.#W], ['bias', this.#bias], ...this.#adapters.flatMap((a, i) => [[`adapters[${i}].A`, a.A], [`adapters[${i}].B`, a.B]])] as const) {
-      if (m && !e.heap.isLive((m as Matrix).block)) throw new LoRADisposedError(`${fn}: ${name} was disposed; the set cannot run without it`);
-    }
+    this.#assertUsable(fn);
     const xs = operand(e.heap, fn, 'X', x);
     if (xs.cols !== this.dIn) throw new LoRAShapeError(`${fn}: X is [${xs.rows}, ${xs.cols}] but W [${this.dOut}, ${this.dIn}] takes ${this.dIn} features`);
-    const n = xs.rows;
+    const groups = this.#groupRows(fn, rowAdapter, xs.rows);
+    const outOp = out === undefined ? undefined : this.#checkOut(fn, out, xs);
+    return withStaging(e.heap, fn, (staging) => {
+      const X = staging.input(xs);
+      const result = outOp ? undefined : staging.result(newMatrix(e.heap, fn, xs.rows, this.dOut));
+      const Y = outOp ? staging.output(outOp, false) : describe(result!, 'Y');
+      this.#reserve(groups); // every allocation before the plain inputs are copied in
+      staging.load();
+      this.#base(fn, Y, X);
+      groups.forEach((rows, a) => {
+        if (rows.length >= SGMV_MIN_ROWS) this.#segment(fn, Y, X, this.#adapters[a]!, rows);
+        else this.#lone(fn, Y, X, this.#adapters[a]!, rows);
+      });
+      staging.commit();
+      return out ?? result!;
+    });
+  }
+
+  #assertUsable(fn: string): void {
+    if (this.#disposed) throw new LoRADisposedError(`${fn}: this adapterSet was disposed`);
+    for (const [name, m] of [['W', this.#W], ['bias', this.#bias]] as const) {
+      if (m && (m.disposed || !this.#engine.heap.isLive(m.block))) throw new LoRADisposedError(`${fn}: ${name} was disposed; the set cannot run without it`);
+    }
+  }
+
+  /** The rows of each adapter, in order; −1 rows are the base alone. */
+  #groupRows(fn: string, rowAdapter: ArrayLike<number>, n: number): number[][] {
     if (typeof rowAdapter !== 'object' || rowAdapter === null || typeof rowAdapter.length !== 'number') {
       throw new LoRATypeError(`${fn}: rowAdapter must be an array of adapter indexes (−1 for the base), got ${describeValue(rowAdapter)}`);
     }
     if (rowAdapter.length !== n) throw new LoRAShapeError(`${fn}: rowAdapter has ${rowAdapter.length} entries but X has ${n} rows`);
-    const rows: number[][] = this.#adapters.map(() => []);
+    const groups: number[][] = this.#adapters.map(() => []);
     for (let i = 0; i < n; i++) {
-      const a = rowAdapter[i];
-      if (!Number.isInteger(a) || a! < -1 || a! >= this.size) {
+      const a = rowAdapter[i]!;
+      if (!Number.isInteger(a) || a < -1 || a >= this.size) {
         throw new LoRARangeError(`${fn}: rowAdapter[${i}] is ${describeValue(a)}; it must be −1 (the base) or an adapter index in [0, ${this.size})`);
       }
-      if (a! >= 0) rows[a!]!.push(i);
+      if (a >= 0) groups[a]!.push(i);
     }
-    if (out !== undefined) {
-      if (!(out instanceof Matrix)) throw new LoRATypeError(`${fn}: out must be a Matrix [${n}, ${this.dOut}], got ${describeValue(out)}`);
-      operand(e.heap, fn, 'out', out);
-      if (out.rows !== n || out.cols !== this.dOut) throw new LoRAShapeError(`${fn}: out is [${out.rows}, ${out.cols}] but needs [${n}, ${this.dOut}]`);
+    return groups;
+  }
+
+  /** out: [n, dOut], sharing no memory with anything the set reads. */
+  #checkOut(fn: string, out: unknown, xs: Operand): Operand {
+    const o = operand(this.#engine.heap, fn, 'out', out);
+    if (o.rows !== xs.rows || o.cols !== this.dOut) throw new LoRAShapeError(`${fn}: out is [${o.rows}, ${o.cols}] but needs [${xs.rows}, ${this.dOut}]`);
+    const live = this.#inputs.filter(({ m }) => !m.disposed && this.#engine.heap.isLive(m.block)).map(({ op }) => op);
+    assertDisjoint(fn, o, [xs, ...live]);
+    return o;
+  }
+
+  /** base: Y = [bias +] X·Wᵀ over the whole batch. */
+  #base(fn: string, Y: MatrixDesc, X: MatrixDesc): void {
+    const k = this.#engine.kernel;
+    if (this.#bias) k.broadcastRows(fn, Y, describe(this.#bias, 'bias'));
+    k.gemm(fn, Y, X, describe(this.#W, 'W'), { transY: true, beta: this.#bias ? 1 : 0 });
+  }
+
+  /** segment (SGMV): Y_a += s·(X_a·Bᵀ)·Aᵀ for the rows of one adapter as one block, gathered when not adjacent. */
+  #segment(fn: string, Y: MatrixDesc, X: MatrixDesc, f: Served, rows: number[]): void {
+    const k = this.#engine.kernel;
+    const len = rows.length;
+    const H = this.#scratchDesc('h', len, f.r, 'H');
+    const adjacent = rows[len - 1]! - rows[0]! === len - 1;
+    const Xa = adjacent ? rowsOf(X, rows[0]!, rows[0]! + len) : this.#gather(fn, 'x', X, rows);
+    const Ya = adjacent ? rowsOf(Y, rows[0]!, rows[0]! + len) : this.#gather(fn, 'y', Y, rows);
+    k.gemm(fn, H, Xa, describe(f.B, 'B'), { transY: true }); // H = X_a·Bᵀ
+    k.gemm(fn, Ya, H, describe(f.A, 'A'), { transY: true, alpha: f.scale, beta: 1 }); // Y_a += s·H·Aᵀ
+    if (!adjacent) rows.forEach((i, j) => k.copy(fn, rowsOf(Y, i, i + 1), rowsOf(Ya, j, j + 1))); // scatter back
+  }
+
+  /** lone rows (BGMV): y_i += s·(x_i·Bᵀ)·Aᵀ, two matrix-vector products per row, in place. */
+  #lone(fn: string, Y: MatrixDesc, X: MatrixDesc, f: Served, rows: number[]): void {
+    const k = this.#engine.kernel;
+    const h = this.#scratchDesc('h', 1, f.r, 'h');
+    const [A, B] = [describe(f.A, 'A'), describe(f.B, 'B')];
+    for (const i of rows) {
+      k.gemm(fn, h, rowsOf(X, i, i + 1), B, { transY: true }); // h = x_i·Bᵀ
+      k.gemm(fn, rowsOf(Y, i, i + 1), h, A, { transY: true, alpha: f.scale, beta: 1 }); // y_i += s·h·Aᵀ
     }
-    return withStaging(e.heap, fn, (staging) => {
-      const X = staging.input(xs);
-      const Y = out ?? staging.result(createMatrix(e, n, this.dOut) as Matrix);
-      const Yd = describe(Y, 'Y');
-      // the base, once for the whole batch
-      if (this.#bias) e.kernel.broadcastRows(fn, Yd, describe(this.#bias, 'bias'));
-      e.kernel.gemm(fn, Yd, X, describe(this.#W, 'W'), { transY: true, beta: this.#bias ? 1 : 0 });
-      const xRows = (r0: number, r1: number) => ({ ...X, offset: X.offset + r0 * this.dIn * 4, rows: r1 - r0, name: 'X' });
-      for (let a = 0; a < this.size; a++) {
-        const idx = rows[a]!;
-        if (idx.length === 0) continue;
-        const { A, B, scale, r } = this.#adapters[a]!;
-        if (idx.length >= SGMV_MIN_ROWS) {
-          const len = idx.length;
-          const contiguous = idx[len - 1]! - idx[0]! === len - 1;
-          const H = this.#buffer('h', len, r, 'H');
-          if (contiguous) {
-            e.kernel.gemm(fn, H, xRows(idx[0]!, idx[0]! + len), describe(B, 'B'), { transY: true }); // H = X_a·Bᵀ
-            e.kernel.gemm(fn, describeRows(Y, idx[0]!, idx[0]! + len, 'Y'), H, describe(A, 'A'), { transY: true, alpha: scale, beta: 1 }); // Y_a += s·H·Aᵀ
-            continue;
-          }
-          const G = this.#buffer('x', len, this.dIn, 'X (gathered)');
-          idx.forEach((i, j) => e.heap.copyBytes(G.block.ptr + j * this.dIn * 4, X.block.ptr + X.offset + i * this.dIn * 4, this.dIn * 4));
-          e.kernel.gemm(fn, H, G, describe(B, 'B'), { transY: true });
-          const D = this.#buffer('y', len, this.dOut, 'ΔY');
-          e.kernel.gemm(fn, D, H, describe(A, 'A'), { transY: true, alpha: scale });
-          const yv = Y.data as Float32Array; // views after the last kernel call
-          const dv = e.heap.f32At(D.block.ptr, len * this.dOut);
-          idx.forEach((i, j) => {
-            const yo = i * this.dOut;
-            const d0 = j * this.dOut;
-            for (let k = 0; k < this.dOut; k++) yv[yo + k]! += dv[d0 + k]!;
-          });
-          continue;
-        }
-        const H = this.#buffer('h', 1, r, 'h');
-        for (const i of idx) {
-          e.kernel.gemm(fn, H, xRows(i, i + 1), describe(B, 'B'), { transY: true }); // h = x_i·Bᵀ
-          e.kernel.gemm(fn, describeRows(Y, i, i + 1, 'y'), H, describe(A, 'A'), { transY: true, alpha: scale, beta: 1 }); // y_i += s·h·Aᵀ
-        }
-      }
-      return Y;
+  }
+
+  /** Rows `rows` of M copied, in order, into scratch `key`. */
+  #gather(fn: string, key: 'x' | 'y', M: MatrixDesc, rows: number[]): MatrixDesc {
+    const G = this.#scratchDesc(key, rows.length, M.cols, `${M.name} (gathered)`);
+    rows.forEach((i, j) => this.#engine.kernel.copy(fn, rowsOf(G, j, j + 1), rowsOf(M, i, i + 1)));
+    return G;
+  }
+
+  /** Grows the scratch to what this batch's groups need, before anything is computed. */
+  #reserve(groups: number[][]): void {
+    let [x, y, h] = [0, 0, 0];
+    groups.forEach((rows, a) => {
+      const len = rows.length;
+      if (len === 0) return;
+      const seg = len >= SGMV_MIN_ROWS;
+      h = Math.max(h, (seg ? len : 1) * this.#adapters[a]!.r);
+      if (seg && rows[len - 1]! - rows[0]! !== len - 1) [x, y] = [Math.max(x, len * this.dIn), Math.max(y, len * this.dOut)];
     });
-  }
-
-  /** A descriptor of [rows, cols] over a scratch block kept for reuse (grown when too small). */
-  #buffer(key: 'x' | 'h' | 'y', rows: number, cols: number, name: string): MatrixDesc {
-    let m = this.#scratch[key];
-    if (!m || m.rows * m.cols < rows * cols || !this.#engine.heap.isLive(m.block)) {
+    for (const [key, elems] of [['x', x], ['y', y], ['h', h]] as const) {
+      const m = this.#scratch[key];
+      if (elems === 0 || (m && m.rows * m.cols >= elems && !m.disposed)) continue;
       m?.dispose();
-      m = createMatrix(this.#engine, rows, cols) as Matrix;
-      this.#scratch[key] = m;
+      this.#scratch[key] = newMatrix(this.#engine.heap, `adapterSet (scratch ${key})`, 1, elems);
     }
-    return describeBlock(this.#engine.heap, m.block, rows, cols, name);
   }
 
-  /** Frees the scratch and the f32 copies of half factors; W and the adapters stay the caller's. */
+  /** A [rows, cols] descriptor over scratch `key` (reserved by #reserve). */
+  #scratchDesc(key: 'x' | 'y' | 'h', rows: number, cols: number, name: string): MatrixDesc {
+    return describeBlock(this.#engine.heap, this.#scratch[key]!.block, rows, cols, name);
+  }
+
+  /** Frees the set's factor copies and scratch; W, the bias and the caller's adapters stay the caller's. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const m of [...Object.values(this.#scratch), ...this.#owned]) m?.dispose();
+    for (const m of [...Object.values(this.#scratch), ...this.#adapters.flatMap((a) => [a.A, a.B])]) m?.dispose();
     this.#scratch = {};
+  }
+
+  [disposeSymbol](): void {
+    this.dispose();
   }
 }
