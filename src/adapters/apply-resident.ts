@@ -1,28 +1,25 @@
 /**
- * Applying an Adapter to a base model's tensors (resident matrices keyed by the base file's names):
- *   modules       W ← W + multiplier·s·A·B       (the fused merge, any dtype of W, rounding once)
- *   lora_bias     bias ← bias + multiplier·s·lora_B.bias
- *   replacements  the base tensor's values are replaced (modules_to_save, trained biases)
- * Every target, shape and dtype, and with `safe` every result, is checked before the first write:
- * a call that throws leaves every base tensor as it was. With `into`, results go to separate
- * matrices (out ← W0 + s·A·B) and the base is not touched: exact, repeatable adapter swaps.
+ * Carries an adapter plan (plan.ts) out on resident matrices keyed by the base file's names
+ * (lw.mergeAdapter):
+ *   merge steps    W ← W + m·s·A·B       (the fused merge, any dtype of W, rounding once)
+ *   lora_bias      bias ← bias + m·s·lora_B.bias (a rank-1 update through the same kernel)
+ *   replacements   the base tensor's values are replaced (modules_to_save, trained biases)
+ * Every step is checked before the first write (NaN/Inf in the factors; with `safe`, every result in
+ * the type it is written in): a call that throws leaves every base tensor as it was. With `into`,
+ * results go to separate matrices (out ← W0 + s·A·B) and the base is not touched: exact, repeatable
+ * adapter swaps. `into` may not share memory with any base tensor, nor its matrices with each other.
  */
-import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { LoRAError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { describe } from '../kernel/descriptor.js';
 import { type DType, Matrix } from '../memory/matrix.js';
 import { convert } from '../ops/convert.js';
 import { checkMerge, merge, mergeInto } from '../ops/merge.js';
-import { type AnyMatrixInput, boolOption, f32Option, optionsObject } from '../ops/operands.js';
+import { type AnyMatrixInput, type Operand, assertDisjoint, operand } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
-import { type Adapter, type AdapterModule, checkAdapter } from './adapter.js';
-import { checkTargetShape, targetOf } from './plan.js';
+import { checkAdapter } from './adapter.js';
+import { type AdapterPlan, type ApplyOptions, type BaseTensor, planAdapter, readApplyOptions } from './plan.js';
 
-export interface MergeAdapterOptions {
-  /** Multiplies every module's scale (kohya's --multiplier; −1 unmerges). Default 1. */
-  multiplier?: number;
-  /** A prefix the base model's tensor names carry and the adapter's do not, e.g. 'model.'. Default ''. */
-  prefix?: string;
-  /** Refuse (with nothing written) if any merged weight would be NaN/±Inf in its dtype. Default false. */
-  safe?: boolean;
+export interface MergeAdapterOptions extends ApplyOptions {
   /** Write W0 + s·A·B into these matrices (same names and shapes as the base) instead of the base. */
   into?: Record<string, Matrix<DType>>;
 }
@@ -34,84 +31,113 @@ export interface MergeAdapterReport {
   replaced: string[];
 }
 
-interface Step {
-  module: AdapterModule;
-  target: string;
-  bias?: string;
-}
+/** The smallest magnitude that rounds to ±Infinity in each type (round to nearest, ties to even). */
+export const OVERFLOW_AT: Readonly<Record<DType, number>> = { f32: 2 ** 128 - 2 ** 103, f16: 65520, bf16: 2 ** 128 - 2 ** 119 };
 
-export function mergeAdapter(
-  engine: Engine, base: Record<string, Matrix<DType>>, adapterIn: unknown, opts?: MergeAdapterOptions,
-): MergeAdapterReport {
-  const fn = 'mergeAdapter';
-  const adapter: Adapter = checkAdapter(adapterIn, fn);
-  if (typeof base !== 'object' || base === null) throw new LoRATypeError(`${fn}: base must be an object of Matrices keyed by tensor name, got ${describeValue(base)}`);
-  const o = optionsObject<MergeAdapterOptions>(fn, opts, '{ multiplier, prefix, safe, into }');
-  const multiplier = f32Option(fn, 'options.multiplier', o.multiplier, 1);
-  const safe = boolOption(fn, 'options.safe', o.safe, false);
-  const prefix = o.prefix ?? '';
-  if (typeof prefix !== 'string') throw new LoRATypeError(`${fn}: options.prefix must be a string, got ${describeValue(prefix)}`);
-  const into = o.into;
-  const names = new Set(Object.keys(base));
-  const matrixAt = (set: Record<string, Matrix<DType>>, name: string, what: string): Matrix<DType> => {
-    const m = set[name];
+const fn = 'mergeAdapter';
+
+export function mergeAdapter(engine: Engine, base: Record<string, Matrix<DType>>, adapterIn: unknown, opts?: MergeAdapterOptions): MergeAdapterReport {
+  const adapter = checkAdapter(adapterIn, fn);
+  if (typeof base !== 'object' || base === null || Array.isArray(base)) {
+    throw new LoRATypeError(`${fn}: base must be an object of Matrices keyed by tensor name, got ${describeValue(base)}`);
+  }
+  const options = readApplyOptions(fn, opts, '{ multiplier, prefix, safe, into }');
+  const into = opts?.into;
+  if (into !== undefined && (typeof into !== 'object' || into === null || Array.isArray(into))) {
+    throw new LoRATypeError(`${fn}: options.into must be an object of Matrices keyed by tensor name, got ${describeValue(into)}`);
+  }
+  const at = (set: Record<string, unknown>, name: string, what: string): Matrix<DType> => {
+    const m = Object.hasOwn(set, name) ? set[name] : undefined;
     if (!(m instanceof Matrix)) throw new LoRATypeError(`${fn}: ${what}["${name}"] must be a Matrix, got ${describeValue(m)}`);
     return m;
   };
+  const lookup = (name: string): BaseTensor => {
+    const m = at(base, name, 'base');
+    return { shape: [m.rows, m.cols], dtype: m.dtype, typeName: m.dtype, where: 'base' };
+  };
+  const plan = planAdapter(fn, new Set(Object.keys(base)), lookup, adapter, options);
 
-  // 1. plan and check everything
-  const steps: Step[] = adapter.modules.map((module) => {
-    const target = targetOf(module, adapter.format, names, prefix);
-    const w = matrixAt(base, target, 'base');
-    checkTargetShape(module, target, [w.rows, w.cols]);
-    if (into) {
-      const out = matrixAt(into, target, 'into');
-      if (out.rows !== w.rows || out.cols !== w.cols) throw new LoRAShapeError(`${fn}: into["${target}"] is [${out.rows}, ${out.cols}] but the base tensor is [${w.rows}, ${w.cols}]`);
+  // where each write goes, checked: same shape, and no output sharing memory with the base or another output
+  const dst = new Map<string, Matrix<DType>>();
+  for (const name of plan.writes.keys()) {
+    const w = base[name]!;
+    if (!into) {
+      dst.set(name, w);
+      continue;
     }
-    let bias: string | undefined;
-    if (module.biasDelta) {
-      bias = target.replace(/weight$/, 'bias');
-      const b = matrixAt(base, bias, 'base');
-      if (b.rows * b.cols !== module.biasDelta.cols) throw new LoRAShapeError(`${fn}: "${bias}" has ${b.rows * b.cols} values but module "${module.name}"'s lora_B.bias has ${module.biasDelta.cols}`);
-    }
-    checkMerge(engine, fn, w, module.A, module.B, multiplier * module.scale, safe);
-    return { module, target, bias };
-  });
-  const touched = new Set(steps.map((s) => s.target));
-  for (const rep of adapter.replacements) {
-    const name = prefix + rep.name;
-    const w = matrixAt(base, name, 'base');
-    if (w.rows * w.cols !== rep.tensor.rows * rep.tensor.cols) {
-      throw new LoRAShapeError(`${fn}: "${name}" is [${w.rows}, ${w.cols}] but the adapter replaces it with a tensor of shape ${JSON.stringify(rep.shape)}`);
-    }
-    if (touched.has(name)) throw new LoRARangeError(`${fn}: "${name}" is both changed by a module and replaced by a saved tensor`);
-    if (into) matrixAt(into, name, 'into');
+    const out = at(into, name, 'options.into');
+    if (out.rows !== w.rows || out.cols !== w.cols) throw new LoRAShapeError(`${fn}: options.into["${name}"] is [${out.rows}, ${out.cols}] but the base tensor is [${w.rows}, ${w.cols}]`);
+    dst.set(name, out);
   }
+  if (into) checkOutputsDisjoint(engine, base, dst);
 
-  // 2. write
+  checkSteps(engine, plan, base, dst, options.safe);
+
   const ones = new Float32Array([1]);
-  for (const { module, target, bias } of steps) {
-    const s = multiplier * module.scale;
-    if (into) mergeInto(engine, into[target]!, base[target]!, module.A, module.B, { scale: s });
-    else merge(engine, base[target]!, module.A, module.B, { scale: s });
+  for (const { target, module, scale, bias } of plan.merges) {
+    if (into) mergeInto(engine, dst.get(target)!, base[target]!, module.A, module.B, { scale });
+    else merge(engine, base[target]!, module.A, module.B, { scale });
     if (bias && module.biasDelta) {
-      // bias [1, out] += s·1·lora_B.bias: a rank-1 update through the same kernel
       const b = base[bias]!;
-      const flat = { rows: 1, cols: b.rows * b.cols };
-      const dst = into ? into[bias]! : b;
-      mergeInto(engine, reshape(dst, flat), reshape(b, flat), { rows: 1, cols: 1, data: ones }, module.biasDelta, { scale: s });
+      mergeInto(engine, flat(dst.get(bias)!), flat(b), { rows: 1, cols: 1, data: ones }, module.biasDelta, { scale });
     }
   }
-  for (const rep of adapter.replacements) {
-    const name = prefix + rep.name;
-    const dst = into ? into[name]! : base[name]!;
-    convert(engine, reshape(dst, { rows: rep.tensor.rows, cols: rep.tensor.cols }), rep.tensor);
+  for (const { target, replacement } of plan.replacements) {
+    convert(engine, dst.get(target)!, replacement.tensor);
   }
-  return { merged: steps.map((s) => s.target), replaced: adapter.replacements.map((r) => prefix + r.name) };
+  return { merged: plan.merges.map((s) => s.target), replaced: plan.replacements.map((r) => r.target) };
 }
 
-/** A Matrix's own data as a plain operand of another shape with as many elements (no copy). */
-function reshape(m: Matrix<DType>, shape: { rows: number; cols: number }): AnyMatrixInput {
-  if (m.rows === shape.rows && m.cols === shape.cols) return m;
+/** Every check merge() would make, for every step, before any write; errors name the module and tensor. */
+function checkSteps(engine: Engine, plan: AdapterPlan, base: Record<string, Matrix<DType>>, dst: Map<string, Matrix<DType>>, safe: boolean): void {
+  const ones = new Float32Array([1]);
+  for (const { target, module, scale, bias } of plan.merges) {
+    inContext(`module "${module.name}" on "${target}"`, () => {
+      checkMerge(engine, fn, dst.get(target)!, module.A, module.B, scale, safe, base[target]!);
+      if (bias && module.biasDelta) checkMerge(engine, fn, flat(dst.get(bias)!), { rows: 1, cols: 1, data: ones }, module.biasDelta, scale, safe, flat(base[bias]!));
+    });
+  }
+  for (const { target, replacement } of plan.replacements) {
+    const out = dst.get(target)!;
+    const max = engine.kernel.absMax(fn, describe(replacement.tensor, 'replacement'));
+    if (!Number.isFinite(max) || (safe && !(max < OVERFLOW_AT[out.dtype]))) {
+      throw new LoRANonFiniteError(
+        `${fn}: the adapter's tensor for "${target}" ${Number.isFinite(max) ? `reaches ${max}, which overflows ${out.dtype} to ±Infinity` : 'holds NaN or ±Infinity'}; nothing was written`,
+      );
+    }
+  }
+}
+
+/** Runs `work`, re-throwing a LoRAError of the same class with `context` in its message. */
+function inContext(context: string, work: () => void): void {
+  try {
+    work();
+  } catch (e) {
+    if (!(e instanceof LoRAError)) throw e;
+    const Cls = (e as Error).constructor as new (message: string) => Error;
+    const msg = (e as Error).message.replace(/^mergeAdapter: /, '');
+    throw new Cls(`${fn}: ${context}: ${msg}`);
+  }
+}
+
+/** Throws LoRATypeError if an output shares memory with any base tensor or another output. */
+function checkOutputsDisjoint(engine: Engine, base: Record<string, Matrix<DType>>, dst: Map<string, Matrix<DType>>): void {
+  const inputs: Operand[] = [];
+  for (const name of Object.keys(base)) {
+    const m = base[name];
+    if (m instanceof Matrix && !m.disposed) inputs.push(operand(engine.heap, fn, `base["${name}"]`, m, [m.dtype]));
+  }
+  const outputs: Operand[] = [];
+  for (const [name, m] of dst) {
+    const out = operand(engine.heap, fn, `options.into["${name}"]`, m, [m.dtype]);
+    assertDisjoint(fn, out, [...inputs, ...outputs]);
+    outputs.push(out);
+  }
+}
+
+/** A Matrix's own data as a [1, n] operand (no copy). */
+function flat(m: Matrix<DType>): AnyMatrixInput {
+  if (m.rows === 1) return m;
+  const shape = { rows: 1, cols: m.rows * m.cols };
   return m.dtype === 'f32' ? { ...shape, data: m.data as Float32Array } : { ...shape, data: m.data as Uint16Array, dtype: m.dtype };
 }

@@ -58,6 +58,13 @@ export async function readAdapter(
   }
 }
 
+/** "has X but not Y", or "has neither X nor Y" for a module with only a bias or an alpha; names = [A's, B's]. */
+function missing(p: Parts, names: [string, string]): string {
+  const [a, b] = names;
+  if (!p.A && !p.B) return `has neither ${a} nor ${b}${p.alpha ? ' (only an alpha)' : p.bias ? ' (only a lora_B bias)' : ''}`;
+  return p.A ? `has ${a} but not ${b}` : `has ${b} but not ${a}`;
+}
+
 type Load = (t: TensorInfo, rows: number, cols: number, transposed?: boolean) => Promise<Matrix<DType>>;
 
 async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load): Promise<Adapter> {
@@ -67,6 +74,14 @@ async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load
   const modules = new Map<string, Parts>();
   const replace: { info: TensorInfo; name: string }[] = [];
   const part = (m: string): Parts => modules.get(m) ?? (modules.set(m, {}), modules.get(m)!);
+  // `x.lora_A.weight` and `x.lora_A.default.weight` name one factor twice: which PEFT would load depends
+  // on the adapter name it is given, so two candidates are refused rather than one dropped
+  const put = (p: Parts, slot: 'A' | 'B' | 'bias', t: TensorInfo): void => {
+    const had = p[slot];
+    if (had) throw new LoRAFormatError(`${file}: "${had.name}" and "${t.name}" are the same LoRA factor; refusing to pick one`);
+    p[slot] = t;
+  };
+  const replaced = new Map<string, string>();
   for (const t of reader.tensors) {
     if (!t.name.startsWith(PEFT_PREFIX)) throw new LoRAFormatError(`${file}: "${t.name}" is not a PEFT key (they start with "${PEFT_PREFIX}")`);
     const key = t.name.slice(PEFT_PREFIX.length);
@@ -75,8 +90,7 @@ async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load
     if (m) {
       const p = part(m[1]!);
       p.embedding = true;
-      if (m[2] === 'lora_embedding_A') p.B = t; // [r, num]
-      else p.A = t; // [dim, r]
+      put(p, m[2] === 'lora_embedding_A' ? 'B' : 'A', t); // lora_embedding_A [r, num], lora_embedding_B [dim, r]
       continue;
     }
     m = key.match(PEFT_FACTOR);
@@ -84,24 +98,27 @@ async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load
       const p = part(m[1]!);
       if (m[3] === 'bias') {
         if (m[2] !== 'lora_B') throw new LoRAFormatError(`${file}: "${t.name}": only lora_B carries a bias (lora_bias)`);
-        p.bias = t;
-      } else if (m[2] === 'lora_A') p.B = t;
-      else p.A = t;
+        put(p, 'bias', t);
+      } else put(p, m[2] === 'lora_A' ? 'B' : 'A', t);
       continue;
     }
     if (/\.(lora_|hada_|lokr_|oft_|boft_)/.test(key)) throw new LoRAFormatError(`${file}: "${t.name}" is not a LoRA tensor lora-wasm knows`);
     // a whole tensor that replaces the base one: modules_to_save, or a bias trained with bias: all/lora_only
     const plain = key.replace(/\.modules_to_save\.[A-Za-z0-9_-]+\./, '.');
     const owner = plain.replace(/\.[^.]+$/, '');
-    const saved = config.modules_to_save.some((s) => owner.endsWith(s)); // PEFT: key.endswith(target_key)
+    // PEFT (utils/other.py, _set_trainable): a module is saved when `key.endswith(target_key)`
+    const saved = config.modules_to_save.some((s) => owner.endsWith(s));
     if (!saved && !(config.bias !== 'none' && plain.endsWith('.bias'))) {
       throw new LoRAFormatError(`${file}: "${t.name}" is neither a LoRA factor nor in modules_to_save ${JSON.stringify(config.modules_to_save)}; refusing to skip it`);
     }
+    const twin = replaced.get(plain);
+    if (twin !== undefined) throw new LoRAFormatError(`${file}: "${twin}" and "${t.name}" both replace "${plain}"; refusing to pick one`);
+    replaced.set(plain, t.name);
     replace.push({ info: t, name: plain });
   }
   const out: AdapterModule[] = [];
   for (const [name, p] of modules) {
-    if (!p.A || !p.B) throw new LoRAFormatError(`${file}: module "${name}" has ${p.A ? 'lora_B' : 'lora_A'} but not ${p.A ? 'lora_A' : 'lora_B'}`);
+    if (!p.A || !p.B) throw new LoRAFormatError(`${file}: module "${name}" ${missing(p, p.embedding ? ['lora_embedding_B', 'lora_embedding_A'] : ['lora_B', 'lora_A'])}`);
     if (p.A.shape.length !== 2 || p.B.shape.length !== 2) {
       throw new LoRAFormatError(`${file}: module "${name}" has ${p.B.shape.length}-d factors ${JSON.stringify(p.B.shape)}; conv kernels are not supported`);
     }
@@ -155,7 +172,7 @@ async function readKohya(reader: SafetensorsReader, load: Load): Promise<Adapter
   }
   const out: AdapterModule[] = [];
   for (const [name, p] of modules) {
-    if (!p.A || !p.B) throw new LoRAFormatError(`${file}: module "${name}" has ${p.A ? 'lora_up' : 'lora_down'} but not ${p.A ? 'lora_down' : 'lora_up'}`);
+    if (!p.A || !p.B) throw new LoRAFormatError(`${file}: module "${name}" ${missing(p, ['lora_up', 'lora_down'])}`);
     const conv = p.B.shape.length === 4;
     if (conv && !(p.B.shape[2] === 1 && p.B.shape[3] === 1 && p.A.shape[2] === 1 && p.A.shape[3] === 1)) {
       throw new LoRAFormatError(`${file}: module "${name}" is a ${p.B.shape[2]}×${p.B.shape[3]} conv LoRA; only linear and 1×1-conv layers are supported`);

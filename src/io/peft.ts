@@ -2,13 +2,52 @@
  * PEFT's adapter format, as PEFT's own source defines it: adapter_config.json's fields that change
  * the math, the key names of LoRA factors, and which module each config pattern applies to.
  */
+import { RE2JS } from 're2js';
 import { LoRAFormatError, describeValue } from '../errors.js';
 
-/** PEFT's pattern lookup: the first key k with /^(.*\.)?k$/ matching the module name. */
-export function patternValue<T>(patterns: Record<string, T> | undefined, module: string, dflt: T): T {
-  for (const [k, v] of Object.entries(patterns ?? {})) if (new RegExp(`^(.*\\.)?${k}$`).test(module)) return v;
+/**
+ * One `rank_pattern` / `alpha_pattern` entry, compiled. PEFT (utils/other.py, get_pattern_key) takes the
+ * first key, in the config's order, for which `re.match(rf"(.*\.)?({key})$", module)` matches; the group
+ * matters for keys with `|`. Keys are matched by RE2 (re2js), in time linear in the module name, so a
+ * hostile key such as `(a+)+b` cannot stall a load; a key RE2 cannot parse (lookarounds, backreferences,
+ * or no regex at all) is a LoRAFormatError.
+ */
+export interface PatternEntry<T> {
+  readonly key: string;
+  readonly value: T;
+  readonly test: (module: string) => boolean;
+}
+
+const PLAIN_KEY = /^[A-Za-z0-9_-]+$/;
+
+export function compilePattern<T>(field: string, key: string, value: T): PatternEntry<T> {
+  if (PLAIN_KEY.test(key)) return { key, value, test: (m) => m === key || m.endsWith(`.${key}`) };
+  let re: RE2JS;
+  try {
+    re = RE2JS.compile(`(.*\\.)?(${key})`);
+  } catch (e) {
+    throw new LoRAFormatError(`adapter_config.json: "${field}" key ${JSON.stringify(key)} is not a regular expression lora-wasm can match (${(e as Error).message})`);
+  }
+  return { key, value, test: (m) => re.matches(m) };
+}
+
+/** The value of the first entry whose key matches `module`, else `dflt` (PEFT's get_pattern_key). */
+export function patternValue<T>(patterns: readonly PatternEntry<T>[], module: string, dflt: T): T {
+  for (const p of patterns) if (p.test(module)) return p.value;
   return dflt;
 }
+
+/**
+ * The heads a PEFT task type adds to modules_to_save by itself (peft_model.py:
+ * PeftModelForSequenceClassification and PeftModelForTokenClassification add ["classifier", "score"],
+ * PeftModelForQuestionAnswering adds ["qa_outputs"]), so a GPT-2 SEQ_CLS adapter saves `score.weight`
+ * with `modules_to_save: null`.
+ */
+export const TASK_MODULES_TO_SAVE: Readonly<Record<string, readonly string[]>> = {
+  SEQ_CLS: ['classifier', 'score'],
+  TOKEN_CLS: ['classifier', 'score'],
+  QUESTION_ANS: ['qa_outputs'],
+};
 
 /** The adapter_config.json fields that change the math, checked. */
 export interface PeftConfig {
@@ -16,8 +55,9 @@ export interface PeftConfig {
   lora_alpha: number;
   use_rslora: boolean;
   fan_in_fan_out: boolean;
-  rank_pattern: Record<string, number>;
-  alpha_pattern: Record<string, number>;
+  rank_pattern: PatternEntry<number>[];
+  alpha_pattern: PatternEntry<number>[];
+  /** modules_to_save as configured, plus the heads the task type adds (TASK_MODULES_TO_SAVE). */
   modules_to_save: string[];
   bias: 'none' | 'all' | 'lora_only';
   lora_bias: boolean;
@@ -61,22 +101,26 @@ export function readPeftConfig(configIn: unknown): { config: PeftConfig; raw: Re
     if (typeof c[key] !== 'boolean') throw bad(key, `must be true or false, got ${describeValue(c[key])}`);
     return c[key] as boolean;
   };
-  const pattern = (key: string): Record<string, number> => {
+  const pattern = (key: string, isRank: boolean): PatternEntry<number>[] => {
     const v = c[key] ?? {};
-    if (typeof v !== 'object' || Array.isArray(v) || !Object.values(v as object).every((x) => typeof x === 'number' && Number.isFinite(x))) {
-      throw bad(key, `must be an object of numbers, got ${describeValue(v)}`);
-    }
-    return v as Record<string, number>;
+    if (typeof v !== 'object' || Array.isArray(v)) throw bad(key, `must be an object of numbers, got ${describeValue(v)}`);
+    return Object.entries(v as object).map(([k, x]) => {
+      const ok = isRank ? Number.isSafeInteger(x) && (x as number) >= 1 : typeof x === 'number' && Number.isFinite(x);
+      if (!ok) throw bad(key, `${JSON.stringify(k)} must be ${isRank ? 'a positive integer' : 'a number'}, got ${describeValue(x)}`);
+      return compilePattern(key, k, x as number);
+    });
   };
   const bias = c.bias ?? 'none';
   if (bias !== 'none' && bias !== 'all' && bias !== 'lora_only') throw bad('bias', `must be "none", "all" or "lora_only", got ${describeValue(bias)}`);
   const mts = c.modules_to_save ?? [];
   if (!Array.isArray(mts) || !mts.every((x) => typeof x === 'string')) throw bad('modules_to_save', `must be a list of names, got ${describeValue(mts)}`);
+  const task = typeof c.task_type === 'string' ? c.task_type : '';
+  const saved = [...(mts as string[]), ...(Object.hasOwn(TASK_MODULES_TO_SAVE, task) ? TASK_MODULES_TO_SAVE[task]! : [])];
   return {
     raw: c,
     config: {
       r: int('r'), lora_alpha: num('lora_alpha'), use_rslora: flag('use_rslora'), fan_in_fan_out: flag('fan_in_fan_out'),
-      rank_pattern: pattern('rank_pattern'), alpha_pattern: pattern('alpha_pattern'), modules_to_save: mts as string[], bias, lora_bias: flag('lora_bias'),
+      rank_pattern: pattern('rank_pattern', true), alpha_pattern: pattern('alpha_pattern', false), modules_to_save: saved, bias, lora_bias: flag('lora_bias'),
     },
   };
 }

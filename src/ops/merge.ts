@@ -233,9 +233,11 @@ export function mergeInto<T extends AnyMatrixInput>(
 
 /**
  * Everything merge() would check (shapes, dtypes, NaN/Inf in A and B, and with `safe` the finiteness
- * of every result) without writing: lets a caller that merges many modules check them all first, so
+ * of every result in the output's type) without writing; with `w0`, for mergeInto(w, w0, …). Lets a caller that merges many modules check them all first, so
  * that a failure leaves every W untouched.
  */
-export function checkMerge(engine: Engine, fn: string, w: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, scale: number, safe: boolean): void {
-  rankUpdateOp(engine, fn, w, w, a, b, Math.fround(scale), safe, 'f32', true);
+export function checkMerge(
+  engine: Engine, fn: string, w: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, scale: number, safe: boolean, w0: AnyMatrixInput = w,
+): void {
+  rankUpdateOp(engine, fn, w, w0, a, b, Math.fround(scale), safe, 'f32', true);
 }
