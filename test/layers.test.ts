@@ -16,7 +16,9 @@ test('dense layer: bad options, wrong widths and call order give typed errors', 
   d.forward(lw.matrix(2, 5));
   assertThrowsTyped(() => d.backward(lw.matrix(2, 4)), LoRAShapeError, ['G is [2, 4]', 'Y [2, 3]']);
   d.dispose();
-  assertThrowsTyped(() => d.forward(lw.matrix(2, 5)), LoRAStateError, ['disposed']);
+  assertThrowsTyped(() => d.forward(lw.matrix(2, 5)), LoRADisposedError, ['forward:', 'Linear [3, 5] was disposed']);
+  assertThrowsTyped(() => d.backward(lw.matrix(2, 3)), LoRADisposedError, ['backward:', 'disposed']);
+  assertThrowsTyped(() => d.parameters(), LoRADisposedError, ['parameters:', 'disposed']);
 });
 
 test('ReLU layer: backward before forward and a wrong G shape give typed errors', async () => {
@@ -28,6 +30,9 @@ test('ReLU layer: backward before forward and a wrong G shape give typed errors'
   assertThrowsTyped(() => r.backward(lw.matrix(1, 3)), LoRAShapeError, ['G is [1, 3]', 'Y [1, 4]']);
   assert.equal(Array.from(r.backward({ rows: 1, cols: 4, data: Float32Array.from([5, 6, 7, 8]) }).data), [0, 0, 7, 0]);
   r.dispose();
+  assertThrowsTyped(() => r.forward(lw.matrix(1, 4)), LoRADisposedError, ['forward:', 'ReLU was disposed']);
+  assertThrowsTyped(() => r.backward(lw.matrix(1, 4)), LoRADisposedError, ['backward:', 'disposed']);
+  r.dispose(); // idempotent
 });
 
 test('an optimizer over a disposed parameter, and losses with a bad grad, throw typed errors', async () => {

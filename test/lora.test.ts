@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAShapeError, LoRAStateError, LoRATypeError, type LoRALinear, type LoRAWasm } from '../src/index.js';
+import { LoRADisposedError, LoRAShapeError, LoRAStateError, LoRATypeError, type LoRALinear, type LoRAWasm } from '../src/index.js';
 import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 import { assertWithinBound, loraReference } from './reference.js';
 
@@ -157,9 +157,10 @@ test('bad input and wrong call order give typed errors', async () => {
   assertThrowsTyped(() => lw.linear({ W, r: 2, init: 'xavier' as 'kaiming' }), LoRATypeError, ["init must be 'kaiming' or 'gaussian'"]);
   assertThrowsTyped(() => lw.linear(null as never), LoRATypeError, ['linear: options must be an object']);
   layer.dispose();
-  assertThrowsTyped(() => layer.forward(lw.matrix(3, 10)), LoRAStateError, ['disposed']);
-  assertThrowsTyped(() => layer.merge(), LoRAStateError, ['merge:', 'disposed']);
-  assertThrowsTyped(() => layer.parameters(), LoRAStateError, ['parameters:', 'disposed']);
+  assertThrowsTyped(() => layer.forward(lw.matrix(3, 10)), LoRADisposedError, ['forward:', 'LoRALinear [6, 10] was disposed']);
+  assertThrowsTyped(() => layer.merge(), LoRADisposedError, ['merge:', 'disposed']);
+  assertThrowsTyped(() => layer.unmerge(), LoRADisposedError, ['unmerge:', 'disposed']);
+  assertThrowsTyped(() => layer.parameters(), LoRADisposedError, ['parameters:', 'disposed']);
   assert.ok(!W.disposed, 'a W the user passed in stays the user’s');
 });
 

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRAStateError, LoRATypeError, type Parameter } from '../src/index.js';
+import { LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, type Parameter } from '../src/index.js';
 import { assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 
 async function setup(n: number, seed: number) {
@@ -39,7 +39,7 @@ test('AdamW follows torch.optim.AdamW (bias correction, decoupled decay) over 6 
   });
   assert.is(opt.t, 6);
   opt.dispose();
-  assertThrowsTyped(() => opt.step(), LoRAStateError, ['disposed']);
+  assertThrowsTyped(() => opt.step(), LoRADisposedError, ['step:', 'this optimizer was disposed']);
 });
 
 test('SGD with momentum, weight decay and nesterov follows torch.optim.SGD', async () => {

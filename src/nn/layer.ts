@@ -11,8 +11,12 @@
  * Every forward/backward checks, before it writes anything, that each matrix
  * it will touch is alive and belongs to its instance; a call that throws
  * leaves the layer as it was (its last forward can still be back-propagated).
+ *
+ * The built-in layers share LayerBase: the instance they belong to, the
+ * disposed flag (LoRADisposedError after dispose()), the buffer caches and the
+ * last forward, so Sequential can check and clean up any of them.
  */
-import { LoRAShapeError, LoRAStateError } from '../errors.js';
+import { LoRADisposedError, LoRAShapeError } from '../errors.js';
 import { type MatrixDesc, describe } from '../kernel/descriptor.js';
 import { type Matrix, newMatrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';
@@ -37,12 +41,6 @@ export interface Layer {
   readonly frozenParameters: number;
   dispose(): void;
 }
-
-/** The instance each built-in layer belongs to (Sequential refuses another instance's layers). */
-export const layerEngines = new WeakMap<object, Engine>();
-
-/** Activations a layer does not need any more once a training run failed: freed by Sequential.fit. */
-export const activationDroppers = new WeakMap<object, () => void>();
 
 /**
  * Per-batch-size buffers: `get(shapes)` returns the named matrices of those
@@ -92,6 +90,75 @@ export class ActivationCache<K extends string> {
   }
 }
 
+/**
+ * The internal base of the built-in layers. `Last` is what the last forward
+ * left for backward (undefined when there is nothing to back-propagate).
+ */
+export abstract class LayerBase<Last = unknown> implements Layer {
+  abstract inputGrad: boolean;
+  abstract readonly trainableParameters: number;
+  abstract readonly frozenParameters: number;
+  abstract forward(x: Matrix | { rows: number; cols: number; data: Float32Array }): Matrix;
+  abstract backward(g: Matrix | { rows: number; cols: number; data: Float32Array }): Matrix | undefined;
+  abstract parameters(): Parameter[];
+  /** What the last forward left for backward. */
+  protected last: Last | undefined;
+  readonly #engine: Engine;
+  readonly #caches: ActivationCache<string>[] = [];
+  #disposed = false;
+
+  constructor(engine: Engine) {
+    this.#engine = engine;
+  }
+
+  /** The instance a built-in layer belongs to, or undefined for any other layer (Sequential refuses another instance's layers). */
+  static engineOf(layer: unknown): Engine | undefined {
+    return layer instanceof LayerBase ? layer.#engine : undefined;
+  }
+
+  /** Frees a built-in layer's activations (Sequential.fit, after a failed run); other layers are left alone. */
+  static dropActivations(layer: unknown): void {
+    if (layer instanceof LayerBase) layer.dropActivations();
+  }
+
+  protected get engine(): Engine {
+    return this.#engine;
+  }
+
+  /** The layer for messages, e.g. 'LoRALinear [4, 8]'. */
+  protected abstract get what(): string;
+
+  /** The matrices the layer owns, freed by dispose(). */
+  protected abstract owned(): (Matrix | undefined)[];
+
+  /** A per-batch-size buffer set (named `fn` in messages), freed with the activations. */
+  protected buffers<K extends string>(fn: string): ActivationCache<K> {
+    const cache = new ActivationCache<K>(this.#engine, fn);
+    this.#caches.push(cache as unknown as ActivationCache<string>);
+    return cache;
+  }
+
+  /** Throws LoRADisposedError once disposed, and unless every named matrix is alive and of this instance. */
+  protected check(fn: string, named: Record<string, Matrix | undefined> = {}): void {
+    if (this.#disposed) throw new LoRADisposedError(`${fn}: this ${this.what} was disposed`);
+    for (const [name, m] of Object.entries(named)) if (m) checkMatrix(this.#engine.heap, fn, name, m);
+  }
+
+  /** Frees every activation buffer and forgets the last forward. */
+  protected dropActivations(): void {
+    for (const c of this.#caches) c.clear();
+    this.last = undefined;
+  }
+
+  /** Frees the buffers and the matrices the layer owns. Idempotent; any later use throws LoRADisposedError. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.dropActivations();
+    for (const m of this.owned()) m?.dispose();
+  }
+}
+
 /** A new zero-filled Matrix owned by the caller. */
 export function zeros(engine: Engine, fn: string, rows: number, cols: number): Matrix {
   return newMatrix(engine.heap, fn, rows, cols, true);
@@ -107,16 +174,6 @@ export function allocAll(engine: Engine, fn: string, shapes: readonly (readonly 
     throw e;
   }
   return made;
-}
-
-/** Throws unless every matrix is alive and of this instance (named for the message). */
-export function checkLive(engine: Engine, fn: string, named: Record<string, Matrix | undefined>): void {
-  for (const [name, m] of Object.entries(named)) if (m) checkMatrix(engine.heap, fn, name, m);
-}
-
-/** Throws LoRAStateError once a layer is disposed. */
-export function assertNotDisposed(disposed: boolean, fn: string, what: string): void {
-  if (disposed) throw new LoRAStateError(`${fn}: this ${what} was disposed`);
 }
 
 /** Validates X: [n, cols] (any n ≥ 1) as the input of a layer. */

@@ -11,10 +11,7 @@ import type { Matrix } from '../memory/matrix.js';
 import { type MatrixInput, boolOption, checkDim, withStaging } from '../ops/operands.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
-import {
-  ActivationCache, type Layer, type Parameter, activationDroppers, allocAll, assertNotDisposed, checkLive, copyInto,
-  gradOperand, inputOperand, layerEngines, linearForward,
-} from './layer.js';
+import { LayerBase, type Parameter, allocAll, copyInto, gradOperand, inputOperand, linearForward } from './layer.js';
 
 export interface LinearOptions {
   inFeatures: number;
@@ -25,7 +22,8 @@ export interface LinearOptions {
   inputGrad?: boolean;
 }
 
-export class Linear implements Layer {
+/** The last forward's input X (kept for ∂W) and output Y. */
+export class Linear extends LayerBase<{ x: Matrix; y: Matrix }> {
   readonly dIn: number;
   readonly dOut: number;
   /** Trainable weight [dOut, dIn]. */
@@ -35,14 +33,12 @@ export class Linear implements Layer {
   readonly gradW: Matrix;
   readonly gradBias: Matrix;
   inputGrad: boolean;
-  readonly #engine: Engine;
-  readonly #acts: ActivationCache<'x' | 'y'>;
-  readonly #grads: ActivationCache<'dx'>;
-  #last: { x: Matrix; y: Matrix } | undefined;
-  #disposed = false;
+  readonly #acts = this.buffers<'x' | 'y'>('forward');
+  readonly #grads = this.buffers<'dx'>('backward');
 
   /** @internal use lw.dense(options) */
   constructor(engine: Engine, opts: LinearOptions) {
+    super(engine);
     const fn = 'dense';
     if (typeof opts !== 'object' || opts === null) {
       throw new LoRATypeError(`${fn}: options must be an object like { inFeatures, outFeatures }, got ${describeValue(opts)}`);
@@ -51,7 +47,6 @@ export class Linear implements Layer {
     checkDim(fn, 'outFeatures', opts.outFeatures);
     const seed = opts.seed ?? 0;
     if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: seed must be a number, got ${describeValue(seed)}`);
-    this.#engine = engine;
     this.dIn = opts.inFeatures;
     this.dOut = opts.outFeatures;
     this.inputGrad = boolOption(fn, 'inputGrad', opts.inputGrad, true);
@@ -60,10 +55,6 @@ export class Linear implements Layer {
     const bound = 1 / Math.sqrt(this.dIn);
     fillRandom(this.W.data, seed, 'uniform', bound);
     fillRandom(this.bias.data, seed + 1, 'uniform', bound);
-    this.#acts = new ActivationCache(engine, 'forward');
-    this.#grads = new ActivationCache(engine, 'backward');
-    layerEngines.set(this, engine);
-    activationDroppers.set(this, () => this.#dropActivations());
   }
 
   get trainableParameters(): number {
@@ -75,7 +66,7 @@ export class Linear implements Layer {
   }
 
   parameters(): Parameter[] {
-    assertNotDisposed(this.#disposed, 'parameters', this.#what);
+    this.check('parameters');
     return [
       { name: 'W', value: this.W, grad: this.gradW },
       { name: 'bias', value: this.bias, grad: this.gradBias },
@@ -85,23 +76,23 @@ export class Linear implements Layer {
   forward(x: MatrixInput): Matrix {
     const fn = 'forward';
     this.#check(fn);
-    const e = this.#engine;
+    const e = this.engine;
     const xs = inputOperand(e, fn, x, this.dIn, `the layer takes ${this.dIn} input features`);
     const n = xs.rows;
     const acts = this.#acts.get({ x: [n, this.dIn], y: [n, this.dOut] });
-    this.#last = undefined;
+    this.last = undefined;
     copyInto(e, fn, acts.x, xs);
     linearForward(e, fn, describe(acts.y, 'Y'), describe(acts.x, 'X'), describe(this.W, 'W'), describe(this.bias, 'bias'));
-    this.#last = acts;
+    this.last = acts;
     return acts.y;
   }
 
   backward(g: MatrixInput): Matrix | undefined {
     const fn = 'backward';
     this.#check(fn);
-    const acts = this.#last;
+    const acts = this.last;
     if (!acts) throw new LoRAStateError(`${fn}: call forward() before backward()`);
-    const e = this.#engine;
+    const e = this.engine;
     const n = acts.x.rows;
     const gOp = gradOperand(e, fn, g, n, this.dOut);
     const grads = this.#grads.get({ dx: [n, this.dIn] });
@@ -117,25 +108,16 @@ export class Linear implements Layer {
     });
   }
 
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#dropActivations();
-    for (const m of [this.W, this.bias, this.gradW, this.gradBias]) m.dispose();
-  }
-
-  #dropActivations(): void {
-    this.#acts.clear();
-    this.#grads.clear();
-    this.#last = undefined;
-  }
-
-  get #what(): string {
+  protected get what(): string {
     return `Linear [${this.dOut}, ${this.dIn}]`;
   }
 
+  protected owned(): Matrix[] {
+    return [this.W, this.bias, this.gradW, this.gradBias];
+  }
+
+  /** Not disposed, and every matrix the layer reads or writes is alive and of this instance. */
   #check(fn: string): void {
-    assertNotDisposed(this.#disposed, fn, this.#what);
-    checkLive(this.#engine, fn, { W: this.W, bias: this.bias, gradW: this.gradW, gradBias: this.gradBias });
+    this.check(fn, { W: this.W, bias: this.bias, gradW: this.gradW, gradBias: this.gradBias });
   }
 }

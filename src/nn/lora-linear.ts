@@ -30,10 +30,7 @@ import { type MatrixInput, type Operand, boolOption, checkDim, operand, shapeOf,
 import { loraScale } from '../ops/scale.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
-import {
-  ActivationCache, type Layer, type Parameter, activationDroppers, allocAll, assertNotDisposed, checkLive, copyInto,
-  gradOperand, inputOperand, layerEngines, linearForward,
-} from './layer.js';
+import { LayerBase, type Parameter, allocAll, copyInto, gradOperand, inputOperand, linearForward } from './layer.js';
 
 export interface LoRALinearOptions {
   /** Frozen weight [dOut, dIn]. A Matrix is used in place (and stays yours: keep it alive); a plain object is copied. */
@@ -60,7 +57,8 @@ export interface LoRALinearOptions {
 type Acts = 'x' | 'h' | 'y';
 type Grads = 'ga' | 'dx';
 
-export class LoRALinear implements Layer {
+/** The last forward's activations that can be back-propagated (unmerged, succeeded). */
+export class LoRALinear extends LayerBase<Record<Acts, Matrix>> {
   readonly dIn: number;
   readonly dOut: number;
   readonly r: number;
@@ -80,23 +78,19 @@ export class LoRALinear implements Layer {
   readonly gradA: Matrix;
   readonly gradB: Matrix;
   inputGrad: boolean;
-  readonly #engine: Engine;
   readonly #ownsW: boolean;
-  readonly #acts: ActivationCache<Acts>;
-  readonly #grads: ActivationCache<Grads>;
+  readonly #acts = this.buffers<Acts>('forward');
+  readonly #grads = this.buffers<Grads>('backward');
   /** W' = W + s·A·B and the A, B it was made from, while merged. */
   #merged: { w: Matrix; a: Matrix; b: Matrix } | undefined;
-  /** Activations of the last forward that can be back-propagated (unmerged, succeeded). */
-  #last: Record<Acts, Matrix> | undefined;
-  #disposed = false;
 
   /** @internal use lw.linear(options) */
   constructor(engine: Engine, opts: LoRALinearOptions) {
+    super(engine);
     const fn = 'linear';
     if (typeof opts !== 'object' || opts === null) {
       throw new LoRATypeError(`${fn}: options must be an object like { W, r, alpha }, got ${describeValue(opts)}`);
     }
-    this.#engine = engine;
     const w = operand(engine.heap, fn, 'W', opts.W);
     checkDim(fn, 'r', opts.r);
     const r = opts.r;
@@ -142,10 +136,6 @@ export class LoRALinear implements Layer {
     // PEFT: kaiming_uniform_(lora_A, a=√5) gives bound 1/√fan_in; gaussian: std 1/r.
     if (init === 'kaiming') fillRandom(this.B.data, seed, 'uniform', 1 / Math.sqrt(this.dIn));
     else fillRandom(this.B.data, seed, 'normal', 1 / r);
-    this.#acts = new ActivationCache(engine, 'forward');
-    this.#grads = new ActivationCache(engine, 'backward');
-    layerEngines.set(this, engine);
-    activationDroppers.set(this, () => this.#dropActivations());
   }
 
   /** Whether forward uses the merged weight W + s·A·B. */
@@ -162,7 +152,7 @@ export class LoRALinear implements Layer {
   }
 
   parameters(): Parameter[] {
-    assertNotDisposed(this.#disposed, 'parameters', this.#what);
+    this.check('parameters');
     return [
       { name: 'A', value: this.A, grad: this.gradA },
       { name: 'B', value: this.B, grad: this.gradB },
@@ -176,12 +166,12 @@ export class LoRALinear implements Layer {
   forward(x: MatrixInput): Matrix {
     const fn = 'forward';
     this.#check(fn);
-    const e = this.#engine;
+    const e = this.engine;
     const xs = inputOperand(e, fn, x, this.dIn, `the layer takes ${this.dIn} input features (W is [${this.dOut}, ${this.dIn}])`);
     const n = xs.rows;
     if (this.#merged) this.#refreshMerged(fn);
     const acts = this.#acts.get({ x: [n, this.dIn], h: [n, this.r], y: [n, this.dOut] });
-    this.#last = undefined; // from here on the buffers change: the previous forward can no longer be back-propagated
+    this.last = undefined; // from here on the buffers change: the previous forward can no longer be back-propagated
     copyInto(e, fn, acts.x, xs);
     const X = describe(acts.x, 'X');
     const Y = describe(acts.y, 'Y');
@@ -194,7 +184,7 @@ export class LoRALinear implements Layer {
     e.kernel.gemm(fn, H, X, describe(this.B, 'B'), { transY: true }); // H = X·Bᵀ
     linearForward(e, fn, Y, X, describe(this.W, 'W'), bias); // Y = bias + X·Wᵀ
     e.kernel.rankUpdate(fn, { out: Y, src: Y, a: H, b: describe(this.A, 'A'), transB: true, scaleA: this.scale, epilogue: Epilogue.Add }); // Y += s·H·Aᵀ
-    this.#last = acts;
+    this.last = acts;
     return acts.y;
   }
 
@@ -207,9 +197,9 @@ export class LoRALinear implements Layer {
     const fn = 'backward';
     this.#check(fn);
     if (this.#merged) throw new LoRAStateError(`${fn}: the layer is merged; call unmerge() before training`);
-    const acts = this.#last;
+    const acts = this.last;
     if (!acts) throw new LoRAStateError(`${fn}: call forward() before backward()`);
-    const e = this.#engine;
+    const e = this.engine;
     const n = acts.x.rows;
     const gOp = gradOperand(e, fn, g, n, this.dOut);
     const grads = this.#grads.get({ ga: [n, this.r], dx: [n, this.dIn] });
@@ -239,7 +229,7 @@ export class LoRALinear implements Layer {
     const fn = 'merge';
     this.#check(fn);
     if (this.#merged) return this;
-    const [w, a, b] = allocAll(this.#engine, fn, [[this.dOut, this.dIn], [this.dOut, this.r], [this.r, this.dIn]]) as [Matrix, Matrix, Matrix];
+    const [w, a, b] = allocAll(this.engine, fn, [[this.dOut, this.dIn], [this.dOut, this.r], [this.r, this.dIn]]) as [Matrix, Matrix, Matrix];
     try {
       this.#mergeInto(fn, w, a, b);
     } catch (err) {
@@ -247,25 +237,25 @@ export class LoRALinear implements Layer {
       throw err;
     }
     this.#merged = { w, a, b };
-    this.#last = undefined;
+    this.last = undefined;
     return this;
   }
 
   /** Back to the on-the-fly path (exact: W was never modified). */
   unmerge(): this {
-    assertNotDisposed(this.#disposed, 'unmerge', this.#what);
+    this.check('unmerge');
     this.#dropMerged();
     return this;
   }
 
-  /** Frees the adapter, gradients and buffers (and W if the layer copied it). */
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
+  /** Frees the adapter, gradients, merged weight and buffers (and W if the layer copied it). */
+  override dispose(): void {
+    super.dispose();
     this.#dropMerged();
-    this.#dropActivations();
-    for (const m of [this.A, this.B, this.gradA, this.gradB, this.bias]) m?.dispose();
-    if (this.#ownsW) this.W.dispose();
+  }
+
+  protected owned(): (Matrix | undefined)[] {
+    return [this.A, this.B, this.gradA, this.gradB, this.bias, this.#ownsW ? this.W : undefined];
   }
 
   #dropMerged(): void {
@@ -273,16 +263,10 @@ export class LoRALinear implements Layer {
     this.#merged = undefined;
   }
 
-  #dropActivations(): void {
-    this.#acts.clear();
-    this.#grads.clear();
-    this.#last = undefined;
-  }
-
   /** W' ← W + s·A·B, and the snapshot of A and B it was made from. */
   #mergeInto(fn: string, w: Matrix, a: Matrix, b: Matrix): void {
-    const k = this.#engine.kernel;
-    mergeInto(this.#engine, w, this.W, this.A, this.B, { scale: this.scale });
+    const k = this.engine.kernel;
+    mergeInto(this.engine, w, this.W, this.A, this.B, { scale: this.scale });
     k.copy(fn, describe(a, "A'"), describe(this.A, 'A'));
     k.copy(fn, describe(b, "B'"), describe(this.B, 'B'));
   }
@@ -290,20 +274,19 @@ export class LoRALinear implements Layer {
   /** Re-merges when A or B changed since W' was made. */
   #refreshMerged(fn: string): void {
     const m = this.#merged!;
-    const k = this.#engine.kernel;
+    const k = this.engine.kernel;
     if (k.firstDifference(fn, describe(this.A, 'A'), describe(m.a, "A'")) >= 0 || k.firstDifference(fn, describe(this.B, 'B'), describe(m.b, "B'")) >= 0) {
       this.#mergeInto(fn, m.w, m.a, m.b);
     }
   }
 
-  get #what(): string {
+  protected get what(): string {
     return `LoRALinear [${this.dOut}, ${this.dIn}]`;
   }
 
   /** Not disposed, and every matrix the layer reads or writes is alive and of this instance. */
   #check(fn: string): void {
-    assertNotDisposed(this.#disposed, fn, this.#what);
-    checkLive(this.#engine, fn, {
+    this.check(fn, {
       W: this.W, bias: this.bias, A: this.A, B: this.B, gradA: this.gradA, gradB: this.gradB,
       "W'": this.#merged?.w, "A'": this.#merged?.a, "B'": this.#merged?.b,
     });

@@ -7,7 +7,7 @@
  * this instance) before it updates the first one, so a step that throws has
  * changed nothing.
  */
-import { LoRAStateError, LoRATypeError, LoRARangeError, describeValue } from '../errors.js';
+import { LoRADisposedError, LoRARangeError, LoRATypeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import type { KernelLayer } from '../kernel/kernel.js';
 import { type DType, Matrix } from '../memory/matrix.js';
@@ -94,7 +94,7 @@ abstract class Optimizer {
   /** Applies one update to every parameter from its current grad (all are checked first). */
   step(): void {
     const fn = 'step';
-    if (this.#disposed) throw new LoRAStateError(`${fn}: this optimizer was disposed`);
+    if (this.#disposed) throw new LoRADisposedError(`${fn}: this optimizer was disposed`);
     const heap = this.engine.heap;
     this.params.forEach((p, i) => {
       checkMatrix(heap, fn, `${p.name ?? `params[${i}]`} (params[${i}].value)`, p.value);

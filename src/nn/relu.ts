@@ -4,25 +4,19 @@ import { describe } from '../kernel/descriptor.js';
 import type { Matrix } from '../memory/matrix.js';
 import { type MatrixInput, operand, withStaging } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
-import { ActivationCache, type Layer, type Parameter, activationDroppers, assertNotDisposed, copyInto, gradOperand, layerEngines } from './layer.js';
+import { LayerBase, type Parameter, copyInto, gradOperand } from './layer.js';
 
-export class ReLU implements Layer {
+/** The last forward's output Y (backward reads Y > 0). */
+export class ReLU extends LayerBase<Matrix> {
   inputGrad = true;
   readonly trainableParameters = 0;
   readonly frozenParameters = 0;
-  readonly #engine: Engine;
-  readonly #acts: ActivationCache<'y'>;
-  readonly #grads: ActivationCache<'dx'>;
-  #last: Matrix | undefined;
-  #disposed = false;
+  readonly #acts = this.buffers<'y'>('forward');
+  readonly #grads = this.buffers<'dx'>('backward');
 
   /** @internal use lw.relu() */
   constructor(engine: Engine) {
-    this.#engine = engine;
-    this.#acts = new ActivationCache(engine, 'forward');
-    this.#grads = new ActivationCache(engine, 'backward');
-    layerEngines.set(this, engine);
-    activationDroppers.set(this, () => this.#dropActivations());
+    super(engine);
   }
 
   parameters(): Parameter[] {
@@ -31,24 +25,24 @@ export class ReLU implements Layer {
 
   forward(x: MatrixInput): Matrix {
     const fn = 'forward';
-    assertNotDisposed(this.#disposed, fn, 'ReLU');
-    const e = this.#engine;
+    this.check(fn);
+    const e = this.engine;
     const op = operand(e.heap, fn, 'X', x);
     const { y } = this.#acts.get({ y: [op.rows, op.cols] });
-    this.#last = undefined;
+    this.last = undefined;
     copyInto(e, fn, y, op);
     const Y = describe(y, 'Y');
     e.kernel.reluForward(fn, Y, Y);
-    this.#last = y;
+    this.last = y;
     return y;
   }
 
   backward(g: MatrixInput): Matrix {
     const fn = 'backward';
-    assertNotDisposed(this.#disposed, fn, 'ReLU');
-    const y = this.#last;
+    this.check(fn);
+    const y = this.last;
     if (!y) throw new LoRAStateError(`${fn}: call forward() before backward()`);
-    const e = this.#engine;
+    const e = this.engine;
     const gOp = gradOperand(e, fn, g, y.rows, y.cols);
     const { dx } = this.#grads.get({ dx: [y.rows, y.cols] });
     return withStaging(e.heap, fn, (staging) => {
@@ -59,15 +53,11 @@ export class ReLU implements Layer {
     });
   }
 
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#dropActivations();
+  protected get what(): string {
+    return 'ReLU';
   }
 
-  #dropActivations(): void {
-    this.#acts.clear();
-    this.#grads.clear();
-    this.#last = undefined;
+  protected owned(): Matrix[] {
+    return [];
   }
 }

@@ -9,6 +9,10 @@
  * data and initial weights, every run produces the same losses bit for bit.
  * If a run fails (out of memory, a callback that throws), the batch buffers
  * are freed, so a retry with a smaller batch starts as a fresh model would.
+ *
+ * The steps, in order: checkFitOptions → trainingData (JS copies, checked) →
+ * per epoch shuffle → per minibatch gatherRows, forward, loss (with its
+ * gradient), backward, optimizer step, progress.
  */
 import { LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { type Matrix, newMatrix } from '../memory/matrix.js';
@@ -16,7 +20,7 @@ import { checkLabels, mseLoss, softmaxCrossEntropy } from '../ops/loss.js';
 import { type MatrixInput, countOption, operand, rejectNonFiniteArray, shapeOf } from '../ops/operands.js';
 import { seededRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
-import { ActivationCache, type Layer, type Parameter, activationDroppers, layerEngines } from './layer.js';
+import { ActivationCache, type Layer, LayerBase, type Parameter } from './layer.js';
 import { LoRALinear } from './lora-linear.js';
 
 export interface FitProgress {
@@ -51,6 +55,103 @@ export interface FitResult {
 
 const LAYER_METHODS = ['forward', 'backward', 'parameters', 'dispose'] as const;
 
+/** FitOptions, checked, with their defaults. */
+interface FitPlan {
+  loss: 'mse' | 'cross-entropy';
+  optimizer: { step(): void };
+  epochs: number;
+  /** As asked (trainingData caps it at N). */
+  batchSize: number;
+  seed: number;
+  onProgress: ((p: FitProgress) => void) | undefined;
+}
+
+/** The training set as JS copies, so batches can be gathered whatever happens to wasm memory meanwhile. */
+interface TrainingData {
+  n: number;
+  batchSize: number;
+  inCols: number;
+  x: Float32Array;
+  /** 'mse': targets [n, outCols]. */
+  outCols: number;
+  targets: Float32Array | undefined;
+  /** 'cross-entropy': n labels, and a buffer for one batch of them. */
+  labels: Int32Array | undefined;
+  batchLabels: Int32Array | undefined;
+}
+
+function checkFitOptions(fn: string, opts: FitOptions): FitPlan {
+  if (typeof opts !== 'object' || opts === null || typeof (opts as { optimizer?: { step?: unknown } }).optimizer?.step !== 'function') {
+    throw new LoRATypeError(`${fn}: options must include an optimizer (lw.adamw(...) or lw.sgd(...))`);
+  }
+  if (opts.loss !== 'mse' && opts.loss !== 'cross-entropy') {
+    throw new LoRATypeError(`${fn}: options.loss must be 'mse' or 'cross-entropy', got ${describeValue(opts.loss)}`);
+  }
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') {
+    throw new LoRATypeError(`${fn}: options.onProgress must be a function, got ${describeValue(opts.onProgress)}`);
+  }
+  const seed = opts.seed ?? 0;
+  if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: options.seed must be a finite number, got ${describeValue(seed)}`);
+  return {
+    loss: opts.loss,
+    optimizer: opts.optimizer,
+    epochs: countOption(fn, 'options.epochs', opts.epochs, 1),
+    batchSize: countOption(fn, 'options.batchSize', opts.batchSize, 32),
+    seed,
+    onProgress: opts.onProgress,
+  };
+}
+
+/** Copies and checks X and the targets (finite values, integer labels; labels against the model's outputs: see #lossAndGrad). */
+function trainingData(engine: Engine, fn: string, x: unknown, targets: unknown, plan: FitPlan): TrainingData {
+  const xs = operand(engine.heap, fn, 'X', x);
+  const n = xs.rows;
+  const inCols = xs.cols;
+  const batchSize = Math.min(plan.batchSize, n);
+  const xData = Float32Array.from(xs.plain ?? engine.heap.view(xs.desc!.block, n * inCols, undefined, xs.desc!.offset));
+  rejectNonFiniteArray(fn, 'X', xData, inCols, 'training data must be finite; nothing was trained');
+  const data: TrainingData = { n, batchSize, inCols, x: xData, outCols: 0, targets: undefined, labels: undefined, batchLabels: undefined };
+  if (plan.loss === 'cross-entropy') {
+    if (!(targets instanceof Int32Array) && !Array.isArray(targets)) {
+      throw new LoRATypeError(`${fn}: cross-entropy targets must be integer labels (Int32Array or number[]), got ${describeValue(targets)}`);
+    }
+    checkLabels(fn, targets, n, Infinity);
+    data.labels = Int32Array.from(targets as ArrayLike<number>);
+    data.batchLabels = new Int32Array(batchSize);
+  } else {
+    const t = operand(engine.heap, fn, 'targets', targets);
+    if (t.rows !== n) throw new LoRAShapeError(`${fn}: X is ${shapeOf(xs)} but targets is ${shapeOf(t)}; one target row per input row`);
+    data.outCols = t.cols;
+    data.targets = Float32Array.from(t.plain ?? engine.heap.view(t.desc!.block, n * t.cols, undefined, t.desc!.offset));
+    rejectNonFiniteArray(fn, 'targets', data.targets, t.cols, 'training targets must be finite; nothing was trained');
+  }
+  return data;
+}
+
+/** Fisher–Yates shuffle of `order` in place, drawing from `next`. */
+function shuffle(order: Int32Array, next: () => number): void {
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    const tmp = order[i]!;
+    order[i] = order[j]!;
+    order[j] = tmp;
+  }
+}
+
+/** into[r] ← rows[batch[r]] for rows of `cols` values. */
+function gatherRows(into: Float32Array, rows: Float32Array, batch: Int32Array, cols: number): void {
+  for (let r = 0; r < batch.length; r++) into.set(rows.subarray(batch[r]! * cols, (batch[r]! + 1) * cols), r * cols);
+}
+
+/** Reports progress after each step, with the throughput since `start`. */
+function progressReporter(onProgress: FitPlan['onProgress'], totalSteps: number, start: number): (epoch: number, step: number, rows: number, loss: number) => void {
+  let seen = 0;
+  return (epoch, step, rows, loss) => {
+    seen += rows;
+    onProgress?.({ epoch, step, totalSteps, loss, samplesPerSecond: seen / ((performance.now() - start) / 1000) });
+  };
+}
+
 export class Sequential {
   readonly layers: readonly Layer[];
   readonly #engine: Engine;
@@ -68,7 +169,7 @@ export class Sequential {
     layers.forEach((l: Record<string, unknown> | null, i) => {
       const missing = LAYER_METHODS.find((m) => typeof l?.[m] !== 'function');
       if (missing) throw new LoRATypeError(`${fn}: layers[${i}] is not a layer (no ${missing}()), got ${describeValue(l)}`);
-      const owner = layerEngines.get(l!);
+      const owner = LayerBase.engineOf(l);
       if (owner !== undefined && owner !== engine) throw new LoRATypeError(`${fn}: layers[${i}] belongs to another lora-wasm instance`);
     });
     this.#engine = engine;
@@ -130,102 +231,74 @@ export class Sequential {
    */
   fit(x: MatrixInput, targets: MatrixInput | Int32Array | readonly number[], opts: FitOptions): FitResult {
     const fn = 'fit';
-    const e = this.#engine;
-    if (typeof opts !== 'object' || opts === null || typeof (opts as { optimizer?: { step?: unknown } }).optimizer?.step !== 'function') {
-      throw new LoRATypeError(`${fn}: options must include an optimizer (lw.adamw(...) or lw.sgd(...))`);
-    }
-    if (opts.loss !== 'mse' && opts.loss !== 'cross-entropy') {
-      throw new LoRATypeError(`${fn}: options.loss must be 'mse' or 'cross-entropy', got ${describeValue(opts.loss)}`);
-    }
-    if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') {
-      throw new LoRATypeError(`${fn}: options.onProgress must be a function, got ${describeValue(opts.onProgress)}`);
-    }
-    const seed = opts.seed ?? 0;
-    if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: options.seed must be a finite number, got ${describeValue(seed)}`);
-    const epochs = countOption(fn, 'options.epochs', opts.epochs, 1);
-    const xs = operand(e.heap, fn, 'X', x);
-    const N = xs.rows;
-    const batchSize = Math.min(countOption(fn, 'options.batchSize', opts.batchSize, 32), N);
-    const inCols = xs.cols;
-    // JS copies of the data, so batches can be gathered whatever happens to wasm memory meanwhile.
-    const xData = Float32Array.from(xs.plain ?? e.heap.view(xs.desc!.block, N * inCols, undefined, xs.desc!.offset));
-    rejectNonFiniteArray(fn, 'X', xData, inCols, 'training data must be finite; nothing was trained');
-    let labels: Int32Array | undefined;
-    let tData: Float32Array | undefined;
-    let outCols = 0;
-    if (opts.loss === 'cross-entropy') {
-      if (!(targets instanceof Int32Array) && !Array.isArray(targets)) {
-        throw new LoRATypeError(`${fn}: cross-entropy targets must be integer labels (Int32Array or number[]), got ${describeValue(targets)}`);
-      }
-      checkLabels(fn, targets, N, Infinity);
-      labels = Int32Array.from(targets as ArrayLike<number>);
-    } else {
-      const t = operand(e.heap, fn, 'targets', targets);
-      if (t.rows !== N) throw new LoRAShapeError(`${fn}: X is ${shapeOf(xs)} but targets is ${shapeOf(t)}; one target row per input row`);
-      outCols = t.cols;
-      tData = Float32Array.from(t.plain ?? e.heap.view(t.desc!.block, N * outCols, undefined, t.desc!.offset));
-      rejectNonFiniteArray(fn, 'targets', tData, outCols, 'training targets must be finite; nothing was trained');
-    }
-
-    const order = Int32Array.from({ length: N }, (_, i) => i);
-    const next = seededRandom(seed);
-    const stepsPerEpoch = Math.ceil(N / batchSize);
-    const totalSteps = stepsPerEpoch * epochs;
-    const epochLoss: number[] = [];
-    const start = performance.now();
-    let step = 0;
-    let seen = 0;
-    const lab = labels && new Int32Array(batchSize);
+    const plan = checkFitOptions(fn, opts);
+    const data = trainingData(this.#engine, fn, x, targets, plan);
     try {
-      for (let epoch = 1; epoch <= epochs; epoch++) {
-        for (let i = N - 1; i > 0; i--) {
-          const j = Math.floor(next() * (i + 1));
-          const tmp = order[i]!;
-          order[i] = order[j]!;
-          order[j] = tmp;
-        }
-        let sum = 0;
-        for (let b0 = 0; b0 < N; b0 += batchSize) {
-          const rows = Math.min(batchSize, N - b0);
-          const buf = this.#batch.get({ x: [rows, inCols], t: [rows, labels ? 1 : outCols] });
-          const bx = buf.x.data;
-          for (let r = 0; r < rows; r++) bx.set(xData.subarray(order[b0 + r]! * inCols, (order[b0 + r]! + 1) * inCols), r * inCols);
-          const y = this.forward(buf.x);
-          const grad = this.#grads.get({ g: [y.rows, y.cols] }).g;
-          let loss: number;
-          if (labels) {
-            // every label must name one of the model's outputs; checked on the first batch, before the first update
-            if (step === 0) checkLabels(fn, labels, N, y.cols);
-            const batchLabels = rows === batchSize ? lab! : lab!.subarray(0, rows);
-            for (let r = 0; r < rows; r++) batchLabels[r] = labels[order[b0 + r]!]!;
-            loss = softmaxCrossEntropy(e, y, batchLabels, grad).loss;
-          } else {
-            if (y.cols !== outCols) throw new LoRAShapeError(`${fn}: the model outputs ${y.cols} columns but targets have ${outCols}`);
-            const bt = buf.t.data;
-            for (let r = 0; r < rows; r++) bt.set(tData!.subarray(order[b0 + r]! * outCols, (order[b0 + r]! + 1) * outCols), r * outCols);
-            loss = mseLoss(e, y, buf.t, grad);
-          }
-          this.backward(grad);
-          opts.optimizer.step();
-          sum += loss;
-          step++;
-          seen += rows;
-          opts.onProgress?.({ epoch, step, totalSteps, loss, samplesPerSecond: seen / ((performance.now() - start) / 1000) });
-        }
-        epochLoss.push(sum / stepsPerEpoch);
-      }
+      return this.#train(fn, data, plan);
     } catch (err) {
       this.#dropBuffers();
       throw err;
     }
+  }
+
+  /** The epochs: shuffle, then one step per minibatch. */
+  #train(fn: string, data: TrainingData, plan: FitPlan): FitResult {
+    const order = Int32Array.from({ length: data.n }, (_, i) => i);
+    const next = seededRandom(plan.seed);
+    const stepsPerEpoch = Math.ceil(data.n / data.batchSize);
+    const start = performance.now();
+    const progress = progressReporter(plan.onProgress, stepsPerEpoch * plan.epochs, start);
+    const epochLoss: number[] = [];
+    let step = 0;
+    for (let epoch = 1; epoch <= plan.epochs; epoch++) {
+      shuffle(order, next);
+      let sum = 0;
+      for (let b0 = 0; b0 < data.n; b0 += data.batchSize) {
+        const batch = order.subarray(b0, Math.min(b0 + data.batchSize, data.n));
+        const loss = this.#step(fn, data, batch, step === 0, plan.optimizer);
+        sum += loss;
+        step++;
+        progress(epoch, step, batch.length, loss);
+      }
+      epochLoss.push(sum / stepsPerEpoch);
+    }
     return { epochLoss, steps: step, seconds: (performance.now() - start) / 1000 };
+  }
+
+  /** One minibatch (the rows `batch` of the data): forward, loss, backward, optimizer step; returns the loss. */
+  #step(fn: string, data: TrainingData, batch: Int32Array, first: boolean, optimizer: FitPlan['optimizer']): number {
+    const rows = batch.length;
+    const buf = this.#batch.get({ x: [rows, data.inCols], t: [rows, data.labels ? 1 : data.outCols] });
+    gatherRows(buf.x.data, data.x, batch, data.inCols);
+    const y = this.forward(buf.x);
+    const grad = this.#grads.get({ g: [y.rows, y.cols] }).g;
+    const loss = this.#lossAndGrad(fn, data, batch, first, y, buf.t, grad);
+    this.backward(grad);
+    optimizer.step();
+    return loss;
+  }
+
+  /** The minibatch's loss, writing ∂L/∂Y into grad. */
+  #lossAndGrad(fn: string, data: TrainingData, batch: Int32Array, first: boolean, y: Matrix, t: Matrix, grad: Matrix): number {
+    const e = this.#engine;
+    const rows = batch.length;
+    if (data.labels) {
+      // every label must name one of the model's outputs; checked on the first batch, before the first update
+      if (first) checkLabels(fn, data.labels, data.n, y.cols);
+      const batchLabels = rows === data.batchSize ? data.batchLabels! : data.batchLabels!.subarray(0, rows);
+      for (let r = 0; r < rows; r++) batchLabels[r] = data.labels[batch[r]!]!;
+      return softmaxCrossEntropy(e, y, batchLabels, grad).loss;
+    }
+    if (y.cols !== data.outCols) throw new LoRAShapeError(`${fn}: the model outputs ${y.cols} columns but targets have ${data.outCols}`);
+    gatherRows(t.data, data.targets!, batch, data.outCols);
+    return mseLoss(e, y, t, grad);
   }
 
   /** Frees the batch buffers and every layer's activations. */
   #dropBuffers(): void {
     this.#batch.clear();
     this.#grads.clear();
-    for (const l of this.layers) activationDroppers.get(l)?.();
+    for (const l of this.layers) LayerBase.dropActivations(l);
   }
 
   /** Frees every layer and the training buffers. */
