@@ -427,6 +427,71 @@ test('adapterSet: every row equals its own LoRALinear (BGMV rows, SGMV segments 
   for (const m of [W, bias, X, out, ...served.flatMap((s) => [s.A, s.B])]) m.dispose();
 });
 
+test('NaN/Inf in is refused, not passed on: combine (every method, ties included), extract and resize name the module and factor; results that overflow f32 are refused', async () => {
+  const live = lw.memoryStats().liveBlocks;
+  const [a1, bad] = [await peft(22, 4), await peft(23, 4)];
+  (mod(bad).B as Matrix).data[1 * D_IN + 3] = Number.NaN;
+  for (const method of ['cat', 'linear', 'svd', 'ties', 'dare_linear', 'dare_ties', 'magnitude_prune'] as const) {
+    const opts = method === 'cat' || method === 'linear' ? { method } : method === 'svd' ? { method, rank: 2 } : { method, density: 0.5, rank: 2 };
+    assertThrowsTyped(() => lw.combineAdapters([{ adapter: a1, weight: 1 }, { adapter: bad, weight: 0.5 }], opts), LoRANonFiniteError, ['combineAdapters:', "item 1's l.q B[1, 3] is NaN"]);
+  }
+  assertThrowsTyped(() => lw.resizeAdapter(bad, { rank: 2 }), LoRANonFiniteError, ['resizeAdapter:', "adapter's l.q B[1, 3] is NaN"]);
+  (mod(bad).B as Matrix).data[1 * D_IN + 3] = Number.POSITIVE_INFINITY;
+  assertThrowsTyped(() => lw.combineAdapters([{ adapter: bad, weight: 1 }], { method: 'ties', density: 0.5 }), LoRANonFiniteError, ["item 0's l.q B[1, 3] is Infinity"]);
+  // finite inputs whose result overflows f32
+  assertThrowsTyped(() => lw.combineAdapters([{ adapter: a1, weight: 3e38 }], { method: 'cat' }), LoRANonFiniteError, ['combineAdapters:', "the result's l.q A", "'cat' combination", 'overflows f32']);
+  const huge = await peft(24, 4);
+  for (const m of huge.modules) {
+    (m.A as Matrix).data.fill(1e20);
+    (m.B as Matrix).data.fill(-1e20);
+  }
+  assertThrowsTyped(() => lw.combineAdapters([{ adapter: huge, weight: 1 }], { method: 'dare_ties', density: 0.5 }), LoRANonFiniteError, ["item 0's l.q: ΔW = s·A·B may overflow f32"]);
+  assertThrowsTyped(() => lw.resizeAdapter(huge, { rank: 1 }), LoRANonFiniteError, ['resizeAdapter:', "the result's l.q A", 'overflow f32']);
+  // extract: a NaN weight is named (it used to report energy 1), and so is a difference that overflows
+  const [rows, cols] = [12, 10];
+  const base = randomF32(rng(25), rows * cols);
+  const tuned = base.map((x) => x + 0.25);
+  tuned[2 * cols + 3] = Number.NaN;
+  const [Wt, Wb] = [lw.matrix(rows, cols, tuned), lw.matrix(rows, cols, base)];
+  assertThrowsTyped(() => lw.extractAdapter(Wt, Wb, { rank: 2 }), LoRANonFiniteError, ['extractAdapter:', 'weight: Wtuned[2, 3] is NaN']);
+  assertThrowsTyped(() => lw.extractAdapter({ 'x.weight': Wb }, { 'x.weight': Wt }, { energy: 0.9 }), LoRANonFiniteError, ['extractAdapter:', 'x: Wbase[2, 3] is NaN']);
+  Wt.data.fill(3e38);
+  Wb.data.fill(-3e38);
+  assertThrowsTyped(() => lw.extractAdapter(Wt, Wb, { rank: 2 }), LoRANonFiniteError, ['extractAdapter:', 'ΔW = Wtuned − Wbase[0, 0] is Infinity', 'overflows f32']);
+  for (const x of [Wt, Wb, a1, bad, huge]) x.dispose();
+  assert.is(lw.memoryStats().liveBlocks, live, 'the refused calls left nothing allocated');
+});
+
+test('combine, extract and resize read options by one rule: wrong kind LoRATypeError, out of range LoRARangeError, unknown key LoRATypeError listing the known ones', async () => {
+  const a1 = await peft(19, 4);
+  const pair = [{ adapter: a1, weight: 1 }, { adapter: a1, weight: 0.5 }];
+  const [Wt, Wb] = [lw.matrix(12, 10), lw.matrix(12, 10)];
+  const calls: [string, (o: object) => unknown][] = [
+    ['combineAdapters', (o) => lw.combineAdapters(pair, { method: 'dare_linear', density: 0.5, ...o } as never)],
+    ['extractAdapter', (o) => lw.extractAdapter(Wt, Wb, { rank: 2, ...o } as never)],
+    ['resizeAdapter', (o) => lw.resizeAdapter(a1, { ...o } as never)],
+  ];
+  for (const [fn, call] of calls) {
+    // rank: a string is the wrong kind, 0 and 2.5 are out of range
+    for (const rank of ['2', true, null]) assertThrowsTyped(() => call({ rank }), LoRATypeError, [`${fn}:`, 'options.rank must be an integer ≥ 1']);
+    for (const rank of [0, 2.5]) assertThrowsTyped(() => call({ rank }), LoRARangeError, [`${fn}:`, 'options.rank must be an integer ≥ 1']);
+    if (fn !== 'combineAdapters') assertThrowsTyped(() => call({ energy: '0.9', rank: undefined }), LoRATypeError, [`${fn}:`, 'options.energy must be a fraction in (0, 1]']);
+    assertThrowsTyped(() => call({ rnak: 2 }), LoRATypeError, [`${fn}:`, "unknown option 'rnak'", fn === 'combineAdapters' ? 'method, rank, density' : 'rank, energy']);
+  }
+  // one seed rule wherever a seed is read: an integer in [0, 2³² − 1]
+  for (const [fn, call] of calls.slice(0, 2)) {
+    assertThrowsTyped(() => call({ seed: '7' }), LoRATypeError, [`${fn}:`, 'options.seed must be an integer in [0, 4294967295]']);
+    for (const seed of [1.5, -1, 2 ** 32]) assertThrowsTyped(() => call({ seed }), LoRARangeError, [`${fn}:`, 'options.seed must be an integer in [0, 4294967295]', String(seed)]);
+  }
+  const c = (o: object) => () => lw.combineAdapters(pair, o as never);
+  assertThrowsTyped(c({}), LoRATypeError, ['options.method is required']);
+  assertThrowsTyped(c({ method: 'svd', seed: 3 }), LoRATypeError, ['options.seed applies to ties', "not 'svd'"]);
+  assertThrowsTyped(c({ method: 'dare_linear', density: 0.5, majoritySign: 'total' }), LoRATypeError, ['options.majoritySign applies to ties, dare_ties', "not 'dare_linear'"]);
+  assertThrowsTyped(c({ method: 'svd', clamp: '0.9' }), LoRATypeError, ['options.clamp must be a quantile in (0, 1)']);
+  assertThrowsTyped(() => lw.extractAdapter(Wt, Wb, { rank: 2, name: 3 } as never), LoRATypeError, ['options.name must be a non-empty string']);
+  for (const m of [Wt, Wb, a1]) m.dispose();
+});
+
 test('every error path of the adapter algebra has its typed error, and a failed call leaves nothing allocated', async () => {
   const [a1, a2] = [await peft(15, 4), await peft(16, 4)];
   const other = await peft(17, 4, { modules: ['l.q', 'l.k'] });
@@ -437,18 +502,20 @@ test('every error path of the adapter algebra has its typed error, and a failed 
   assertThrowsTyped(c([{ adapter: {}, weight: 1 }], { method: 'svd' }), LoRATypeError, ['must be an Adapter']);
   assertThrowsTyped(c([{ adapter: a1 }], { method: 'svd' }), LoRATypeError, ['needs a weight']);
   assertThrowsTyped(c([{ adapter: a1, weight: Number.NaN }], { method: 'svd' }), LoRANonFiniteError, ["item 0's weight"]);
-  assertThrowsTyped(c(pair, { method: 'average' }), LoRATypeError, ['options.method', 'cat, linear, svd']);
+  assertThrowsTyped(c(pair, { method: 'average' }), LoRATypeError, ['options.method', "'cat', 'linear', 'svd'"]);
   assertThrowsTyped(c([...pair, { adapter: other, weight: 1 }], { method: 'cat' }), LoRAShapeError, ['mismatched module sets', 'adapter 2', 'lacks l.v', 'l.k']);
-  for (const density of [0, 1.5, -1, '0.5', undefined]) assertThrowsTyped(c(pair, { method: 'ties', density }), LoRARangeError, ['density in (0, 1]']);
+  for (const density of [0, 1.5, -1, Number.NaN]) assertThrowsTyped(c(pair, { method: 'ties', density }), LoRARangeError, ['options.density must be a fraction in (0, 1]']);
+  assertThrowsTyped(c(pair, { method: 'ties', density: '0.5' }), LoRATypeError, ['options.density must be a fraction in (0, 1]', '"0.5"']);
+  assertThrowsTyped(c(pair, { method: 'ties' }), LoRATypeError, ["method 'ties' needs options.density"]);
   assertThrowsTyped(c(pair, { method: 'svd', density: 0.5 }), LoRATypeError, ['density applies to']);
-  for (const rank of [0, 2.5, -3]) assertThrowsTyped(c(pair, { method: 'svd', rank }), LoRARangeError, ['options.rank must be a positive integer']);
+  for (const rank of [0, 2.5, -3]) assertThrowsTyped(c(pair, { method: 'svd', rank }), LoRARangeError, ['options.rank must be an integer ≥ 1']);
   assertThrowsTyped(c(pair, { method: 'svd', rank: 30 }), LoRARangeError, ['rank 30 exceeds min(out, in) = 29', 'l.q']);
-  assertThrowsTyped(c(pair, { method: 'cat', rank: 3 }), LoRATypeError, ['rank applies to the svd-type methods']);
+  assertThrowsTyped(c(pair, { method: 'cat', rank: 3 }), LoRATypeError, ['options.rank applies to svd, ties', "not 'cat'"]);
   assertThrowsTyped(c(pair, { method: 'svd', clamp: 1 }), LoRARangeError, ['clamp must be a quantile in (0, 1)']);
   assertThrowsTyped(c(pair, { method: 'ties', density: 0.5, majoritySign: 'most' }), LoRATypeError, ['majoritySign']);
   assertThrowsTyped(c([7], { method: 'svd' }), LoRATypeError, ['item 0 must be { adapter, weight }']);
-  assertThrowsTyped(c(pair, { method: 'cat', clamp: 0.9 }), LoRATypeError, ['clamp applies to the svd-type methods']);
-  assertThrowsTyped(c(pair, { method: 'dare_linear', density: 0.5, seed: 1.5 }), LoRATypeError, ['options.seed must be an integer']);
+  assertThrowsTyped(c(pair, { method: 'cat', clamp: 0.9 }), LoRATypeError, ['options.clamp applies to svd, ties', "not 'cat'"]);
+  assertThrowsTyped(c(pair, { method: 'dare_linear', density: 0.5, seed: 1.5 }), LoRARangeError, ['options.seed must be an integer in [0, 4294967295]']);
   const wide = await peft(18, 4, { dIn: D_IN + 1 });
   assertThrowsTyped(c([...pair, { adapter: wide, weight: 1 }], { method: 'cat' }), LoRAShapeError, ['module l.q', `adapter 2's ΔW is linear [${D_OUT}, ${D_IN + 1}]`]);
   wide.dispose();
@@ -469,13 +536,13 @@ test('every error path of the adapter algebra has its typed error, and a failed 
   assertThrowsTyped(ex(Wt, Wodd, { rank: 2 }), LoRAShapeError, ['Wtuned is [20, 10] but Wbase is [10, 20]']);
   assertThrowsTyped(ex(Wt, [1, 2], { rank: 2 }), LoRATypeError, ['Wbase must be a Matrix']);
   assertThrowsTyped(ex({ a: Wt }, { b: Wb }, { rank: 2 }), LoRAShapeError, ['share no name']);
-  assertThrowsTyped(ex(Wt, Wb, { rank: 2, oversample: -1 }), LoRARangeError, ['options.oversample must be a non-negative integer']);
+  assertThrowsTyped(ex(Wt, Wb, { rank: 2, oversample: -1 }), LoRARangeError, ['options.oversample must be an integer ≥ 0']);
   Wodd.dispose();
   const gone = lw.matrix(20, 10);
   gone.dispose();
   assertThrowsTyped(ex(Wt, gone, { rank: 2 }), LoRADisposedError, ['Wbase is a disposed Matrix [20, 10]']);
   // resize
-  assertThrowsTyped(() => lw.resizeAdapter(a1, { rank: 0 }), LoRARangeError, ['rank must be a positive integer']);
+  assertThrowsTyped(() => lw.resizeAdapter(a1, { rank: 0 }), LoRARangeError, ['options.rank must be an integer ≥ 1']);
   assertThrowsTyped(() => lw.resizeAdapter({} as never, { rank: 2 }), LoRATypeError, ['must be an Adapter']);
   // adapterSet
   const W = lw.matrix(D_OUT, D_IN);

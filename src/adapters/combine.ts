@@ -23,21 +23,29 @@
  * PEFT itself multiplies the scale in twice for the *_svd types (weight·scaling times
  * get_delta_weight, which is already scaled); pass weights wᵢ·sᵢ to reproduce it.
  */
-import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { Adapter, AdapterModule } from './adapter.js';
 import { describe, describeBlock, describeRows } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { createMatrix } from '../ops/create.js';
-import { f32Option, optionsObject } from '../ops/operands.js';
+import { f32Option, intOption, numberOption, oneOf, readOptions, seedOption } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { type Cols, fromRowMajor, cols as newCols, toRowMajor } from './linalg.js';
-import { checkAdapterOwner, clampTruncation, moduleFrom, newAdapter } from './result.js';
+import { checkAdapterOwner, clampTruncation, moduleFrom, newAdapter, rejectNonFiniteAdapter, rejectNonFiniteResult } from './result.js';
 import { type LinearOperator, type Truncation, factoredSvd, randomizedSvd } from './rsvd.js';
 
 export type CombineMethod = 'cat' | 'linear' | 'svd' | 'ties' | 'dare_linear' | 'dare_ties' | 'magnitude_prune';
 const METHODS: readonly CombineMethod[] = ['cat', 'linear', 'svd', 'ties', 'dare_linear', 'dare_ties', 'magnitude_prune'];
 const PRUNED: readonly CombineMethod[] = ['ties', 'dare_linear', 'dare_ties', 'magnitude_prune'];
+/** The methods each option applies to; given to any other method it is refused (LoRATypeError). */
+const APPLIES = {
+  rank: ['svd', ...PRUNED],
+  clamp: ['svd', ...PRUNED],
+  density: PRUNED,
+  seed: PRUNED,
+  majoritySign: ['ties', 'dare_ties'],
+} as const satisfies Record<string, readonly CombineMethod[]>;
 
 export interface WeightedAdapter {
   adapter: Adapter;
@@ -79,22 +87,20 @@ export function combineAdapters(engine: Engine, items: unknown, optsIn: unknown)
     f32Option(fn, `item ${i}'s weight`, weight, 1);
     return { adapter, weight };
   });
-  const o = optionsObject<CombineOptions>(fn, optsIn, "{ method: 'svd', rank: 16 }") as CombineOptions;
-  if (!METHODS.includes(o.method)) throw new LoRATypeError(`${fn}: options.method must be one of ${METHODS.join(', ')}, got ${describeValue(o.method)}`);
-  const pruned = PRUNED.includes(o.method);
-  if (pruned) {
-    if (typeof o.density !== 'number' || !(o.density > 0 && o.density <= 1)) {
-      throw new LoRARangeError(`${fn}: method '${o.method}' needs options.density in (0, 1], got ${describeValue(o.density)}`);
-    }
-  } else if (o.density !== undefined) throw new LoRATypeError(`${fn}: options.density applies to ties, dare_linear, dare_ties and magnitude_prune, not '${o.method}'`);
-  if (o.rank !== undefined && !(Number.isInteger(o.rank) && o.rank >= 1)) throw new LoRARangeError(`${fn}: options.rank must be a positive integer, got ${describeValue(o.rank)}`);
-  if (o.rank !== undefined && (o.method === 'cat' || o.method === 'linear')) throw new LoRATypeError(`${fn}: options.rank applies to the svd-type methods; '${o.method}' keeps the ranks it is given`);
-  if (o.clamp !== undefined && !(typeof o.clamp === 'number' && o.clamp > 0 && o.clamp < 1)) throw new LoRARangeError(`${fn}: options.clamp must be a quantile in (0, 1), got ${describeValue(o.clamp)}`);
-  if (o.clamp !== undefined && (o.method === 'cat' || o.method === 'linear')) throw new LoRATypeError(`${fn}: options.clamp applies to the svd-type methods, not '${o.method}'`);
-  if (o.seed !== undefined && !Number.isInteger(o.seed)) throw new LoRATypeError(`${fn}: options.seed must be an integer, got ${describeValue(o.seed)}`);
-  if (o.majoritySign !== undefined && o.majoritySign !== 'total' && o.majoritySign !== 'frequency') {
-    throw new LoRATypeError(`${fn}: options.majoritySign must be 'total' or 'frequency', got ${describeValue(o.majoritySign)}`);
+  const read = readOptions(fn, optsIn, {
+    method: oneOf(METHODS),
+    rank: intOption({ min: 1 }),
+    density: numberOption({ min: 0, minOpen: true, max: 1, what: 'a fraction' }),
+    seed: seedOption(),
+    clamp: numberOption({ min: 0, minOpen: true, max: 1, maxOpen: true, what: 'a quantile' }),
+    majoritySign: oneOf(['total', 'frequency']),
+  }, "{ method: 'svd', rank: 16 }");
+  if (read.method === undefined) throw new LoRATypeError(`${fn}: options.method is required: one of ${METHODS.join(', ')}`);
+  const o: CombineOptions = { ...read, method: read.method };
+  for (const [key, methods] of Object.entries(APPLIES) as [keyof typeof APPLIES, readonly CombineMethod[]][]) {
+    if (o[key] !== undefined && !methods.includes(o.method)) throw new LoRATypeError(`${fn}: options.${key} applies to ${methods.join(', ')}, not '${o.method}'`);
   }
+  if (PRUNED.includes(o.method) && o.density === undefined) throw new LoRATypeError(`${fn}: method '${o.method}' needs options.density, a fraction in (0, 1]`);
 
   // the same modules, the same shapes, in every adapter
   const first = list[0]!.adapter;
@@ -122,9 +128,18 @@ export function combineAdapters(engine: Engine, items: unknown, optsIn: unknown)
     if (o.rank !== undefined && o.rank > full) throw new LoRARangeError(`${fn}: options.rank ${o.rank} exceeds min(out, in) = ${full} of module ${m0.name} [${m0.A.rows}, ${m0.B.cols}]`);
   }
 
+  // finite inputs only (a kernel scan per factor), before any work
+  list.forEach(({ adapter }, i) => rejectNonFiniteAdapter(engine, fn, adapter, `item ${i}`));
+  if (PRUNED.includes(o.method)) for (const parts of groups) checkDeltaRange(engine, fn, parts);
+
   const modules: AdapterModule[] = [];
+  const weights = list.map((x) => x.weight).join(', ');
   try {
-    for (const parts of groups) modules.push(combineModule(engine, parts, o));
+    for (const parts of groups) {
+      const m = combineModule(engine, parts, o);
+      modules.push(m);
+      rejectNonFiniteResult(engine, fn, m, `the '${o.method}' combination (weights ${weights}) overflows f32`);
+    }
   } catch (e) {
     for (const m of modules) for (const x of [m.A, m.B]) x.dispose();
     throw e;
@@ -191,6 +206,23 @@ function combineModule(engine: Engine, parts: Part[], o: CombineOptions): Adapte
     op.dispose();
   }
 }
+
+/**
+ * The pruned methods form each ΔWᵢ = sᵢ·Aᵢ·Bᵢ in f32: refuse (LoRANonFiniteError) an adapter whose
+ * ΔW could overflow f32, by the merge's bound |s|·maxᵢ Σₖ|A[i,k]|·max|B| on every partial sum
+ * (O(r·(dOut + dIn)) per adapter; ΔW itself is never scanned).
+ */
+function checkDeltaRange(engine: Engine, fn: string, parts: Part[]): void {
+  parts.forEach(({ module: m }, i) => {
+    const bound = Math.abs(m.scale) * engine.kernel.maxRowAbsSum(fn, describe(m.A, 'A')) * engine.kernel.absMax(fn, describe(m.B, 'B'));
+    if (!(bound < F32_MAX)) {
+      throw new LoRANonFiniteError(`${fn}: item ${i}'s ${m.name}: ΔW = s·A·B may overflow f32 (scale ${m.scale}, A [${m.A.rows}, ${m.r}], B [${m.r}, ${m.B.cols}], bound ${bound.toPrecision(3)}); the pruned methods form ΔW in f32`);
+    }
+  });
+}
+
+/** The largest finite f32. */
+const F32_MAX = 3.4028234663852886e38;
 
 /** 32-bit integer hash (murmur3's finaliser). */
 const mix32 = (h: number): number => {

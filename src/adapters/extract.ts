@@ -13,9 +13,9 @@ import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '..
 import { Adapter, type AdapterModule } from './adapter.js';
 import { describe } from '../kernel/descriptor.js';
 import { type DType, Matrix, newMatrix } from '../memory/matrix.js';
-import { checkMatrix, optionsObject } from '../ops/operands.js';
+import { checkMatrix, intOption, rejectNonFinite, numberOption, readOptions, seedOption, stringOption } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
-import { checkAdapterOwner, moduleFrom, newAdapter } from './result.js';
+import { checkAdapterOwner, moduleFrom, newAdapter, rejectNonFiniteAdapter, rejectNonFiniteResult } from './result.js';
 import { fromRowMajor } from './linalg.js';
 import { type LinearOperator, type RankChoice, factoredSvd, randomizedSvd } from './rsvd.js';
 
@@ -49,17 +49,20 @@ export interface TruncateResult {
   modules: ModuleReport[];
 }
 
+/** The fields of { rank | energy }, shared by extract and resize. */
+const TRUNCATE = {
+  rank: intOption({ min: 1 }),
+  energy: numberOption({ min: 0, minOpen: true, max: 1, what: 'a fraction' }),
+};
+
 function rankChoice(fn: string, o: TruncateOptions): RankChoice {
   if ((o.rank === undefined) === (o.energy === undefined)) {
     throw new LoRATypeError(`${fn}: give exactly one of options.rank (a positive integer) and options.energy (a fraction in (0, 1])`);
   }
-  if (o.rank !== undefined) {
-    if (!Number.isInteger(o.rank) || o.rank < 1) throw new LoRARangeError(`${fn}: options.rank must be a positive integer, got ${describeValue(o.rank)}`);
-    return { rank: o.rank };
-  }
-  if (typeof o.energy !== 'number' || !(o.energy > 0 && o.energy <= 1)) throw new LoRARangeError(`${fn}: options.energy must be a fraction in (0, 1], got ${describeValue(o.energy)}`);
-  return { energy: o.energy };
+  return o.rank !== undefined ? { rank: o.rank } : { energy: o.energy! };
 }
+
+const FN = 'extractAdapter';
 
 /** ΔW = tuned − base, formed once in f32, as a LinearOperator over the GEMM. */
 class Difference implements LinearOperator {
@@ -70,14 +73,21 @@ class Difference implements LinearOperator {
 
   readonly #norm2: number;
 
-  constructor(engine: Engine, tuned: Matrix<DType>, base: Matrix<DType>) {
+  constructor(engine: Engine, name: string, tuned: Matrix<DType>, base: Matrix<DType>) {
     this.#engine = engine;
     this.rows = tuned.rows;
     this.cols = tuned.cols;
     this.d = newMatrix(engine.heap, 'extractAdapter ΔW', this.rows, this.cols) as Matrix<DType>; // every element is written: no zero fill
     try {
       // one fused pass (assembly/difference.ts): ΔW = f32(tuned) − f32(base) and ‖ΔW‖²_F
-      this.#norm2 = engine.kernel.difference('extractAdapter', describe(this.d, 'ΔW'), describe(tuned, 'Wtuned'), describe(base, 'Wbase'));
+      this.#norm2 = engine.kernel.difference(FN, describe(this.d, 'ΔW'), describe(tuned, 'Wtuned'), describe(base, 'Wbase'));
+      // ‖ΔW‖² is NaN/Inf exactly when ΔW holds a NaN/±Inf: then name the input that has one, or the overflow
+      if (!Number.isFinite(this.#norm2)) {
+        const what = 'extractAdapter takes finite weights only';
+        rejectNonFinite(engine, FN, describe(tuned, `${name}: Wtuned`), what);
+        rejectNonFinite(engine, FN, describe(base, `${name}: Wbase`), what);
+        rejectNonFinite(engine, FN, describe(this.d, `${name}: ΔW = Wtuned − Wbase`), 'the difference of these finite weights overflows f32');
+      }
     } catch (e) {
       this.d.dispose();
       throw e;
@@ -105,11 +115,14 @@ function checkWeight(engine: Engine, fn: string, x: unknown, name: string): Matr
 
 export function extractAdapter(engine: Engine, tuned: unknown, base: unknown, optsIn: unknown): TruncateResult {
   const fn = 'extractAdapter';
-  const o = optionsObject<ExtractOptions>(fn, optsIn, '{ rank: 16 } or { energy: 0.9 }');
+  const o = readOptions(fn, optsIn, {
+    ...TRUNCATE,
+    name: stringOption(),
+    oversample: intOption({ min: 0 }),
+    powerIters: intOption({ min: 0 }),
+    seed: seedOption(),
+  }, '{ rank: 16 } or { energy: 0.9 }');
   const choice = rankChoice(fn, o);
-  for (const [k, v] of [['oversample', o.oversample], ['powerIters', o.powerIters], ['seed', o.seed]] as const) {
-    if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new LoRARangeError(`${fn}: options.${k} must be a non-negative integer, got ${describeValue(v)}`);
-  }
   // pairs of (name, tuned, base): one pair of matrices, or two maps of them keyed alike
   let pairs: [string, Matrix<DType>, Matrix<DType>][];
   if (tuned instanceof Matrix || base instanceof Matrix) {
@@ -133,10 +146,12 @@ export function extractAdapter(engine: Engine, tuned: unknown, base: unknown, op
   const reports: ModuleReport[] = [];
   try {
     for (const [name, t, b] of pairs) {
-      const op = new Difference(engine, t, b);
+      const op = new Difference(engine, name, t, b);
       try {
         const tr = randomizedSvd(engine, op, choice, { oversample: o.oversample, powerIters: o.powerIters, seed: o.seed });
-        modules.push(moduleFrom(engine, tr, { name, kind: 'linear', fanInFanOut: false }));
+        const m = moduleFrom(engine, tr, { name, kind: 'linear', fanInFanOut: false });
+        modules.push(m);
+        rejectNonFiniteResult(engine, fn, m, 'the truncated factors overflow f32');
         reports.push({ name, rank: tr.rank, singularValues: tr.singularValues, energy: tr.energy });
       } finally {
         op.d.dispose();
@@ -152,7 +167,8 @@ export function extractAdapter(engine: Engine, tuned: unknown, base: unknown, op
 export function resizeAdapter(engine: Engine, adapter: unknown, optsIn: unknown): TruncateResult {
   const fn = 'resizeAdapter';
   const a = checkAdapterOwner(engine, fn, adapter, 'adapter');
-  const choice = rankChoice(fn, optionsObject<TruncateOptions>(fn, optsIn, '{ rank: 8 } or { energy: 0.95 }'));
+  const choice = rankChoice(fn, readOptions(fn, optsIn, TRUNCATE, '{ rank: 8 } or { energy: 0.95 }'));
+  rejectNonFiniteAdapter(engine, fn, a, 'adapter');
   const modules: AdapterModule[] = [];
   const reports: ModuleReport[] = [];
   try {
@@ -160,7 +176,9 @@ export function resizeAdapter(engine: Engine, adapter: unknown, optsIn: unknown)
       // the factors as stored; a rank above the module's keeps it whole
       const want: RankChoice = 'rank' in choice ? { rank: Math.min(choice.rank, m.r) } : choice;
       const tr = factoredSvd(fromRowMajor(m.A.toFloat32(), m.A.rows, m.r, m.scale), fromRowMajor(m.B.toFloat32(), m.r, m.B.cols), want);
-      modules.push(moduleFrom(engine, tr, m));
+      const out = moduleFrom(engine, tr, m);
+      modules.push(out);
+      rejectNonFiniteResult(engine, fn, out, `the truncated factors overflow f32 (scale ${m.scale})`);
       reports.push({ name: m.name, rank: tr.rank, singularValues: tr.singularValues, energy: tr.energy });
     }
   } catch (e) {

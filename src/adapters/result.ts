@@ -3,7 +3,8 @@
  * every entry point makes on the Adapters it is given.
  */
 import { LoRATypeError, describeValue } from '../errors.js';
-import { checkMatrix } from '../ops/operands.js';
+import { describe } from '../kernel/descriptor.js';
+import { checkMatrix, rejectNonFinite } from '../ops/operands.js';
 import { Adapter, type AdapterModule } from './adapter.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { createMatrix } from '../ops/create.js';
@@ -19,6 +20,29 @@ export function checkAdapterOwner(engine: Engine, fn: string, adapter: unknown, 
     checkMatrix(engine.heap, fn, `${name}'s ${m.name} B`, m.B);
   }
   return adapter;
+}
+
+/**
+ * Throws LoRANonFiniteError naming the first NaN/±Inf in any factor of the adapter (a kernel scan of
+ * each A and B), e.g. "combineAdapters: item 1's l.q B[0, 3] is NaN; …". Inputs are checked with
+ * this before any work, so no method can hide a NaN (ties' sign election drops it) or spread it.
+ */
+export function rejectNonFiniteAdapter(engine: Engine, fn: string, adapter: Adapter, name: string): void {
+  for (const m of adapter.modules) {
+    for (const [f, x] of [['A', m.A], ['B', m.B]] as const) {
+      rejectNonFinite(engine, fn, describe(x, `${name}'s ${m.name} ${f}`), 'the adapter algebra takes finite factors only');
+    }
+  }
+}
+
+/**
+ * Throws LoRANonFiniteError when a result module's A or B holds a NaN/±Inf (finite inputs whose
+ * result overflows f32), naming the module and the factor; `why` says what to change.
+ */
+export function rejectNonFiniteResult(engine: Engine, fn: string, m: AdapterModule, why: string): void {
+  for (const [f, x] of [['A', m.A], ['B', m.B]] as const) {
+    rejectNonFinite(engine, fn, describe(x, `the result's ${m.name} ${f}`), why);
+  }
 }
 
 /** An Adapter (PEFT, scale 1 per module) from new modules; r and lora_alpha are the most common rank. */

@@ -315,3 +315,107 @@ export function countOption(fn: string, name: string, v: unknown, dflt: number):
   if (!Number.isSafeInteger(v) || v < 1) throw new LoRARangeError(`${fn}: ${name} must be a positive integer, got ${v}`);
   return v;
 }
+
+// ---------------------------------------------------------------- the option reader
+
+/**
+ * One field of an options object: reads a value that is present (not undefined) or throws. The rule
+ * is the same for every field: a value of the wrong kind → LoRATypeError; a value of the right kind
+ * outside the field's range → LoRARangeError. Messages name the function and `options.<key>`.
+ */
+export interface OptionField<T> {
+  read(fn: string, name: string, v: unknown): T;
+}
+
+/** The values a schema reads: each key absent (undefined) or its field's type. */
+export type OptionValues<S> = { [K in keyof S]?: S[K] extends OptionField<infer T> ? T : never };
+
+/**
+ * Reads an options object by a schema of fields, e.g.
+ *   readOptions(fn, opts, { rank: intOption({ min: 1 }), seed: seedOption() }, '{ rank: 8 }')
+ * undefined → {}; not a plain object → LoRATypeError showing `example`; a key the schema does not
+ * know (with a defined value) → LoRATypeError listing the keys it knows; every known key through
+ * its field. Absent and undefined keys stay undefined: defaults belong to the caller.
+ */
+export function readOptions<S extends Record<string, OptionField<unknown>>>(fn: string, opts: unknown, schema: S, example: string): OptionValues<S> {
+  const o = optionsObject<Record<string, unknown>>(fn, opts, example) as Record<string, unknown>;
+  const known = Object.keys(schema);
+  for (const k of Object.keys(o)) {
+    if (o[k] !== undefined && !Object.hasOwn(schema, k)) {
+      throw new LoRATypeError(`${fn}: unknown option '${k}'; the options are ${known.join(', ')}`);
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const k of known) if (o[k] !== undefined) out[k] = schema[k]!.read(fn, `options.${k}`, o[k]);
+  return out as OptionValues<S>;
+}
+
+interface Bounds {
+  min?: number;
+  max?: number;
+  /** Exclude min / max themselves. */
+  minOpen?: boolean;
+  maxOpen?: boolean;
+}
+
+const interval = ({ min = -Infinity, max = Infinity, minOpen = false, maxOpen = false }: Bounds): string =>
+  `${minOpen ? '(' : '['}${min === -Infinity ? '−∞' : min}, ${max === Infinity ? '∞' : max}${maxOpen ? ')' : ']'}`;
+
+const inside = (v: number, { min = -Infinity, max = Infinity, minOpen = false, maxOpen = false }: Bounds): boolean =>
+  (minOpen ? v > min : v >= min) && (maxOpen ? v < max : v <= max);
+
+/** A number in a range (NaN is outside every range). `what` names it in messages, e.g. 'a fraction'. */
+export function numberOption(bounds: Bounds & { what?: string } = {}): OptionField<number> {
+  const rule = `${bounds.what ?? 'a number'} in ${interval(bounds)}`;
+  return {
+    read(fn, name, v) {
+      if (typeof v !== 'number') throw new LoRATypeError(`${fn}: ${name} must be ${rule}, got ${describeValue(v)}`);
+      if (!inside(v, bounds)) throw new LoRARangeError(`${fn}: ${name} must be ${rule}, got ${v}`);
+      return v;
+    },
+  };
+}
+
+/** An integer in a range (a non-integer number is out of range, as countOption has it). */
+export function intOption(bounds: { min?: number; max?: number } = {}): OptionField<number> {
+  const { min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER } = bounds;
+  const rule = max === Number.MAX_SAFE_INTEGER ? `an integer ≥ ${min}` : `an integer in [${min}, ${max}]`;
+  return {
+    read(fn, name, v) {
+      if (typeof v !== 'number') throw new LoRATypeError(`${fn}: ${name} must be ${rule}, got ${describeValue(v)}`);
+      if (!Number.isSafeInteger(v) || v < min || v > max) throw new LoRARangeError(`${fn}: ${name} must be ${rule}, got ${v}`);
+      return v;
+    },
+  };
+}
+
+/**
+ * A seed for the package's generators (seededRandom, fillRandom, DARE's mask): an integer in
+ * [0, 2³² − 1]. The generators take seed >>> 0, so anything else would silently alias another seed
+ * (1.5 → 1, −1 → 2³² − 1, 2³² → 0); it is refused instead. The one seed rule of the package.
+ */
+export function seedOption(): OptionField<number> {
+  return intOption({ min: 0, max: 2 ** 32 - 1 });
+}
+
+/** One of a list of strings; anything else is the wrong kind (LoRATypeError) and the message lists them. */
+export function oneOf<const T extends readonly string[]>(values: T): OptionField<T[number]> {
+  return {
+    read(fn, name, v) {
+      if (typeof v !== 'string' || !values.includes(v)) {
+        throw new LoRATypeError(`${fn}: ${name} must be one of ${values.map((x) => `'${x}'`).join(', ')}, got ${describeValue(v)}`);
+      }
+      return v as T[number];
+    },
+  };
+}
+
+/** A non-empty string. */
+export function stringOption(): OptionField<string> {
+  return {
+    read(fn, name, v) {
+      if (typeof v !== 'string' || v.length === 0) throw new LoRATypeError(`${fn}: ${name} must be a non-empty string, got ${describeValue(v)}`);
+      return v;
+    },
+  };
+}
