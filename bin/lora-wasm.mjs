@@ -8,41 +8,64 @@
 //
 // merge streams tensor by tensor: each base tensor is read at its offset, merged in wasm memory (or
 // copied byte for byte when the adapter does not touch it and its dtype stays), and written; peak
-// memory stays near the largest tensor. Outputs are written to a temp file beside the target, fsynced
-// and renamed, so a failed run leaves nothing behind. Exit codes: 0 done, 1 error, 2 usage.
-import { existsSync, mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+// memory stays near the largest tensor.
+//
+// Nothing is lost:
+// - every input (the adapter's weights and adapter_config.json, each base shard, the index) is refused
+//   as --out, also through a symlink, and a sharded --out folder may not hold any input;
+// - the output is written under a hidden temp name beside --out (a temp folder for a sharded base) and
+//   appears only when complete: a failed run leaves nothing at --out; without --force nothing is ever
+//   replaced, not even a file that appeared during the run (two runs to one --out: one fails);
+// - SIGINT, SIGTERM and SIGHUP remove the unfinished output and exit 130, 143, 129; temps left by a
+//   killed run (their pid is in the name) are removed by the next run to the same --out.
+// Exit codes: 0 done, 1 error, 2 usage.
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
-import { LoRAError, SafetensorsReader, atomicFile, fileSource, init, planSafetensors } from '../dist/index.js';
+import { LoRAError, LoRAFormatError, LoRARangeError, SafetensorsReader, fileSource, init } from '../dist/index.js';
+// the atomic writers (the folder writer and the temp bookkeeping are not in the public API)
+import { abortOpenTempsSync, atomicFile, atomicFolder, clearStaleTemps } from '../dist/io/node-file.js';
 
 const USAGE = `usage:
   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
   lora-wasm merge --base <model.safetensors | model.safetensors.index.json | model dir>
                   --adapter <adapter dir | .safetensors> --out <file | dir>
                   [--multiplier 1] [--dtype keep|f32|f16|bf16] [--prefix P] [--safe] [--force] [--quiet]
-                  [--threads auto|N]   (default auto: every core, at most 8)`;
+                  [--threads auto|N]   (default auto: every core, at most 8)
+  --multiplier   a finite number whose f32 is not 0 or ±Inf; negative as --multiplier -1 or --multiplier=-1;
+                 0 is allowed (with a note): the LoRA modules then change nothing
+  --out          never an input; the output appears only when complete (a sharded base: a folder, all at once)
+  --force        replace an existing --out (a folder only if it holds nothing but .safetensors files and an index)`;
 
 class UsageError extends Error {}
+/** A mistake in the command (a path, --out): exit 1, one line. */
+class CliError extends Error {}
 const say = (line) => process.stdout.write(`${line}\n`);
-const fmtBytes = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
+const note = (line) => process.stderr.write(`lora-wasm: ${line}\n`);
+const formatBytes = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
 const exists = (p) => existsSync(p);
+const lexists = (p) => { try { lstatSync(p); return true; } catch { return false; } };
 const isDir = (p) => exists(p) && statSync(p).isDirectory();
+const isFile = (p) => exists(p) && statSync(p).isFile();
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
-/** The adapter's files: { weights: path, config?: parsed JSON }. */
-function adapterFiles(p) {
-  if (!exists(p)) throw new UsageError(`--adapter ${p}: no such file or folder`);
-  if (isDir(p)) {
-    const weights = path.join(p, 'adapter_model.safetensors');
-    if (!exists(weights)) throw new LoRAError(`${p}: no adapter_model.safetensors in this folder (a PEFT adapter folder has it beside adapter_config.json)`);
-    const cfg = path.join(p, 'adapter_config.json');
-    return { weights, config: exists(cfg) ? readFileSync(cfg, 'utf8') : undefined };
-  }
-  const cfg = path.join(path.dirname(p), 'adapter_config.json');
-  return { weights: p, config: exists(cfg) ? readFileSync(cfg, 'utf8') : undefined };
+/** A path argument: a NUL byte cannot be in any file name (Node would throw a TypeError deep inside). */
+function checkPath(flag, p) {
+  if (p.includes('\0')) throw new CliError(`${flag} ${JSON.stringify(p)}: a path cannot contain a NUL byte`);
+  return p;
 }
 
-/** The base model's shard files (one, or those of a model.safetensors.index.json). */
+/** The adapter's files: { weights: path, configPath, config?: its text }. */
+function adapterFiles(p) {
+  if (!exists(p)) throw new UsageError(`--adapter ${p}: no such file or folder`);
+  const weights = isDir(p) ? path.join(p, 'adapter_model.safetensors') : p;
+  if (isDir(p) && !exists(weights)) throw new LoRAFormatError(`${p}: no adapter_model.safetensors in this folder (a PEFT adapter folder has it beside adapter_config.json)`);
+  const configPath = path.join(path.dirname(weights), 'adapter_config.json');
+  return { weights, configPath, config: exists(configPath) ? readFileSync(configPath, 'utf8') : undefined };
+}
+
+/** The base model's shard files (one, or those of a model.safetensors.index.json, checked). */
 function baseFiles(p) {
   if (!exists(p)) throw new UsageError(`--base ${p}: no such file or folder`);
   let index = p.endsWith('.index.json') ? p : undefined;
@@ -51,22 +74,116 @@ function baseFiles(p) {
     const idx = path.join(p, 'model.safetensors.index.json');
     if (exists(idx)) index = idx;
     else if (exists(single)) return { files: [single], index: undefined };
-    else throw new LoRAError(`${p}: no model.safetensors or model.safetensors.index.json in this folder`);
+    else throw new LoRAFormatError(`${p}: no model.safetensors or model.safetensors.index.json in this folder`);
   }
   if (!index) return { files: [p], index: undefined };
   let json;
   try {
     json = JSON.parse(readFileSync(index, 'utf8'));
   } catch (e) {
-    throw new LoRAError(`${index}: not valid JSON (${e.message})`);
+    throw new LoRAFormatError(`${index}: not valid JSON (${e.message})`);
   }
-  if (!json || typeof json.weight_map !== 'object') throw new LoRAError(`${index}: no "weight_map" object; is this a safetensors index?`);
+  if (!isObject(json) || !isObject(json.weight_map)) throw new LoRAFormatError(`${index}: no "weight_map" object; is this a safetensors index?`);
+  if (json.metadata !== undefined && !isObject(json.metadata)) throw new LoRAFormatError(`${index}: "metadata" must be an object, got ${JSON.stringify(json.metadata)}`);
+  const entries = Object.entries(json.weight_map);
+  if (!entries.length) throw new LoRAFormatError(`${index}: "weight_map" is empty; it should name the shard of every tensor`);
+  const indexName = path.basename(index);
+  for (const [name, s] of entries) {
+    if (typeof s !== 'string') throw new LoRAFormatError(`${index}: weight_map[${JSON.stringify(name)}] must be a shard file name (a string), got ${JSON.stringify(s)}`);
+    if (s === '' || s === '.' || s === '..' || /[/\\\0]/.test(s) || s === indexName) {
+      throw new LoRAFormatError(`${index}: bad shard name ${JSON.stringify(s)} for ${JSON.stringify(name)}; a shard is a file in the index's folder`);
+    }
+  }
   const dir = path.dirname(index);
-  const shards = [...new Set(Object.values(json.weight_map))];
-  for (const s of shards) {
-    if (typeof s !== 'string' || s.includes('/') || s.includes('\\')) throw new LoRAError(`${index}: bad shard name ${JSON.stringify(s)}`);
+  const shards = [...new Set(entries.map(([, s]) => s))];
+  for (const s of shards) if (!isFile(path.join(dir, s))) throw new LoRAFormatError(`${index}: weight_map names the shard ${s}, but there is no file ${path.join(dir, s)}`);
+  return { files: shards.map((s) => path.join(dir, s)), index: { path: index, json, shards } };
+}
+
+/** The index agrees with the shards' headers: each tensor is stored once, in the shard the index names. */
+function checkIndex(index, readers) {
+  const storedIn = new Map();
+  index.shards.forEach((shard, i) => {
+    for (const t of readers[i].tensors) {
+      const prev = storedIn.get(t.name);
+      if (prev !== undefined) throw new LoRAFormatError(`${index.path}: tensor ${JSON.stringify(t.name)} is stored in two shards, ${prev} and ${shard}`);
+      storedIn.set(t.name, shard);
+    }
+  });
+  for (const [name, shard] of Object.entries(index.json.weight_map)) {
+    const at = storedIn.get(name);
+    if (at === undefined) throw new LoRAFormatError(`${index.path}: weight_map puts tensor ${JSON.stringify(name)} in ${shard}, but no shard stores it`);
+    if (at !== shard) throw new LoRAFormatError(`${index.path}: weight_map puts tensor ${JSON.stringify(name)} in ${shard}, but it is stored in ${at}`);
   }
-  return { files: shards.map((s) => path.join(dir, s)), index: { path: index, json } };
+}
+
+/** Where p leads: its real path if it exists (a dangling link: the link), else its real folder + name. */
+function realish(p) {
+  if (lexists(p)) {
+    try {
+      return realpathSync(p);
+    } catch {
+      return path.resolve(path.dirname(p), readlinkSync(p));
+    }
+  }
+  return path.join(realpathSync(path.dirname(path.resolve(p))), path.basename(p));
+}
+
+/**
+ * --out is checked before any work: its folder exists, it is a file for a single-file base and a folder
+ * for a sharded one, it replaces nothing without --force, and it is no input and holds none.
+ */
+function checkOut(out, { sharded, force, inputs }) {
+  const parent = path.dirname(path.resolve(out));
+  if (!exists(parent)) throw new CliError(`--out ${out}: the folder ${path.dirname(out)} does not exist; create it first`);
+  if (!isDir(parent)) throw new CliError(`--out ${out}: ${path.dirname(out)} is not a folder`);
+  const there = lexists(out);
+  if (sharded && there && !isDir(out)) throw new UsageError(`--out ${out}: a sharded base is written to a folder`);
+  if (!sharded && isDir(out)) throw new CliError(`--out ${out} is a folder, but a single-file base is merged into one file; name it, e.g. --out ${path.join(out, 'model.safetensors')}`);
+  const targets = new Set([path.resolve(out), realish(out)]);
+  const outStat = there && exists(out) ? statSync(out) : undefined;
+  for (const { what, file } of inputs) {
+    const st = exists(file) ? statSync(file) : undefined;
+    const same = outStat && st && outStat.dev === st.dev && outStat.ino === st.ino; // a hard link, or a case-insensitive name
+    for (const f of new Set([path.resolve(file), realish(file)])) {
+      for (const t of targets) {
+        if (f === t || same) throw new CliError(`--out ${out} is one of the inputs (${what}); choose another --out: inputs are never overwritten`);
+        if (sharded && f.startsWith(t + path.sep)) throw new CliError(`--out ${out} holds one of the inputs (${what}: ${file}); choose another --out: the output folder is replaced as a whole`);
+      }
+    }
+  }
+  if (there && !force) throw new CliError(`${out} exists; pass --force to replace it`);
+  if (sharded && there) {
+    const foreign = readdirSync(out).filter((e) => !((e.endsWith('.safetensors') || e.endsWith('.index.json')) && isFile(path.join(out, e))));
+    if (foreign.length) {
+      throw new CliError(`--out ${out} holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''}, not model shards; --force replaces the whole folder, so it only replaces a folder of .safetensors files and their index`);
+    }
+  }
+}
+
+/** The multiplier as the merge will use it: a finite number whose f32 is not 0 (unless it is 0) or ±Inf. */
+function parseMultiplier(raw) {
+  if (raw === undefined) return 1;
+  if (raw.trim() === '') throw new UsageError('--multiplier needs a number, got an empty string');
+  const m = Number(raw);
+  if (!Number.isFinite(m)) throw new UsageError(`--multiplier must be a finite number, got ${raw}`);
+  const f = Math.fround(m);
+  if (m !== 0 && f === 0) throw new UsageError(`--multiplier ${raw} rounds to 0 in f32 (the merge computes in f32); the smallest nonzero magnitude is about 1.4e-45`);
+  if (!Number.isFinite(f)) throw new UsageError(`--multiplier ${raw} rounds to ${f} in f32; the largest f32 is about 3.4e38`);
+  return m;
+}
+
+/** parseArgs reads `--multiplier -1` as two flags: a value after --multiplier that parses as a number is its value. */
+function joinNumbers(args) {
+  const out = [];
+  for (let i = 0; i < args.length; i++) {
+    const next = args[i + 1];
+    if (args[i] === '--multiplier' && next?.startsWith('-') && !Number.isNaN(Number(next))) {
+      out.push(`--multiplier=${next}`);
+      i++;
+    } else out.push(args[i]);
+  }
+  return out;
 }
 
 async function openAll(files) {
@@ -82,6 +199,7 @@ async function openAll(files) {
 
 async function inspect(target) {
   if (!target) throw new UsageError('inspect needs a path');
+  checkPath('inspect', target);
   const lw = await init();
   const isAdapter = isDir(target) || exists(path.join(path.dirname(target), 'adapter_config.json'));
   const [reader] = await openAll([isDir(target) ? adapterFiles(target).weights : target]);
@@ -89,7 +207,7 @@ async function inspect(target) {
   const kind = kindOf(reader.tensors.map((t) => t.name));
   const bytes = reader.tensors.reduce((s, t) => s + t.end - t.begin, 0);
   const dtypes = [...new Set(reader.tensors.map((t) => t.dtype))].join(', ');
-  say(`${target}: ${reader.tensors.length} tensors, ${fmtBytes(bytes)}, dtypes ${dtypes}${Object.keys(reader.metadata).length ? `, metadata ${JSON.stringify(reader.metadata)}` : ''}`);
+  say(`${target}: ${reader.tensors.length} tensors, ${formatBytes(bytes)}, dtypes ${dtypes}${Object.keys(reader.metadata).length ? `, metadata ${JSON.stringify(reader.metadata)}` : ''}`);
   if (kind === 'model' && !isAdapter) {
     for (const t of reader.tensors) say(`  ${t.name}  ${t.dtype}  [${t.shape.join(', ')}]`);
     await reader.close();
@@ -110,65 +228,94 @@ async function inspect(target) {
 }
 
 const ITEM = { F32: 4, F16: 2, BF16: 2, f32: 4, f16: 2, bf16: 2 };
+/** The progress bar, if one is showing: a signal handler stops it before its line. */
+let bar;
 
 async function merge(values) {
-  for (const k of ['base', 'adapter', 'out']) if (!values[k]) throw new UsageError(`merge needs --${k}`);
-  const multiplier = Number(values.multiplier ?? 1);
-  if (!Number.isFinite(multiplier)) throw new UsageError(`--multiplier must be a number, got ${values.multiplier}`);
+  for (const k of ['base', 'adapter', 'out']) if (values[k] === undefined) throw new UsageError(`merge needs --${k}`);
+  for (const k of ['base', 'adapter', 'out']) checkPath(`--${k}`, values[k]);
+  const multiplier = parseMultiplier(values.multiplier);
   const dtype = values.dtype ?? 'keep';
   if (!['keep', 'f32', 'f16', 'bf16'].includes(dtype)) throw new UsageError(`--dtype must be keep, f32, f16 or bf16, got ${dtype}`);
-  const { files, index } = baseFiles(values.base);
-  const af = adapterFiles(values.adapter);
-  const sharded = index !== undefined;
-  const outDir = sharded ? values.out : undefined;
-  if (sharded && exists(values.out) && !isDir(values.out)) throw new UsageError(`--out ${values.out}: a sharded base is written to a folder`);
-  const outputs = sharded ? files.map((f) => path.join(outDir, path.basename(f))) : [values.out];
-  const inputs = new Set([...files, af.weights, ...(index ? [index.path] : [])].map((f) => realpathSync(f)));
-  for (const o of [...outputs, ...(sharded ? [path.join(outDir, path.basename(index.path))] : [])]) {
-    const real = exists(o) ? realpathSync(o) : path.resolve(o);
-    if (inputs.has(real)) throw new LoRAError(`${o} is one of the inputs; choose another --out (the input is never overwritten)`);
-    if (exists(o) && !values.force) throw new LoRAError(`${o} exists; pass --force to replace it`);
-  }
-
   const threadsArg = values.threads ?? 'auto';
   const threads = threadsArg === 'auto' ? 'auto' : Number(threadsArg);
   if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1)) throw new UsageError(`--threads must be auto or a whole number ≥ 1, got ${threadsArg}`);
+  const { files, index } = baseFiles(values.base);
+  const af = adapterFiles(values.adapter);
+  const sharded = index !== undefined;
+  const out = values.out;
+  const force = Boolean(values.force);
+  const inputs = [
+    { what: 'the adapter\'s weights', file: af.weights },
+    { what: 'the adapter\'s adapter_config.json', file: af.configPath },
+    ...files.map((f) => ({ what: sharded ? `the base shard ${path.basename(f)}` : 'the base model', file: f })),
+    ...(index ? [{ what: 'the base model\'s index', file: index.path }] : []),
+  ];
+  checkOut(out, { sharded, force, inputs });
+  const cleared = await clearStaleTemps(out);
+  if (cleared.length && !values.quiet) note(`removed what a stopped run left beside --out: ${cleared.join(', ')}`);
+  if (multiplier === 0) note('--multiplier 0: the LoRA modules change nothing (replaced tensors and --dtype still apply)');
+
   const lw = await init({ threads });
   const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
-  const readers = await openAll(files);
-  if (sharded) mkdirSync(outDir, { recursive: true });
-  const totalTensors = readers.reduce((s, r) => s + r.tensors.length, 0);
-  const bar = values.quiet ? undefined : new cliProgress.SingleBar({
-    format: 'merge |{bar}| {percentage}% | {value}/{total} tensors | {done} of {size}',
-    stream: process.stderr, hideCursor: true, noTTYOutput: false,
-  }, cliProgress.Presets.shades_classic);
-  bar?.start(totalTensors, 0, { done: fmtBytes(0), size: '' });
+  let readers = [];
   const opened = [];
+  let folder;
   try {
-    for (const o of outputs) opened.push(await atomicFile(o, true));
+    for (const m of adapter.modules) {
+      const s = Math.fround(multiplier * m.scale);
+      if (multiplier !== 0 && (s === 0 || !Number.isFinite(s))) throw new LoRARangeError(`--multiplier ${values.multiplier} times the scale ${m.scale} of module "${m.name}" rounds to ${s} in f32`);
+    }
+    readers = await openAll(files);
+    if (sharded) checkIndex(index, readers);
+    const totalTensors = readers.reduce((s, r) => s + r.tensors.length, 0);
+    if (sharded) {
+      folder = await atomicFolder(out, force);
+      for (const f of files) opened.push(await folder.file(path.basename(f)));
+    } else opened.push(await atomicFile(out, force));
+    bar = values.quiet ? undefined : new cliProgress.SingleBar({
+      format: 'merge |{bar}| {percentage}% | {value}/{total} tensors | {done} of {size}',
+      stream: process.stderr, hideCursor: true, noTTYOutput: false,
+    }, cliProgress.Presets.shades_classic);
+    bar?.start(totalTensors, 0, { done: formatBytes(0), size: '' });
     const report = await lw.mergeAdapterFiles({
       base: readers, adapter, sink: (f) => opened[f], dtype, multiplier, prefix: values.prefix ?? '', safe: Boolean(values.safe),
-      onProgress: (p) => bar?.update(p.tensors, { done: fmtBytes(p.bytes), size: fmtBytes(p.totalBytes) }),
+      onProgress: (p) => bar?.update(p.tensors, { done: formatBytes(p.bytes), size: formatBytes(p.totalBytes) }),
     });
     if (sharded) {
-      const idx = await atomicFile(path.join(outDir, path.basename(index.path)), true);
+      const idx = await folder.file(path.basename(index.path));
       opened.push(idx);
-      const weightMap = Object.fromEntries(Object.entries(report.weightMap).map(([name, f]) => [name, path.basename(outputs[f])]));
+      const weightMap = Object.fromEntries(Object.entries(report.weightMap).map(([name, f]) => [name, path.basename(files[f])]));
       // total_size: the data bytes of every shard as written (float tensors in the output dtype)
       const totalSize = readers.flatMap((r) => r.tensors).reduce((a, t) => a + (t.end - t.begin) / (dtype !== 'keep' && ITEM[t.dtype] ? ITEM[t.dtype] / ITEM[dtype] : 1), 0);
       await idx.write(new TextEncoder().encode(`${JSON.stringify({ metadata: { ...(index.json.metadata ?? {}), total_size: totalSize }, weight_map: weightMap }, null, 2)}\n`));
     }
-    for (const o of opened) await o.commit();
+    for (const o of opened) await o.commit(); // a sharded output's files are committed inside its temp folder
+    await folder?.commit(); // ... which then appears at --out whole
     bar?.stop();
-    say(`merged ${report.merged} modules and replaced ${report.replaced} tensors into ${sharded ? `${outputs.length} shards in ${outDir}` : values.out} (${fmtBytes(report.bytes)}; wasm memory peaked at ${fmtBytes(report.peakWasmBytes)})`);
+    bar = undefined;
+    say(`merged ${report.merged} modules and replaced ${report.replaced} tensors into ${sharded ? `${files.length} shards in ${out}` : out} (${formatBytes(report.bytes)}; wasm memory peaked at ${formatBytes(report.peakWasmBytes)})`);
   } catch (e) {
     bar?.stop();
+    bar = undefined;
     for (const o of opened) await o.abort();
+    await folder?.abort();
     throw e;
   } finally {
     for (const r of readers) await r.close();
     adapter.dispose();
   }
+}
+
+/** A signal removes every unfinished output (temp files and folders) and exits 128 + its number. */
+const SIGNALS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 };
+for (const [signal, code] of Object.entries(SIGNALS)) {
+  process.on(signal, () => {
+    bar?.stop();
+    const removed = abortOpenTempsSync();
+    process.stderr.write(`lora-wasm: stopped by ${signal}${removed.length ? '; the unfinished output was removed' : ''}\n`);
+    process.exit(code);
+  });
 }
 
 async function main() {
@@ -184,7 +331,7 @@ async function main() {
   if (command === 'merge') {
     let parsed;
     try {
-      parsed = parseArgs({ args: rest, options: {
+      parsed = parseArgs({ args: joinNumbers(rest), options: {
         base: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, multiplier: { type: 'string' },
         dtype: { type: 'string' }, prefix: { type: 'string' }, safe: { type: 'boolean' }, force: { type: 'boolean' }, quiet: { type: 'boolean' },
         threads: { type: 'string' },
@@ -203,7 +350,7 @@ main().then((code) => process.exit(code), (e) => {
     process.stderr.write(`lora-wasm: ${e.message}\n${USAGE}\n`);
     process.exit(2);
   }
-  const known = e instanceof LoRAError || e?.code === 'ENOENT' || e?.code === 'EACCES';
+  const known = e instanceof LoRAError || e instanceof CliError || ['ENOENT', 'EACCES', 'EEXIST', 'ENOSPC', 'EISDIR', 'ENOTDIR', 'EROFS'].includes(e?.code);
   process.stderr.write(`lora-wasm: ${known ? e.message : `unexpected error: ${e?.stack ?? e}`}\n`);
   process.exit(1);
 });

@@ -1,7 +1,9 @@
 /** Browser stand-in for node-file.ts: there is no file system; read Files and Blobs with blobSource. */
 import { LoRAError } from '../errors.js';
 import type { ByteSource } from './source.js';
-import type { AtomicFile } from './node-file.js';
+import type { AtomicFile, AtomicFolder } from './node-file.js';
+
+export type { AtomicFile, AtomicFolder } from './node-file.js';
 
 export async function fileSource(path: string): Promise<ByteSource> {
   throw new LoRAError(`cannot open ${path} in a browser: pass a File or Blob (blobSource) or the bytes`);
@@ -9,4 +11,18 @@ export async function fileSource(path: string): Promise<ByteSource> {
 
 export async function atomicFile(path: string): Promise<AtomicFile> {
   throw new LoRAError(`cannot write ${path} in a browser: encode the file in memory and offer it as a download`);
+}
+
+export async function atomicFolder(path: string): Promise<AtomicFolder> {
+  throw new LoRAError(`cannot write ${path} in a browser: encode the files in memory and offer them as downloads`);
+}
+
+/** No temps in a browser: nothing to clear. */
+export async function clearStaleTemps(_path: string): Promise<string[]> {
+  return [];
+}
+
+/** No temps in a browser: nothing to remove. */
+export function abortOpenTempsSync(): string[] {
+  return [];
 }

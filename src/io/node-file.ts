@@ -1,12 +1,23 @@
 /**
  * Files on disk, for Node: a ByteSource over a file handle (reads at offsets, never the whole file)
- * and an atomic writer (a temp file in the same folder, fsync, rename). The browser bundles swap this
- * module for node-file.browser.ts, so they contain no node: import.
+ * and atomic writers. The browser bundles swap this module for node-file.browser.ts, so they contain
+ * no node: import.
+ *
+ * An atomic output is written under a hidden temp name beside its target,
+ *   .<name>.<pid>.<stamp>.tmp        (a file, or a folder for atomicFolder)
+ *   .<name>.<pid>.<stamp>.old        (atomicFolder with force: the replaced folder, until it is deleted)
+ * and appears at its target only on commit(). Without force, commit never replaces anything (a file
+ * is hard-linked into place, a folder claims its name with an exclusive mkdir), so of two concurrent
+ * writers one wins and the other fails. The pid in the name lets clearStaleTemps remove what a killed
+ * process left, and only that. Every temp this process has open is listed for abortOpenTempsSync, which
+ * a signal handler calls before it exits.
  */
 import { LoRAError } from '../errors.js';
 import type { ByteSource } from './source.js';
 
 const fsp = () => import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:fs/promises');
+const fsSync = () => import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:fs');
+const nodePath = () => import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:path');
 
 /** Opens a file for reading at offsets; close() it when done. */
 export async function fileSource(path: string): Promise<ByteSource> {
@@ -32,40 +43,222 @@ export async function fileSource(path: string): Promise<ByteSource> {
 
 export interface AtomicFile {
   readonly path: string;
+  /** The hidden file the bytes go to until commit(). */
+  readonly tempPath: string;
   write(bytes: Uint8Array): Promise<void>;
-  /** fsync, close, and rename into place. */
+  /**
+   * fsync, close, and put into place: renamed over `path` with force; without force hard-linked to
+   * `path` (which fails if a file appeared there meanwhile: then the temp is removed and nothing replaced).
+   */
   commit(): Promise<void>;
   /** Close and remove the temp file (after a failure): nothing appears at `path`. */
   abort(): Promise<void>;
 }
 
+/** Every temp file or folder this process has open: removed by abortOpenTempsSync. */
+const openTemps = new Set<string>();
+let stamps = 0;
+
+/** The temp name for `path` (same folder, hidden, with this process's pid). */
+async function tempFor(path: string, kind: 'tmp' | 'old' = 'tmp'): Promise<string> {
+  const { dirname, basename, join } = await nodePath();
+  return join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now().toString(36)}${(stamps++).toString(36)}.${kind}`);
+}
+
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+function alive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code === 'EPERM'; // it exists, it is someone else's
+  }
+}
+
+/**
+ * Removes what a killed writer left beside `path`: entries named exactly like our temps for that
+ * target whose pid is not a live process. A `.old` folder (a forced replace cut short between its two
+ * renames) is put back at `path` when nothing is there, else removed. Returns the names it handled.
+ */
+export async function clearStaleTemps(path: string): Promise<string[]> {
+  const fs = await fsp();
+  const { dirname, basename, join } = await nodePath();
+  const pattern = new RegExp(`^\\.${escapeRegExp(basename(path))}\\.(\\d+)\\.[0-9a-z]+\\.(tmp|old)$`);
+  const handled: string[] = [];
+  for (const entry of await fs.readdir(dirname(path)).catch(() => [] as string[])) {
+    const m = pattern.exec(entry);
+    if (!m || alive(Number(m[1]))) continue;
+    const full = join(dirname(path), entry);
+    const free = await fs.lstat(path).then(() => false, () => true);
+    if (m[2] === 'old' && free) await fs.rename(full, path);
+    else await fs.rm(full, { recursive: true, force: true });
+    handled.push(entry);
+  }
+  return handled;
+}
+
+/**
+ * Removes every temp file and folder this process has open, synchronously: for a signal handler
+ * that exits right after (committed outputs are not touched). Returns the paths removed.
+ */
+export function abortOpenTempsSync(): string[] {
+  const removed = [...openTemps];
+  for (const p of removed) {
+    try {
+      syncFs?.rmSync(p, { recursive: true, force: true }); // loaded before any temp was made
+    } catch {
+      // best effort: the process is exiting
+    }
+    openTemps.delete(p);
+  }
+  return removed;
+}
+/** node:fs, loaded by the writers before they make a temp, for the steps that must not yield. */
+let syncFs: typeof import('node:fs') | undefined;
+
+const exists = async (path: string): Promise<boolean> => {
+  const fs = await fsp();
+  return fs.lstat(path).then(() => true, () => false);
+};
+const appeared = (path: string) => new LoRAError(`${path} appeared while this output was being written; it was not replaced (pass --force, or { force: true }, to replace it)`);
+
 /** A file that appears at `path` only on commit(); `force` allows replacing an existing file. */
 export async function atomicFile(path: string, force = false): Promise<AtomicFile> {
   const fs = await fsp();
-  const { dirname, basename, join } = await import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:path');
-  if (!force) {
-    const exists = await fs.stat(path).then(() => true, () => false);
-    if (exists) throw new LoRAError(`${path} exists; pass --force (or { force: true }) to replace it`);
+  syncFs ??= await fsSync();
+  if (!force && (await exists(path))) throw new LoRAError(`${path} exists; pass --force (or { force: true }) to replace it`);
+  const tmp = await tempFor(path);
+  openTemps.add(tmp); // before the file exists: a signal between open and here must still find it
+  let handle: import('node:fs/promises').FileHandle;
+  try {
+    handle = await fs.open(tmp, 'wx');
+  } catch (e) {
+    openTemps.delete(tmp);
+    throw e;
   }
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
-  const handle = await fs.open(tmp, 'wx');
   let open = true;
+  const drop = async () => {
+    if (open) await handle.close().catch(() => {});
+    open = false;
+    await fs.rm(tmp, { force: true });
+    openTemps.delete(tmp);
+  };
   return {
     path,
+    tempPath: tmp,
     async write(bytes) {
       let done = 0;
       while (done < bytes.byteLength) done += (await handle.write(bytes, done, bytes.byteLength - done)).bytesWritten;
     },
     async commit() {
-      await handle.sync();
-      await handle.close();
-      open = false;
-      await fs.rename(tmp, path);
+      try {
+        await handle.sync();
+        await handle.close();
+        open = false;
+        const s = syncFs!; // sync from here: no signal handler runs between the steps
+        if (force) s.renameSync(tmp, path);
+        else {
+          try {
+            s.linkSync(tmp, path);
+          } catch (e) {
+            const code = (e as { code?: string }).code;
+            if (code === 'EEXIST') throw appeared(path);
+            if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK'].includes(code ?? '')) throw e;
+            // a file system without hard links: check, then rename (a narrow race remains)
+            if (s.existsSync(path)) throw appeared(path);
+            s.renameSync(tmp, path);
+          }
+          s.rmSync(tmp, { force: true });
+        }
+        openTemps.delete(tmp);
+      } catch (e) {
+        await drop();
+        throw e;
+      }
     },
-    async abort() {
-      if (open) await handle.close().catch(() => {});
-      open = false;
-      await fs.rm(tmp, { force: true });
+    abort: drop,
+  };
+}
+
+export interface AtomicFolder {
+  readonly path: string;
+  /** The hidden folder the files go to until commit(). */
+  readonly tempPath: string;
+  /** A file `name` inside the folder; commit it before committing the folder. */
+  file(name: string): Promise<AtomicFile>;
+  /**
+   * Puts the folder into place. Without force, claims `path` with an exclusive mkdir and renames the
+   * temp over that empty folder (fails if `path` appeared meanwhile). With force, an existing folder is
+   * renamed aside, the new one renamed into place (the old one is put back if that fails), and the old
+   * one deleted: at every moment `path` holds either the whole old output or the whole new one.
+   */
+  commit(): Promise<void>;
+  /** Removes the temp folder and everything in it. */
+  abort(): Promise<void>;
+}
+
+/** A folder of files that appears at `path` only on commit(), all at once. Its parent must exist. */
+export async function atomicFolder(path: string, force = false): Promise<AtomicFolder> {
+  const fs = await fsp();
+  const { join } = await nodePath();
+  syncFs ??= await fsSync();
+  if (!force && (await exists(path))) throw new LoRAError(`${path} exists; pass --force (or { force: true }) to replace it`);
+  const tmp = await tempFor(path);
+  openTemps.add(tmp);
+  try {
+    await fs.mkdir(tmp);
+  } catch (e) {
+    openTemps.delete(tmp);
+    throw e;
+  }
+  const abort = async () => {
+    await fs.rm(tmp, { recursive: true, force: true });
+    openTemps.delete(tmp);
+  };
+  return {
+    path,
+    tempPath: tmp,
+    file: (name) => atomicFile(join(tmp, name)),
+    async commit() {
+      const old = await tempFor(path, 'old');
+      try {
+        const s = syncFs!; // sync from here: no signal handler runs between the renames
+        let claimed = true;
+        try {
+          s.mkdirSync(path); // exclusive: EEXIST if the target is there (or another writer got here first)
+        } catch (e) {
+          if ((e as { code?: string }).code !== 'EEXIST') throw e;
+          claimed = false;
+        }
+        if (claimed) {
+          try {
+            s.renameSync(tmp, path); // over the empty folder just made
+          } catch (e) {
+            try {
+              s.rmdirSync(path); // only if still empty
+            } catch {
+              // someone else's files are in it now: leave them
+            }
+            throw e;
+          }
+        } else {
+          if (!force) throw appeared(path);
+          s.renameSync(path, old);
+          try {
+            s.renameSync(tmp, path);
+          } catch (e) {
+            s.renameSync(old, path);
+            throw e;
+          }
+        }
+        openTemps.delete(tmp);
+      } catch (e) {
+        await abort();
+        throw e;
+      }
+      await fs.rm(old, { recursive: true, force: true });
     },
+    abort,
   };
 }
