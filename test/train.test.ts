@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm, seededRandom } from '../src/index.js';
+import { LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm, type Matrix, init, seededRandom } from '../src/index.js';
 import { assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 
 /** A low-rank regression task: targets come from W + ΔW with a rank-2 ΔW the adapter must find. */
@@ -193,6 +193,26 @@ test('fit rejects bad options and data with typed errors', async () => {
   assertThrowsTyped(() => model.fit(lw.matrix(5, 7), lw.matrix(5, 3), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['X is [5, 7]']);
   assertThrowsTyped(() => lw.sequential([]), LoRATypeError, ['sequential: layers']);
   model.dispose();
+});
+
+test("sequential refuses another instance's built-in layers, and runs a user-written layer", async () => {
+  const lw = await lwUnderTest();
+  const other = await init({ build: lw.build, maxMemoryBytes: 2 ** 24 }); // a second instance
+  const foreign = other.relu();
+  assertThrowsTyped(() => lw.sequential([lw.relu(), foreign]), LoRATypeError, ['sequential: layers[1] belongs to another lora-wasm instance']);
+  foreign.dispose();
+  const negate = {
+    inputGrad: true, trainableParameters: 0, frozenParameters: 0, disposed: 0,
+    forward: (x: Matrix) => { const y = lw.matrix(x.rows, x.cols, x.data); y.data.forEach((v, i, d) => (d[i] = -v)); return y; },
+    backward: () => undefined,
+    parameters: () => [],
+    dispose() { this.disposed++; },
+  };
+  const model = lw.sequential([lw.relu(), negate]);
+  using y = model.forward({ rows: 1, cols: 3, data: Float32Array.from([1, -2, 3]) });
+  assert.equal(Array.from(y.data), [-1, -0, -3]);
+  model.dispose();
+  assert.is(negate.disposed, 1, 'the model disposes user layers too');
 });
 
 test.run();
