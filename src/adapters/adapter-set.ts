@@ -46,7 +46,7 @@ export interface AdapterSetOptions {
 }
 
 /** The set's own f32 copy of one adapter. */
-interface Served {
+interface OwnFactors {
   A: Matrix;
   B: Matrix;
   scale: number;
@@ -105,7 +105,7 @@ export class AdapterSet {
   readonly #W: Matrix;
   readonly #bias: Matrix | undefined;
   /** The set's own f32 copies of the factors (freed by dispose). */
-  readonly #adapters: Served[];
+  readonly #adapters: OwnFactors[];
   /** What an output must not overlap: W, the bias, and the caller's factors (while they live). */
   readonly #inputs: { op: Operand; m: Matrix<DType> }[];
   /** Scratch, grown on demand: gathered X rows, gathered Y rows, H. */
@@ -156,7 +156,7 @@ export class AdapterSet {
   }
 
   /** The set's own f32 copy of every factor (all or nothing: a failure frees the copies made). */
-  #snapshot(fn: string, items: AdapterFactors[]): Served[] {
+  #snapshot(fn: string, items: AdapterFactors[]): OwnFactors[] {
     const { heap, kernel } = this.#engine;
     const made: Matrix[] = [];
     const copy = (m: Matrix<DType>, name: string): Matrix => {
@@ -245,7 +245,7 @@ export class AdapterSet {
   }
 
   /** segment (SGMV): Y_a += s·(X_a·Bᵀ)·Aᵀ for the rows of one adapter as one block, gathered when not adjacent. */
-  #segment(fn: string, Y: MatrixDesc, X: MatrixDesc, f: Served, rows: number[]): void {
+  #segment(fn: string, Y: MatrixDesc, X: MatrixDesc, f: OwnFactors, rows: number[]): void {
     const k = this.#engine.kernel;
     const len = rows.length;
     const H = this.#scratchDesc('h', len, f.r, 'H');
@@ -258,7 +258,7 @@ export class AdapterSet {
   }
 
   /** lone rows (BGMV): y_i += s·(x_i·Bᵀ)·Aᵀ, two matrix-vector products per row, in place. */
-  #lone(fn: string, Y: MatrixDesc, X: MatrixDesc, f: Served, rows: number[]): void {
+  #lone(fn: string, Y: MatrixDesc, X: MatrixDesc, f: OwnFactors, rows: number[]): void {
     const k = this.#engine.kernel;
     const h = this.#scratchDesc('h', 1, f.r, 'h');
     const [A, B] = [describe(f.A, 'A'), describe(f.B, 'B')];
