@@ -1,7 +1,9 @@
 /**
  * seededRandom(seed): a small deterministic PRNG (mulberry32) returning
  * uniform floats in [0, 1). Same seed, same sequence, in every engine, for
- * reproducible test data, demos and initialisation.
+ * reproducible test data, demos and initialisation. It takes seed >>> 0, so seeds are integers in
+ * [0, 2³² − 1]; options that take a seed refuse anything else through seedOption (ops/operands.ts)
+ * rather than let 1.5 alias 1 or −1 alias 2³² − 1. (This module imports nothing, so it does not check.)
  * see: https://gist.github.com/tommyettinger/46a874533244883189143505d203312c
  */
 export function seededRandom(seed: number): () => number {

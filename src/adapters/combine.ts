@@ -54,11 +54,11 @@ export interface WeightedAdapter {
 
 export interface CombineOptions {
   method: CombineMethod;
-  /** Rank of the result for svd and the pruned methods. Default: the largest input rank of the module. */
+  /** Rank of the result for svd and the pruned methods, an integer ≥ 1. Default: the largest input rank of the module. */
   rank?: number;
-  /** Fraction kept by ties, dare_* and magnitude_prune, in (0, 1]. */
+  /** Fraction kept by ties, dare_* and magnitude_prune, in (0, 1]; required by them. */
   density?: number;
-  /** DARE's mask seed (and the randomized SVD's). Default 0. */
+  /** The pruned methods: DARE's mask seed and the randomized SVD's, an integer in [0, 2³² − 1]. Default 0. */
   seed?: number;
   /** PEFT's svd_clamp quantile in (0, 1), for the svd-type methods. */
   clamp?: number;

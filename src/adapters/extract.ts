@@ -29,7 +29,7 @@ export interface TruncateOptions {
 export interface ExtractOptions extends TruncateOptions {
   /** Module name for a single pair of matrices. Default 'weight'. */
   name?: string;
-  /** Randomized SVD: extra sketch columns (default 10), power iterations (default 2), seed (default 0). */
+  /** Randomized SVD: extra sketch columns (default 10), power iterations (default 2), seed (an integer in [0, 2³² − 1], default 0). */
   oversample?: number;
   powerIters?: number;
   seed?: number;
