@@ -13,7 +13,7 @@ import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '..
 import { Adapter, type AdapterModule } from './adapter.js';
 import { describe } from '../kernel/descriptor.js';
 import { type DType, Matrix, newMatrix } from '../memory/matrix.js';
-import { checkMatrix, intOption, rejectNonFinite, numberOption, readOptions, seedOption, stringOption } from '../ops/operands.js';
+import { checkMatrix, intOption, numberOption, readOptions, rejectNonFinite, seedOption, stringOption } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { checkAdapterOwner, moduleFrom, newAdapter, rejectNonFiniteAdapter, rejectNonFiniteResult } from './result.js';
 import { fromRowMajor } from './linalg.js';
