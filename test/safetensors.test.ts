@@ -192,6 +192,7 @@ test('an element count that overflows usize is refused as the reference\'s check
   // within usize at every step, then 0: valid in the reference, so valid here
   const r = await assertResolves(open(file(`{"a":${entry('[1073741824, 1073741824, 0]', [0, 0])},"b":${entry([1], [0, 4])}}`, f32(1))), '2^60 then 0');
   assert.equal(r.get('a')!.shape, [2 ** 30, 2 ** 30, 0]);
+  await rejects(file(`{"a":${entry('[100000000000000, 100000000000000, 100000000000000, 0]', [0, 0])}}`), ['"a"', 'overflows']); // 10^28 on the way to 0
   // the byte count, not only the element count: 2^62 F32 elements are 2^64 bytes
   await rejects(file(`{"a":${entry('[4611686018427387904]', [0, 0])}}`), ['"a"', 'overflows']);
 });

@@ -77,10 +77,13 @@ export const isEmptyShape = (shape: readonly number[]): boolean => shape.some((d
  * partial product and then the byte count within usize (`try_fold(1, checked_mul)`), or undefined on
  * overflow, even when a later dimension is 0.
  */
-function checkedBytes(dims: readonly bigint[], itemSize: number): bigint | undefined {
+function checkedBytes(dims: readonly (number | bigint)[], itemSize: number): bigint | undefined {
+  let small = itemSize; // exact while every partial product stays a safe integer (the common case)
+  for (const d of dims) if (small <= Number.MAX_SAFE_INTEGER) small = typeof d === 'number' ? small * d : Infinity;
+  if (small <= Number.MAX_SAFE_INTEGER) return BigInt(small);
   let n = 1n;
   for (const d of dims) {
-    n *= d;
+    n *= BigInt(d);
     if (n > USIZE_MAX) return undefined;
   }
   n *= BigInt(itemSize);
@@ -215,11 +218,10 @@ function parseJson(text: string): Json {
         i++;
       }
     }
-    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
-      if (text.startsWith(word, i)) {
-        i += word.length;
-        return v;
-      }
+    const word = c === 't' ? 'true' : c === 'f' ? 'false' : c === 'n' ? 'null' : undefined;
+    if (word !== undefined && text.startsWith(word, i)) {
+      i += word.length;
+      return word === 'null' ? null : word === 'true';
     }
     NUMBER.lastIndex = i;
     const m = NUMBER.exec(text);
@@ -242,9 +244,11 @@ function show(v: Json | undefined): string {
   return String(v);
 }
 
-/** A usize field: an integer literal within 2^64 − 1 (serde refuses 4.0, 1e3, -1 and -0 for usize). */
-function usize(file: string, field: string, v: Json): bigint {
-  if (v instanceof JsonNumber && /^(?:0|[1-9]\d*)$/.test(v.text)) {
+const UINT = /^(?:0|[1-9]\d*)$/;
+/** A usize field: an integer literal within 2^64 − 1 (serde refuses 4.0, 1e3, -1 and -0 for usize); a number when it has ≤ 15 digits. */
+function usize(file: string, field: string, v: Json): number | bigint {
+  if (v instanceof JsonNumber && UINT.test(v.text)) {
+    if (v.text.length <= 15) return Number(v.text);
     const x = BigInt(v.text);
     if (x <= USIZE_MAX) return x;
     throw fail(file, `${field} is ${clip(v.text)}, more than 2^64 − 1`);
@@ -264,17 +268,19 @@ function tensorInfo(file: string, name: string, entry: Json, dataBytes: number):
   const size = typeof dtype === 'string' ? ITEM_SIZE[dtype] : undefined;
   if (size === undefined) throw fail(file, `${t} has an unknown dtype ${show(dtype)}`);
   if (!Array.isArray(shape)) throw fail(file, `${t} has a bad shape: it must be a list of non-negative integers, got ${show(shape)}`);
-  const dims = shape.map((d, k) => usize(file, `${t} has a bad shape: shape[${k}]`, d));
+  const dims: (number | bigint)[] = [];
+  for (let k = 0; k < shape.length; k++) dims.push(usize(file, `${t} has a bad shape: shape[${k}]`, shape[k]!));
   const dimsText = `[${dims.join(', ')}]`;
   if (!Array.isArray(offsets) || offsets.length !== 2) throw fail(file, `${t} has bad data_offsets: they must be [begin, end], got ${show(offsets)}`);
-  const [begin, end] = [0, 1].map((k) => usize(file, `${t} has bad data_offsets: data_offsets[${k}]`, offsets[k]!)) as [bigint, bigint];
+  const begin = BigInt(usize(file, `${t} has bad data_offsets: data_offsets[0]`, offsets[0]!));
+  const end = BigInt(usize(file, `${t} has bad data_offsets: data_offsets[1]`, offsets[1]!));
   if (end < begin) throw fail(file, `${t} has bad data_offsets [${begin}, ${end}]: they end before they begin`);
   if (end > BigInt(dataBytes)) throw fail(file, `${t} has bad data_offsets [${begin}, ${end}]: they reach past the ${dataBytes} data bytes of the file`);
   const bytes = checkedBytes(dims, size);
   if (bytes === undefined) throw fail(file, `${t} has a bad shape ${clip(dimsText)}: its element count overflows: the product of its dimensions and the item size, taken in order, passes 2^64 − 1 (the reference refuses it even when a later dimension is 0)`);
   if (bytes !== end - begin) throw fail(file, `${t} is ${dtype} ${clip(dimsText)} (${bytes} bytes) but its data_offsets [${begin}, ${end}] hold ${end - begin}`);
   // only a zero-size tensor can get here with a dimension past 2^53 − 1
-  if (dims.some((d) => d > BigInt(Number.MAX_SAFE_INTEGER))) throw fail(file, `${t} has a shape ${clip(dimsText)} with a dimension over 2^53 − 1, which lora-wasm does not read`);
+  if (dims.some((d) => d > Number.MAX_SAFE_INTEGER)) throw fail(file, `${t} has a shape ${clip(dimsText)} with a dimension over 2^53 − 1, which lora-wasm does not read`);
   return { name, dtype: dtype as string, shape: dims.map(Number), begin: Number(begin), end: Number(end) };
 }
 
