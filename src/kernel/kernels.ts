@@ -1,7 +1,7 @@
 /**
  * The wasm exports, typed, and the constants mirrored from assembly/.
  *
- * Only src/kernel/kernel.ts calls these functions. Each signature here is
+ * Only src/kernel/ calls these functions (by name, through KernelCall tuples). Each signature here is
  * checked against the bindings `asc` generates (build/lora-baseline.d.ts) by
  * test/kernel.test.ts: same names, same parameter names and counts, same
  * return kinds.
@@ -63,6 +63,29 @@ export interface Kernels {
   ): void;
   difference(dst: number, a: number, aDt: number, b: number, bDt: number, rows: number, cols: number, rowSums: number): void;
   orthonormalize(q: number, m: number, l: number, dots: number): number;
+}
+
+/** A kernel's name. */
+export type KernelName = keyof Kernels;
+/** The arguments of kernel K, as a tuple. */
+export type KernelArgs<K extends KernelName = KernelName> = Parameters<Kernels[K]>;
+/**
+ * One kernel call as data: `[name, ...arguments]`, derived from Kernels, so a wrong name or a
+ * missing or extra argument does not compile. The kernel layer builds these, runs the first of a
+ * split on the calling thread (invoke) and posts the others to the worker pool.
+ */
+export type KernelCall = { readonly [K in KernelName]: readonly [K, ...KernelArgs<K>] }[KernelName];
+
+/** Kernels seen through their argument tuples: the form in which `invoke` can call any of them by name. */
+type ByName = { readonly [K in KernelName]: (...args: KernelArgs<K>) => number | void };
+
+/** Runs one kernel call on this thread; a kernel that returns nothing gives 0 (as in a worker). */
+export function invoke(kernels: Kernels, call: KernelCall): number {
+  const [name, ...args] = call;
+  return run(kernels, name, args) ?? 0;
+}
+function run<K extends KernelName>(kernels: ByName, name: K, args: KernelArgs<K>): number | void {
+  return kernels[name](...args);
 }
 
 /** Every function export init() requires of a module before it calls it a lora-wasm module. */

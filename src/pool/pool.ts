@@ -1,7 +1,8 @@
 /**
  * The worker pool: threads that run kernel calls on the shared wasm memory.
  *
- * Only the kernel layer uses it. A run is a list of calls `[kernel, ...args]`:
+ * Only the kernel layer uses it. A run is a list of jobs `[kernel, ...args]`
+ * (the kernel layer's KernelCall tuples, typed from the wasm interface in src/kernel/kernels.ts):
  * the first runs on the calling thread, the others are posted to idle workers
  * through the control block (control.ts), and the caller waits for them:
  *   - Node's main thread and workers block in Atomics.wait (in 10 ms slices,
@@ -25,8 +26,12 @@ import {
 import { type Thread, startThread } from './thread.js';
 import { WORKER_SOURCE } from './worker-source.js';
 
-/** A kernel call: the export's name and its numeric arguments. */
-export type Call = readonly [name: string, ...args: number[]];
+/**
+ * A job as the pool moves it: an export's name and its numeric arguments. The pool knows no
+ * kernel; its caller passes its own, narrower tuples (the kernel layer's KernelCall, derived from
+ * the typed wasm interface) and gets them back typed in `own`.
+ */
+export type Job = readonly [name: string, ...args: number[]];
 
 /** Iterations a worker polls for the next job before it sleeps in Atomics.wait (a few µs: back-to-back calls skip the wake-up). */
 const WORKER_SPIN = 20000;
@@ -37,7 +42,7 @@ interface Slot {
   index: number;
   thread: Thread | undefined;
   state: 'starting' | 'ready' | 'dead' | 'stopped';
-  /** Why the last respawn failed, for lw.threadInfo(). */
+  /** Why the last respawn failed, for status() (and so lw.threadsNote). */
   failure?: string;
   /** SEQ of the job posted last. */
   seq: number;
@@ -108,7 +113,7 @@ export class WorkerPool {
    * returns every call's result in order. Waits for every worker it started,
    * also when `own` throws, so no worker still writes when this returns.
    */
-  run(fn: string, calls: readonly Call[], own: (call: Call) => number, parts?: readonly string[]): number[] {
+  run<C extends Job>(fn: string, calls: readonly C[], own: (call: C) => number, parts?: readonly string[]): number[] {
     if (this.#running) throw new LoRAError(`${fn}: internal error, the worker pool was re-entered`);
     const ready = this.#slots.filter((s) => this.#isReady(s));
     if (calls.length - 1 > ready.length) throw new LoRAError(`${fn}: internal error, ${calls.length - 1} jobs for ${ready.length} workers`);
@@ -183,7 +188,7 @@ export class WorkerPool {
     return s.state === 'ready' && s.thread !== undefined && s.thread.alive();
   }
 
-  #post(s: Slot, call: Call): void {
+  #post(s: Slot, call: Job): void {
     const [name, ...args] = call;
     const fnIndex = this.#fnIndex.get(name);
     if (fnIndex === undefined || args.length > MAX_ARGS) throw new LoRAError(`internal: cannot post ${name} to a worker`);
@@ -285,4 +290,4 @@ function canBlock(i32: Int32Array): boolean {
   }
 }
 
-const describeCall = (call: Call): string => `${call[0]}(${call.slice(1).join(', ')})`;
+const describeCall = (call: Job): string => `${call[0]}(${call.slice(1).join(', ')})`;
