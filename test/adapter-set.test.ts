@@ -136,6 +136,10 @@ test('an Adapter with several modules and none named is a LoRATypeError that say
   assertThrowsTyped(() => lw.adapterSet(W, [{ adapter: many, module: 3 } as never]), LoRATypeError, ['adapters[0].module must be a module name']);
   assertThrowsTyped(() => lw.adapterSet(W, [{ adapter: {}, module: 'x' } as never]), LoRATypeError, ['adapters[0].adapter must be an Adapter']);
   assertThrowsTyped(() => lw.adapterSet(W, [{ A: 1, B: 2, scale: 1 } as never]), LoRATypeError, ['adapters[0].A must be a Matrix']);
+  const bias = lw.matrix(1, dOut);
+  assertThrowsTyped(() => lw.adapterSet(W, [], { biass: bias } as never), LoRATypeError, ["adapterSet: unknown option 'biass'", 'bias']);
+  assertThrowsTyped(() => lw.adapterSet(W, [], { bias: [1] } as never), LoRATypeError, [`options.bias must be an f32 Matrix [1, ${dOut}]`]);
+  bias.dispose();
   assert.is(lw.memoryStats().liveBlocks, live, 'a refused set allocates nothing');
   many.dispose();
   // a GPT-2 Conv1D module (W stored [in, out]) does not compute x·Wᵀ: refused with the reason

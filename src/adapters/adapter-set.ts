@@ -20,7 +20,7 @@
 import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { ITEM_BYTES, type MatrixDesc, describe, describeBlock } from '../kernel/descriptor.js';
 import { type DType, Matrix, disposeSymbol, newMatrix } from '../memory/matrix.js';
-import { type MatrixInput, type Operand, assertDisjoint, operand, optionsObject, withStaging } from '../ops/operands.js';
+import { type MatrixInput, type Operand, type OptionField, assertDisjoint, operand, readOptions, withStaging } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { Adapter, type AdapterModule } from './adapter.js';
 
@@ -52,6 +52,14 @@ interface OwnFactors {
   scale: number;
   r: number;
 }
+
+/** An option that must be a Matrix (its dtype, liveness and shape are checked where it is used). */
+const matrixOption = (what: string): OptionField<Matrix> => ({
+  read(fn, name, v) {
+    if (!(v instanceof Matrix)) throw new LoRATypeError(`${fn}: ${name} must be ${what}, got ${describeValue(v)}`);
+    return v as Matrix;
+  },
+});
 
 /** The first few module names of an Adapter, for messages. */
 function moduleNames(a: Adapter): string {
@@ -121,9 +129,8 @@ export class AdapterSet {
     this.#W = w as Matrix;
     [this.dOut, this.dIn] = [w.rows, w.cols];
     this.#inputs = [{ op: wOp, m: w }];
-    const o = optionsObject<AdapterSetOptions>(fn, optsIn, '{ bias }');
+    const o = readOptions(fn, optsIn, { bias: matrixOption(`an f32 Matrix [1, ${this.dOut}]`) }, '{ bias }');
     if (o.bias !== undefined) {
-      if (!(o.bias instanceof Matrix)) throw new LoRATypeError(`${fn}: options.bias must be an f32 Matrix [1, ${this.dOut}], got ${describeValue(o.bias)}`);
       this.#inputs.push({ op: operand(engine.heap, fn, 'bias', o.bias), m: o.bias });
       if (o.bias.rows !== 1 || o.bias.cols !== this.dOut) throw new LoRAShapeError(`${fn}: options.bias is [${o.bias.rows}, ${o.bias.cols}] but W [${this.dOut}, ${this.dIn}] needs [1, ${this.dOut}]`);
       this.#bias = o.bias;
