@@ -224,6 +224,19 @@ test('a multiplier that rounds to 0 in f32 is refused; 0 itself is allowed', asy
   adapter.dispose();
 });
 
+test('zero-size base tensors pass through the file merge, with a type change too', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(14);
+  const adapter = await lw.loadAdapter({ weights: encodeSafetensors(pair(g, 'q', 3, 4)), config: config() });
+  const empty = new Float32Array(0);
+  for (const dtype of ['keep', 'f16'] as const) {
+    const out = await streamMerge(lw, [t('q.weight', [3, 4], randomF32(g, 12)), t('e', [0, 4], empty), t('e2', [4, 0], empty), t('e3', [0], empty)], adapter, { dtype, safe: true });
+    for (const n of ['e', 'e2', 'e3']) assert.is(out.get(n)!.end - out.get(n)!.begin, 0, `${n} (${dtype})`);
+    assert.equal(out.get('e')!.shape, [0, 4]);
+  }
+  adapter.dispose();
+});
+
 test('a base tensor named __proto__ or constructor is a target like any other', async () => {
   const lw = await lwUnderTest();
   const g = rng(13);
