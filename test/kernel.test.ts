@@ -1,5 +1,6 @@
 // The kernel layer as architecture: the hand-written Kernels interface matches what asc generates,
-// only src/kernel/ calls the wasm exports, and src/ imports point one way, down, with no cycle.
+// kernel calls are typed tuples derived from it, only src/kernel/ calls the wasm exports, and src/
+// imports point one way, down, with no cycle.
 // Node only (reads the source and build trees).
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -7,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { KERNEL_NAMES } from '../src/kernel/kernels.js';
+import { KERNEL_NAMES, type KernelCall } from '../src/kernel/kernels.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const src = path.join(root, 'src');
@@ -42,6 +43,46 @@ test('the Kernels interface matches the bindings asc generates (names, parameter
     assert.equal(ours.get(name), g, `${name}: (${g.params.join(', ')}): ${g.returns}`);
   }
   assert.equal([...KERNEL_NAMES].sort(), [...generated.keys()].sort(), 'init() checks for every export');
+});
+
+// Compile-time claims, checked by `tsc -p tsconfig.check.json` (each line below must fail to compile)
+// and again at run time by the compiler API in the next test.
+const wellFormed: KernelCall[] = [['absMax', 0, 64, 0], ['reluForward', 0, 0, 8]];
+// @ts-expect-error absMax takes (x, n, dt): one argument missing
+const missing: KernelCall = ['absMax', 0, 64];
+// @ts-expect-error absMax takes (x, n, dt): one argument too many
+const extra: KernelCall = ['absMax', 0, 64, 0, 1];
+// @ts-expect-error there is no kernel absMaximum
+const unknown: KernelCall = ['absMaximum', 0, 64, 0];
+// @ts-expect-error arguments are numbers
+const notNumber: KernelCall = ['absMax', 0, '64', 0];
+void [wellFormed, missing, extra, unknown, notNumber];
+
+test('a kernel call with a wrong name, a wrong arity or a non-number argument does not compile', () => {
+  const file = path.join(root, 'test/__kernel-call-check.ts');
+  const text = [
+    "import type { KernelCall } from '../src/kernel/kernels.js';",
+    "export const ok: KernelCall[] = [['absMax', 0, 64, 0], ['gemvT', 0, 0, 0, 8, 8, 1, 0], ['heapBase']];",
+    "export const missing: KernelCall = ['absMax', 0, 64];",
+    "export const extra: KernelCall = ['absMax', 0, 64, 0, 1];",
+    "export const unknown: KernelCall = ['absMaximum', 0, 64, 0];",
+    "export const notNumber: KernelCall = ['absMax', 0, '64', 0];",
+    "export const gemvShort: KernelCall = ['gemvT', 0, 0, 0, 8, 8, 1];",
+  ].join('\n');
+  const options: ts.CompilerOptions = {
+    strict: true, noEmit: true, target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    skipLibCheck: true, types: [],
+  };
+  const host = ts.createCompilerHost(options);
+  const read = host.getSourceFile.bind(host);
+  host.getSourceFile = (name, lang, ...rest) => (path.resolve(name) === file ? ts.createSourceFile(name, text, lang) : read(name, lang, ...rest));
+  const exists = host.fileExists.bind(host);
+  host.fileExists = (name) => path.resolve(name) === file || exists(name);
+  const program = ts.createProgram([file], options, host);
+  const lines = ts.getPreEmitDiagnostics(program, program.getSourceFile(file))
+    .filter((d) => d.file && path.resolve(d.file.fileName) === file)
+    .map((d) => d.file!.getLineAndCharacterOfPosition(d.start!).line);
+  assert.equal([...new Set(lines)].sort(), [2, 3, 4, 5, 6], 'errors on exactly the malformed calls (0-based lines)');
 });
 
 const sources = (): string[] =>
