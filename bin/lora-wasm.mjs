@@ -251,9 +251,9 @@ async function merge(values) {
     ...files.map((f) => ({ what: sharded ? `the base shard ${path.basename(f)}` : 'the base model', file: f })),
     ...(index ? [{ what: 'the base model\'s index', file: index.path }] : []),
   ];
+  const cleared = await clearStaleTemps(out); // first: a forced replace cut short is put back before --out is checked
+  if (cleared.length && !values.quiet) note(`cleared what a stopped run left beside --out: ${cleared.join(', ')}`);
   checkOut(out, { sharded, force, inputs });
-  const cleared = await clearStaleTemps(out);
-  if (cleared.length && !values.quiet) note(`removed what a stopped run left beside --out: ${cleared.join(', ')}`);
   if (multiplier === 0) note('--multiplier 0: the LoRA modules change nothing (replaced tensors and --dtype still apply)');
 
   const lw = await init({ threads });
