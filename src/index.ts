@@ -38,6 +38,7 @@ export { SafetensorsReader, encodeSafetensors, planSafetensors } from './io/safe
 export type { TensorInfo } from './io/safetensors.js';
 export { bytesSource, blobSource } from './io/source.js';
 export type { ByteSource } from './io/source.js';
+export type { TensorSource } from './io/tensor-source.js';
 export { fileSource, atomicFile } from './io/node-file.js';
 export {
   LoRAError,

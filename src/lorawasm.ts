@@ -28,22 +28,8 @@ import { type ExtractOptions, type TruncateOptions, type TruncateResult, extract
 import { AdapterSet, type AdapterSetOptions, type ServedAdapter } from './adapters/adapter-set.js';
 import { type MergeAdapterOptions, type MergeAdapterReport, mergeAdapter } from './adapters/apply-resident.js';
 import { type MergeFilesOptions, type MergeFilesReport, mergeAdapterFiles } from './adapters/apply-files.js';
-import { fileSource } from './io/node-file.js';
-import { SafetensorsReader } from './io/safetensors.js';
-import { type ByteSource, toSource } from './io/source.js';
+import { type TensorSource, openTensorSource } from './io/tensor-source.js';
 import { type TensorSet, loadTensors, saveTensors } from './io/tensors.js';
-
-/** A reader over a path (Node), bytes, a Blob/File, a ByteSource, or an open SafetensorsReader. */
-async function openReader(x: unknown, what: string): Promise<SafetensorsReader> {
-  if (x instanceof SafetensorsReader) return x;
-  const source: ByteSource = typeof x === 'string' ? await fileSource(x) : toSource(x, what);
-  try {
-    return await SafetensorsReader.open(source);
-  } catch (e) {
-    await source.close?.();
-    throw e;
-  }
-}
 
 export class LoRAWasm {
   /** The wasm flavour running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
@@ -196,12 +182,12 @@ export class LoRAWasm {
 
   /**
    * Reads an adapter: PEFT (`weights` = adapter_model.safetensors, `config` = adapter_config.json as an
-   * object or text) or kohya (no config). `weights` may be bytes, a Blob/File, a ByteSource, an open
-   * SafetensorsReader, or in Node a path. Factors stay in their file dtype. Dispose the Adapter when done.
+   * object or text) or kohya (no config). `weights` is a TensorSource: bytes, a Blob/File, a ByteSource,
+   * an open SafetensorsReader, or in Node a path. Factors stay in their file dtype. Dispose the Adapter when done.
    */
-  async loadAdapter(opts: { weights: unknown; config?: unknown }): Promise<Adapter> {
+  async loadAdapter(opts: { weights: TensorSource; config?: string | Record<string, unknown> }): Promise<Adapter> {
     if (typeof opts !== 'object' || opts === null) throw new LoRATypeError(`loadAdapter: options must be { weights, config }, got ${describeValue(opts)}`);
-    const reader = await openReader(opts.weights, 'loadAdapter: weights');
+    const reader = await openTensorSource(opts.weights, 'loadAdapter: weights');
     try {
       return await readAdapter(reader, opts.config, this.#make);
     } finally {
@@ -257,9 +243,9 @@ export class LoRAWasm {
     return saveAdapter(source, opts);
   }
 
-  /** Every tensor of a safetensors file (or the ones named) as matrices in their file dtype. */
-  async loadTensors(source: unknown, opts?: { names?: readonly string[] }): Promise<TensorSet> {
-    const reader = await openReader(source, 'loadTensors: source');
+  /** Every tensor of a safetensors file (a TensorSource), or the ones named, as matrices in their file dtype. */
+  async loadTensors(source: TensorSource, opts?: { names?: readonly string[] }): Promise<TensorSet> {
+    const reader = await openTensorSource(source, 'loadTensors: source');
     try {
       return await loadTensors(reader, this.#make, opts?.names);
     } finally {
