@@ -251,7 +251,8 @@ async function merge(values) {
     ...files.map((f) => ({ what: sharded ? `the base shard ${path.basename(f)}` : 'the base model', file: f })),
     ...(index ? [{ what: 'the base model\'s index', file: index.path }] : []),
   ];
-  const cleared = await clearStaleTemps(out); // first: a forced replace cut short is put back before --out is checked
+  const target = path.resolve(out); // the writers' path ('.' or 'dir/' name no folder of their own)
+  const cleared = await clearStaleTemps(target); // first: a forced replace cut short is put back before --out is checked
   if (cleared.length && !values.quiet) note(`cleared what a stopped run left beside --out: ${cleared.join(', ')}`);
   checkOut(out, { sharded, force, inputs });
   if (multiplier === 0) note('--multiplier 0: the LoRA modules change nothing (replaced tensors and --dtype still apply)');
@@ -270,9 +271,9 @@ async function merge(values) {
     if (sharded) checkIndex(index, readers);
     const totalTensors = readers.reduce((s, r) => s + r.tensors.length, 0);
     if (sharded) {
-      folder = await atomicFolder(out, force);
+      folder = await atomicFolder(target, force);
       for (const f of files) opened.push(await folder.file(path.basename(f)));
-    } else opened.push(await atomicFile(out, force));
+    } else opened.push(await atomicFile(target, force));
     bar = values.quiet ? undefined : new cliProgress.SingleBar({
       format: 'merge |{bar}| {percentage}% | {value}/{total} tensors | {done} of {size}',
       stream: process.stderr, hideCursor: true, noTTYOutput: false,

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LoRAError, SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
+import { LoRAEnvironmentError, LoRAError, SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
 import { atomicFile, atomicFolder, clearStaleTemps } from '../src/io/node-file.js';
 import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture } from './fixtures.js';
 import { FLAVOUR, assertRejectsTyped, assertResolves, lwUnderTest, randomF32, rng } from './helpers.js';
@@ -137,7 +137,7 @@ function tinyMerged(module: 'q' | 'k', multiplier: number): Float64Array {
     for (let j = 0; j < TINY.dIn; j++) {
       let s = 0;
       for (let k = 0; k < TINY.r; k++) s += loraB[i * TINY.r + k]! * loraA[k * TINY.dIn + j]!;
-      out[i * TINY.dIn + j] += multiplier * (TINY.alpha / TINY.r) * s;
+      out[i * TINY.dIn + j]! += multiplier * (TINY.alpha / TINY.r) * s;
     }
   }
   return out;
@@ -281,6 +281,7 @@ test('--multiplier: -1 works as "--multiplier -1" and "--multiplier=-1"; "", 1e-
   expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '1e-50'], 2, ['1e-50', 'rounds to 0 in f32']);
   expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '-1e-50'], 2, ['rounds to 0 in f32']);
   expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '1e39'], 2, ['rounds to Infinity in f32']);
+  expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '3e38'], 1, ['--multiplier 3e38 times the scale 2 of module', 'rounds to Infinity in f32']);
   for (const bad of ['NaN', 'Infinity', '-Infinity', 'two']) expectFail(w.dir, [...base, '--out', 'x.safetensors', `--multiplier=${bad}`], 2, ['--multiplier must be a finite number', bad]);
   assert.not.ok(existsSync(w.at('x.safetensors')), 'nothing written');
   const zero = run(w.dir, ...base, '--out', 'zero.safetensors', '--multiplier', '0');
@@ -524,14 +525,14 @@ test('without --force a run never replaces an output that appeared while it ran 
   writeFileSync(w.at('out.safetensors'), 'the other run\'s output');
   file.resume();
   assert.is(await file.exit, 1, file.stderr());
-  assert.match(file.stderr(), /^lora-wasm: out\.safetensors appeared while this output was being written; it was not replaced/);
+  assert.match(file.stderr(), /^lora-wasm: \S*\/out\.safetensors appeared while this output was being written; it was not replaced/);
   assert.is(readFileSync(w.at('out.safetensors'), 'utf8'), 'the other run\'s output');
   const dir = await startAndFreeze(w.dir, ['merge', '--base', 'big-sharded', '--adapter', 'adapter', '--out', 'out', '--dtype', 'f16', '--threads', '1', '--quiet'], /^\.out\.\d+\.[0-9a-z]+\.tmp$/);
   mkdirSync(w.at('out'));
   writeFileSync(w.at('out/theirs.safetensors'), 'the other run\'s shard');
   dir.resume();
   assert.is(await dir.exit, 1, dir.stderr());
-  assert.match(dir.stderr(), /^lora-wasm: out appeared while this output was being written; it was not replaced/);
+  assert.match(dir.stderr(), /^lora-wasm: \S*\/out appeared while this output was being written; it was not replaced/);
   assert.equal(readdirSync(w.at('out')), ['theirs.safetensors']);
   assert.equal(hidden(w.dir), [], 'no temp left');
   w.done();
@@ -575,11 +576,11 @@ test('atomicFile and atomicFolder: no replace without force, a swap with force, 
   const w = workdir();
   // a file: refused up front, and at commit when the target appeared meanwhile (the temp is removed)
   writeFileSync(w.at('taken'), 'theirs');
-  await assertRejectsTyped(atomicFile(w.at('taken')), LoRAError, ['taken exists; pass --force']);
+  await assertRejectsTyped(atomicFile(w.at('taken')), LoRAEnvironmentError, ['taken exists; pass --force']);
   const f = await atomicFile(w.at('late'));
   await f.write(new Uint8Array([1, 2]));
   writeFileSync(w.at('late'), 'theirs');
-  await assertRejectsTyped(f.commit(), LoRAError, ['late appeared while this output was being written']);
+  await assertRejectsTyped(f.commit(), LoRAEnvironmentError, ['late appeared while this output was being written']);
   assert.is(readFileSync(w.at('late'), 'utf8'), 'theirs');
   const g = await atomicFile(w.at('late'), true);
   await g.write(new Uint8Array([3]));
@@ -603,7 +604,7 @@ test('atomicFile and atomicFolder: no replace without force, a swap with force, 
   assert.equal(readdirSync(w.at('dir')), ['b']);
   const d3 = await atomicFolder(w.at('dir2'));
   mkdirSync(w.at('dir2'));
-  await assertRejectsTyped(d3.commit(), LoRAError, ['dir2 appeared while this output was being written']);
+  await assertRejectsTyped(d3.commit(), LoRAEnvironmentError, ['dir2 appeared while this output was being written']);
   assert.equal(hidden(w.dir), []);
   // stale temps: removed if their pid is dead; a forced swap cut short between its renames is put back
   const dead = 999_999_999;

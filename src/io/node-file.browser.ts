@@ -1,20 +1,20 @@
 /** Browser stand-in for node-file.ts: there is no file system; read Files and Blobs with blobSource. */
-import { LoRAError } from '../errors.js';
+import { LoRAEnvironmentError } from '../errors.js';
 import type { ByteSource } from './source.js';
 import type { AtomicFile, AtomicFolder } from './node-file.js';
 
 export type { AtomicFile, AtomicFolder } from './node-file.js';
 
 export async function fileSource(path: string): Promise<ByteSource> {
-  throw new LoRAError(`cannot open ${path} in a browser: pass a File or Blob (blobSource) or the bytes`);
+  throw new LoRAEnvironmentError(`cannot open ${path} in a browser: pass a File or Blob (blobSource) or the bytes`);
 }
 
 export async function atomicFile(path: string): Promise<AtomicFile> {
-  throw new LoRAError(`cannot write ${path} in a browser: encode the file in memory and offer it as a download`);
+  throw new LoRAEnvironmentError(`cannot write ${path} in a browser: encode the file in memory and offer it as a download`);
 }
 
 export async function atomicFolder(path: string): Promise<AtomicFolder> {
-  throw new LoRAError(`cannot write ${path} in a browser: encode the files in memory and offer them as downloads`);
+  throw new LoRAEnvironmentError(`cannot write ${path} in a browser: encode the files in memory and offer them as downloads`);
 }
 
 /** No temps in a browser: nothing to clear. */

@@ -12,7 +12,7 @@
  * process left, and only that. Every temp this process has open is listed for abortOpenTempsSync, which
  * a signal handler calls before it exits.
  */
-import { LoRAError } from '../errors.js';
+import { LoRAEnvironmentError, LoRAFormatError } from '../errors.js';
 import type { ByteSource } from './source.js';
 
 const fsp = () => import(/* webpackIgnore: true */ /* @vite-ignore */ 'node:fs/promises');
@@ -32,7 +32,7 @@ export async function fileSource(path: string): Promise<ByteSource> {
       let done = 0;
       while (done < length) {
         const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) throw new LoRAError(`${path}: the file ended at byte ${offset + done} while reading ${length} bytes at ${offset}`);
+        if (bytesRead === 0) throw new LoRAFormatError(`${path}: the file ended at byte ${offset + done} while reading ${length} bytes at ${offset}`);
         done += bytesRead;
       }
       return buf;
@@ -121,13 +121,13 @@ const exists = async (path: string): Promise<boolean> => {
   const fs = await fsp();
   return fs.lstat(path).then(() => true, () => false);
 };
-const appeared = (path: string) => new LoRAError(`${path} appeared while this output was being written; it was not replaced (pass --force, or { force: true }, to replace it)`);
+const appeared = (path: string) => new LoRAEnvironmentError(`${path} appeared while this output was being written; it was not replaced (pass --force, or { force: true }, to replace it)`);
 
 /** A file that appears at `path` only on commit(); `force` allows replacing an existing file. */
 export async function atomicFile(path: string, force = false): Promise<AtomicFile> {
   const fs = await fsp();
   syncFs ??= await fsSync();
-  if (!force && (await exists(path))) throw new LoRAError(`${path} exists; pass --force (or { force: true }) to replace it`);
+  if (!force && (await exists(path))) throw new LoRAEnvironmentError(`${path} exists; pass --force (or { force: true }) to replace it`);
   const tmp = await tempFor(path);
   openTemps.add(tmp); // before the file exists: a signal between open and here must still find it
   let handle: import('node:fs/promises').FileHandle;
@@ -203,7 +203,7 @@ export async function atomicFolder(path: string, force = false): Promise<AtomicF
   const fs = await fsp();
   const { join } = await nodePath();
   syncFs ??= await fsSync();
-  if (!force && (await exists(path))) throw new LoRAError(`${path} exists; pass --force (or { force: true }) to replace it`);
+  if (!force && (await exists(path))) throw new LoRAEnvironmentError(`${path} exists; pass --force (or { force: true }) to replace it`);
   const tmp = await tempFor(path);
   openTemps.add(tmp);
   try {
