@@ -265,7 +265,7 @@ async function merge(values) {
   try {
     for (const m of adapter.modules) {
       const s = Math.fround(multiplier * m.scale);
-      if (multiplier !== 0 && (s === 0 || !Number.isFinite(s))) throw new LoRARangeError(`--multiplier ${values.multiplier} times the scale ${m.scale} of module "${m.name}" rounds to ${s} in f32`);
+      if (multiplier !== 0 && (s === 0 || !Number.isFinite(s))) throw new LoRARangeError(`--multiplier ${values.multiplier ?? 1} times the scale ${m.scale} of module "${m.name}" rounds to ${s} in f32`);
     }
     readers = await openAll(files);
     if (sharded) checkIndex(index, readers);
