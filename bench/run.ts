@@ -29,8 +29,8 @@ setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}
 await tf.setBackend('wasm');
 await tf.ready();
 
-const ctx: Ctx = { quick, builds: [await init({ simd: 'baseline' })], rows: [], notes: [] };
-if (detectFeatures().relaxed) ctx.builds.push(await init({ simd: 'relaxed' }));
+const ctx: Ctx = { quick, builds: [await init({ build: 'baseline' })], rows: [], notes: [] };
+if (detectFeatures().relaxed) ctx.builds.push(await init({ build: 'relaxed' }));
 else ctx.notes.push('relaxed SIMD is not available in this engine (Node 20 needs --experimental-wasm-relaxed-simd): baseline only');
 ctx.notes.push(`tfjs-backend-wasm ${tf.version_core}, multithreading ${tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 'on' : 'off'} (single thread)`);
 

@@ -57,8 +57,8 @@ function recordPaired(ctx: Ctx, group: string, shape: string, one: () => unknown
 }
 
 async function instances(): Promise<LoRAWasm[]> {
-  const simd = detectFeatures().relaxed ? 'relaxed' : 'baseline';
-  return Promise.all(THREAD_COUNTS.map((threads) => init({ simd, threads })));
+  const build = detectFeatures().relaxed ? 'relaxed' : 'baseline';
+  return Promise.all(THREAD_COUNTS.map((threads) => init({ build, threads })));
 }
 
 async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Promise<void> {

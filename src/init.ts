@@ -32,8 +32,8 @@ export function init(options?: InitOptions): Promise<LoRAWasm> {
 }
 
 function memoKey(o: InitOptions): string {
-  const base = `${o.build ?? 'auto'}|${o.maxMemoryBytes ?? ''}|${o.threads ?? 1}`;
+  const base = `${o.build ?? o.simd ?? 'auto'}|${o.maxMemoryBytes ?? ''}|${o.threads ?? 1}`;
   if (o.wasm === undefined) return base;
   if (typeof o.wasm === 'string' || o.wasm instanceof URL) return `${base}|${String(o.wasm)}`;
-  return `${base}|${++uniqueKeys}`; // bytes, modules and per-flavour maps are not compared: a fresh instance each time
+  return `${base}|${++uniqueKeys}`; // bytes, modules and per-build maps are not compared: a fresh instance each time
 }

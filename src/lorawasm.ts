@@ -32,7 +32,7 @@ import { type TensorSource, openTensorSource } from './io/tensor-source.js';
 import { type TensorSet, loadTensors, saveTensors } from './io/tensors.js';
 
 export class LoRAWasm {
-  /** The wasm flavour running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
+  /** The wasm build running: 'relaxed' (f32x4.relaxed_madd) or 'baseline' (mul + add). */
   readonly build: Build;
   readonly #engine: Engine;
   readonly #onDispose: (() => void) | undefined;

@@ -5,7 +5,7 @@ import {
 } from '../src/index.js';
 import * as api from '../src/index.js';
 import { ERROR_CLASSES } from '../src/errors.js';
-import { FLAVOUR, assertBitIdentical, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { BUILD, assertBitIdentical, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 
 /** The table of src/errors.ts, written out independently: exported class name → [built-in parent, code]. */
 const EXPECTED: Record<string, [ErrorConstructor | RangeErrorConstructor | TypeErrorConstructor, string]> = {
@@ -68,7 +68,7 @@ interface Corruption {
  */
 test('error-path fuzz: bad arguments give typed errors and never touch W', async () => {
   const lw = await lwUnderTest();
-  const other = await init({ simd: FLAVOUR, maxMemoryBytes: 2 ** 24 }); // a second instance
+  const other = await init({ build: BUILD, maxMemoryBytes: 2 ** 24 }); // a second instance
   const r = rng(2026);
   let checked = 0;
   let aliasRounds = 0;

@@ -7,19 +7,23 @@ import * as assert from 'uvu/assert';
 import { type Build, type LoRAWasm, init, seededRandom } from '../src/index.js';
 
 /**
- * The flavour this run tests: LORA_SIMD=baseline|relaxed in Node (scripts/test.mjs runs both), or
- * globalThis.LORA_SIMD in the browser (test/browser/entry.ts, from the page's ?simd=).
+ * The build this run tests (what lw.build reports): LORA_SIMD=baseline|relaxed in Node
+ * (scripts/test.mjs runs both), or globalThis.LORA_SIMD in the browser (test/browser/entry.ts, from
+ * the page's ?simd=).
  */
-export const FLAVOUR = ((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LORA_SIMD ??
+export const BUILD = ((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LORA_SIMD ??
   (globalThis as { LORA_SIMD?: string }).LORA_SIMD ??
   'baseline') as Build;
 
+/** @deprecated the former name of BUILD, kept until every suite imports BUILD. */
+export const FLAVOUR = BUILD;
+
 let instance: Promise<LoRAWasm> | undefined;
-/** The instance under test; fails loudly if the requested flavour did not load. */
+/** The instance under test; fails loudly if the requested build did not load. */
 export async function lwUnderTest(): Promise<LoRAWasm> {
-  instance ??= init({ simd: FLAVOUR });
+  instance ??= init({ build: BUILD });
   const lw = await instance;
-  assert.is(lw.build, FLAVOUR, `requested the ${FLAVOUR} build`);
+  assert.is(lw.build, BUILD, `requested the ${BUILD} build`);
   return lw;
 }
 

@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRADisposedError, LoRAError, LoRARangeError, LoRAShapeError, LoRAStateError, LoRATypeError, init } from '../src/index.js';
 import { WasmHeap } from '../src/memory/heap.js';
-import { FLAVOUR, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { BUILD, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, gemm64 } from './reference.js';
 
 test('dense layer: bad options, wrong widths and call order give typed errors', async () => {
@@ -70,7 +70,7 @@ test('init reports an engine without SIMD128 as a LoRAError', async () => {
   const validate = WebAssembly.validate;
   WebAssembly.validate = () => false;
   try {
-    await init({ simd: FLAVOUR, maxMemoryBytes: 3 * 2 ** 20 });
+    await init({ build: BUILD, maxMemoryBytes: 3 * 2 ** 20 });
     assert.unreachable('init succeeded without SIMD');
   } catch (e) {
     assert.instance(e, LoRAError);

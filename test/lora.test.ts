@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRADisposedError, LoRAShapeError, LoRAStateError, LoRATypeError, type LoRALinear, type LoRAWasm } from '../src/index.js';
-import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { BUILD, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 import { assertWithinBound, loraReference } from './reference.js';
 
 interface Net {
@@ -34,7 +34,7 @@ function makeLayer(lw: LoRAWasm, seed: number, shape?: { n: number; dIn: number;
 const within = (got: Float32Array, want: Float64Array, mag: Float64Array, k: number, label: string) =>
   assertWithinBound(got, { value: want, mag }, k, label, 8);
 
-test(`forward matches the float64 reference, unmerged and merged (${FLAVOUR})`, async () => {
+test(`forward matches the float64 reference, unmerged and merged (${BUILD})`, async () => {
   const lw = await lwUnderTest();
   for (let seed = 1; seed <= 40; seed++) {
     const shape = seed === 1 ? { n: 70, dIn: 300, dOut: 260, r: 17 } : undefined;

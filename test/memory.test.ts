@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRADisposedError, LoRAMemoryError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, Matrix, init } from '../src/index.js';
-import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { BUILD, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, rankReference } from './reference.js';
 import { type Block, WasmHeap } from '../src/memory/heap.js';
 
@@ -33,7 +33,7 @@ test('10,000 allocate/dispose cycles leave wasm memory the same size', async () 
 });
 
 test('interleaved frees coalesce: a block freed in the middle is reused', async () => {
-  const lw = await init({ simd: FLAVOUR, maxMemoryBytes: 41 * 2 ** 20 }); // its own heap: no holes left by other suites
+  const lw = await init({ build: BUILD, maxMemoryBytes: 41 * 2 ** 20 }); // its own heap: no holes left by other suites
   const a = lw.matrix(100, 100), b = lw.matrix(100, 100), c = lw.matrix(100, 100);
   const bPtr = b.ptr;
   b.dispose();
@@ -112,7 +112,7 @@ test('a Matrix that is never disposed is freed after garbage collection (leak ba
 });
 
 test('a cap from init({ maxMemoryBytes }) gives LoRAMemoryError and leaves earlier matrices intact', async () => {
-  const lw = await init({ simd: FLAVOUR, maxMemoryBytes: 8 * 2 ** 20 });
+  const lw = await init({ build: BUILD, maxMemoryBytes: 8 * 2 ** 20 });
   const values = randomF32(rng(4), 1000 * 1500);
   using keep = lw.matrix(1000, 1500, values); // 6 MB of 8
   assertThrowsTyped(() => lw.matrix(1000, 1500), LoRAMemoryError, ['matrix:', 'cannot allocate', 'maxMemoryBytes']);
@@ -131,7 +131,7 @@ test('a cap from init({ maxMemoryBytes }) gives LoRAMemoryError and leaves earli
 });
 
 test('allocation past the 4 GiB wasm32 limit throws LoRAMemoryError and earlier matrices stay intact', async () => {
-  const lw = await init({ simd: FLAVOUR, maxMemoryBytes: 4 * GiB });
+  const lw = await init({ build: BUILD, maxMemoryBytes: 4 * GiB });
   assertThrowsTyped(() => lw.matrix(65536, 65536), LoRAMemoryError, ['16.00 GiB', 'wasm32 maximum']);
   const big = lw.matrix(24576, 32768); // 3 GiB, zero pages are not touched
   big.data[0] = 1.5;

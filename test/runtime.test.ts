@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 import { LoRAEnvironmentError, LoRAError, LoRAFormatError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory/heap.js';
 import { Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, TILE_COLS, TILE_ROWS } from '../src/kernel/kernels.js';
-import { FLAVOUR, assertRejectsTyped, lwUnderTest } from './helpers.js';
+import { BUILD, assertRejectsTyped, lwUnderTest } from './helpers.js';
 
 const wasmBytes = (build: string) => readFileSync(new URL(`../build/lora-${build}.wasm`, import.meta.url));
 /** A valid module that imports memory like ours but exports no kernel. */
@@ -22,10 +22,10 @@ test('detectFeatures sees SIMD, and relaxed SIMD exactly when Node 20 has the fl
 });
 
 test('init() is memoised per options and reports the flavour that runs', async () => {
-  const a = await init({ simd: FLAVOUR });
-  const b = await init({ simd: FLAVOUR });
+  const a = await init({ build: BUILD });
+  const b = await init({ build: BUILD });
   assert.is(a, b, 'same options, same instance');
-  assert.is(a.build, FLAVOUR);
+  assert.is(a.build, BUILD);
   const auto = await init();
   assert.is(auto, await init(), 'init() with no options is memoised too');
   assert.is(auto.build, detectFeatures().relaxed ? 'relaxed' : 'baseline', "'auto' prefers relaxed where available");
@@ -39,10 +39,10 @@ test("build: 'relaxed' (and its alias simd) fails with a LoRAEnvironmentError wh
 });
 
 test('init({ build }) names the build as lw.build does; simd is an alias for it', async () => {
-  const lw = await init({ build: FLAVOUR });
-  assert.is(lw.build, FLAVOUR);
-  assert.is(await init({ simd: FLAVOUR }), lw, 'the alias gives the same (memoised) instance');
-  assert.is(await init({ build: FLAVOUR, simd: FLAVOUR }), lw, 'both, agreeing');
+  const lw = await init({ build: BUILD });
+  assert.is(lw.build, BUILD);
+  assert.is(await init({ simd: BUILD }), lw, 'the alias gives the same (memoised) instance');
+  assert.is(await init({ build: BUILD, simd: BUILD }), lw, 'both, agreeing');
   await assertRejectsTyped(init({ build: 'relaxed', simd: 'baseline' }), LoRATypeError, ['options.build', 'options.simd']);
   await assertRejectsTyped(init({ build: 'fast' as 'auto' }), LoRATypeError, ["options.build must be 'auto', 'relaxed' or 'baseline'"]);
 });
@@ -51,13 +51,13 @@ test('init accepts the module as bytes, as a compiled Module, and as a per-flavo
   const bytes = wasmBytes('baseline');
   const fromBytes = await init({ wasm: bytes });
   assert.is(fromBytes.build, 'baseline', 'flavour read from the module itself');
-  const fromModule = await init({ wasm: new WebAssembly.Module(bytes), simd: 'baseline' });
+  const fromModule = await init({ wasm: new WebAssembly.Module(bytes), build: 'baseline' });
   assert.is(fromModule.build, 'baseline');
   assert.is.not(fromModule, fromBytes, 'user-given modules are not shared');
-  const fromMap = await init({ wasm: { baseline: bytes }, simd: 'baseline' });
+  const fromMap = await init({ wasm: { baseline: bytes }, build: 'baseline' });
   using m = fromMap.matrix(2, 2, [1, 2, 3, 4]);
   assert.equal(Array.from(m.toArray()), [1, 2, 3, 4]);
-  const fromUrl = await init({ wasm: new URL('../build/lora-baseline.wasm', import.meta.url), simd: 'baseline' });
+  const fromUrl = await init({ wasm: new URL('../build/lora-baseline.wasm', import.meta.url), build: 'baseline' });
   assert.is(fromUrl.build, 'baseline');
   const fromPath = await init({ wasm: fileURLToPath(new URL('../build/lora-baseline.wasm', import.meta.url)) });
   assert.is(fromPath.build, 'baseline', 'a file path string works in Node');
@@ -74,7 +74,7 @@ test('init fetches http(s) URLs: streaming for application/wasm, bytes otherwise
   const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   try {
     for (const path of ['/streamed.wasm', '/plain.bin']) {
-      const lw = await init({ wasm: `${base}${path}`, simd: 'baseline' });
+      const lw = await init({ wasm: `${base}${path}`, build: 'baseline' });
       using m = lw.matrix(1, 2, [3, 4]);
       assert.equal(Array.from(m.data), [3, 4], path);
     }
@@ -93,13 +93,14 @@ test('init fetches http(s) URLs: streaming for application/wasm, bytes otherwise
 test('init rejects bad options and mismatched modules with typed errors', async () => {
   const cases: [Parameters<typeof init>[0], new (...a: never[]) => Error, RegExp][] = [
     [{ simd: 'fast' as 'auto' }, LoRATypeError, /options.simd must be 'auto', 'relaxed' or 'baseline', got "fast"/],
-    [{ wasm: { relaxed: wasmBytes('relaxed') }, simd: 'baseline' }, LoRATypeError, /options.wasm has no 'baseline' entry/],
+    [{ wasm: { relaxed: wasmBytes('relaxed') }, build: 'baseline' }, LoRATypeError, /options.wasm has no 'baseline' entry/],
     [{ wasm: new Uint8Array([0, 1, 2, 3]) }, LoRAFormatError, /could not load the .* lora-wasm module/],
     [{ wasm: new URL('file:///nonexistent/lora.wasm') }, LoRAEnvironmentError, /could not load/],
     [{ wasm: notLoRA }, LoRAFormatError, /not a lora-wasm module of this version/],
   ];
   if (detectFeatures().relaxed) {
-    cases.push([{ wasm: wasmBytes('relaxed'), simd: 'baseline' }, LoRATypeError, /is the relaxed build/]);
+    cases.push([{ wasm: wasmBytes('relaxed'), build: 'baseline' }, LoRATypeError, /is the relaxed build/]);
+    cases.push([{ wasm: wasmBytes('baseline'), simd: 'relaxed' }, LoRATypeError, /options.simd is 'relaxed' but the given wasm module is the baseline build/]);
   }
   for (const [opts, cls, re] of cases) {
     try {

@@ -6,7 +6,7 @@
 import type { KernelLayer } from '../kernel/kernel.js';
 import type { WasmHeap } from '../memory/heap.js';
 
-/** The two .wasm flavours, compiled from one source (assembly/simd.ts). */
+/** The two .wasm builds, compiled from one source (assembly/simd.ts): what lw.build reports and init({ build }) asks for. */
 export type Build = 'relaxed' | 'baseline';
 
 /** A .wasm source: a URL (fetched, or read from disk for file: URLs), the bytes, or a compiled module. */

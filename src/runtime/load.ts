@@ -3,7 +3,7 @@
  * Knows nothing of operations or layers (src/init.ts wraps the Engine in the
  * public LoRAWasm facade).
  *
- * Two .wasm flavours are built from one source (assembly/simd.ts):
+ * Two .wasm builds are compiled from one source (assembly/simd.ts):
  *   relaxed   f32x4.relaxed_madd  Chromium, Node ≥ 22, Node 20 with --experimental-wasm-relaxed-simd
  *   baseline  f32x4.mul + add     every engine with SIMD128
  * `build: 'auto'` (the default) picks relaxed when the engine validates it.
@@ -26,14 +26,14 @@ import { pathToUrl, readFileUrl } from './load-file.js';
 import { defaultWasm } from './wasm-source.js';
 
 export interface InitOptions {
-  /** Which build (flavour) to run, as lw.build reports it. 'auto' (default) prefers relaxed where the engine supports it. */
+  /** Which build to run, as lw.build reports it. 'auto' (default) prefers relaxed where the engine supports it. */
   build?: 'auto' | Build;
   /** The former name of `build`, still accepted (giving both with different values is an error). */
   simd?: 'auto' | Build;
   /**
    * Where the .wasm comes from. Default: embedded in the browser bundles, and
-   * `build/lora-<flavour>.wasm` next to the package in Node. Either one source,
-   * whose flavour is read from the module itself, or one per flavour. A string
+   * `build/lora-<build>.wasm` next to the package in Node. Either one source,
+   * whose build is read from the module itself, or one per build. A string
    * is a URL (relative to the page in browsers); in Node a non-URL string is a
    * file path.
    */
@@ -110,17 +110,14 @@ function requestedBuild(o: InitOptions): 'auto' | Build {
   return o.build ?? o.simd ?? 'auto';
 }
 
-/**
- * Checks init()'s options synchronously; throws typed errors. The result names the build as
- * `build` only (the `simd` alias is resolved).
- */
+/** Checks init()'s options synchronously; throws typed errors. */
 export function checkInitOptions(options: unknown): InitOptions {
   if (options === undefined) return {};
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw new LoRATypeError(`init: options must be an object like { build, threads, wasm, maxMemoryBytes }, got ${describeValue(options)}`);
   }
   const o = options as InitOptions;
-  const build = requestedBuild(o);
+  requestedBuild(o);
   if (o.maxMemoryBytes !== undefined) {
     if (typeof o.maxMemoryBytes !== 'number') {
       throw new LoRATypeError(`init: options.maxMemoryBytes must be a number of bytes, got ${describeValue(o.maxMemoryBytes)}`);
@@ -147,8 +144,7 @@ export function checkInitOptions(options: unknown): InitOptions {
       );
     }
   }
-  const { simd: _alias, ...rest } = o;
-  return { ...rest, build };
+  return o;
 }
 
 /** Loads, instantiates and checks one module; the Engine owns a fresh memory. */

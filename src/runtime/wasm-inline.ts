@@ -1,5 +1,5 @@
 /**
- * The single-file bundles' replacement for wasm-source.ts: both flavours'
+ * The single-file bundles' replacement for wasm-source.ts: both builds'
  * bytes are embedded (esbuild's binary loader), so nothing is fetched; the
  * shared-memory (threads) builds are derived from them.
  */
@@ -10,7 +10,7 @@ import relaxed from '../../build/lora-relaxed.wasm';
 import type { Build, WasmSource } from './engine.js';
 import { sharedVariant } from './shared-variant.js';
 
-/** Both flavours' bytes; the threads builds are derived (one byte differs, see shared-variant.ts). */
+/** Both builds' bytes; the threads builds are derived (one byte differs, see shared-variant.ts). */
 export function defaultWasm(build: Build, threads: boolean): WasmSource {
   const bytes = (build === 'relaxed' ? relaxed : baseline) as Uint8Array;
   return threads ? sharedVariant(bytes) : bytes;

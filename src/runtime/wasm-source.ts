@@ -1,9 +1,9 @@
 /**
- * Where init() finds each flavour's .wasm by default: `build/lora-<flavour>[-threads].wasm`
+ * Where init() finds each build's .wasm by default: `build/lora-<build>[-threads].wasm`
  * one level above this module (src/, dist/ and dist/browser/ bundles resolve
  * it the same way; bundlers see the `new URL(…, import.meta.url)` pattern and
  * ship the file). The single-file bundles swap this module for
- * wasm-inline.ts, which embeds both flavours' bytes.
+ * wasm-inline.ts, which embeds both builds' bytes.
  */
 import type { Build, WasmSource } from './engine.js';
 
