@@ -4,6 +4,7 @@ import { LoRADisposedError, LoRAMemoryError, LoRANonFiniteError, LoRARangeError,
 import { BUILD, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, rankReference } from './reference.js';
 import { type Block, WasmHeap } from '../src/memory/heap.js';
+import { DTYPES, ITEM_BYTES } from '../src/memory/dtype.js';
 
 const GiB = 2 ** 30;
 
@@ -69,6 +70,16 @@ test('matrix() zero-fills, copies data, and toArray() returns a copy', async () 
   assert.is(m.data[0], 1, 'toArray is a copy');
   assert.is(m.length, 6);
   assert.is(String(Object.prototype.toString.call(m)), '[object Matrix [2, 3]]');
+});
+
+test('ITEM_BYTES is the element size of every dtype: the data view and the block agree with it', async () => {
+  const lw = await lwUnderTest();
+  assert.equal([...DTYPES], Object.keys(ITEM_BYTES), 'one entry per dtype');
+  for (const dtype of DTYPES) {
+    using m = dtype === 'f32' ? lw.matrix(3, 5) : lw.matrix(3, 5, undefined, { dtype });
+    assert.is(m.data.BYTES_PER_ELEMENT, ITEM_BYTES[dtype], `${dtype} view`);
+    assert.ok(m.block.size >= 15 * ITEM_BYTES[dtype], `${dtype} block holds 15 elements`);
+  }
 });
 
 test('dispose() is idempotent, works with `using`, and later use throws LoRADisposedError', async () => {

@@ -8,7 +8,7 @@
  * collected, passing that view back in is refused (LoRADisposedError).
  */
 import { LoRADisposedError, LoRATypeError } from '../errors.js';
-import type { DataOf, DType, HalfDType } from './dtype.js';
+import { type DataOf, type DType, type HalfDType, ITEM_BYTES } from './dtype.js';
 import { decodeHalf } from './half.js';
 import type { Block, WasmHeap } from './heap.js';
 
@@ -119,6 +119,6 @@ export class Matrix<D extends DType = 'f32'> {
 
 /** A new Matrix over a fresh block (zeroed when asked). */
 export function newMatrix<D extends DType = 'f32'>(heap: WasmHeap, what: string, rows: number, cols: number, zeroed = false, dtype: D = 'f32' as D): Matrix<D> {
-  const bytes = rows * cols * (dtype === 'f32' ? 4 : 2);
+  const bytes = rows * cols * ITEM_BYTES[dtype];
   return new Matrix<D>(MATRIX_TOKEN, heap, zeroed ? heap.allocZeroed(bytes, what) : heap.alloc(bytes, what), rows, cols, dtype);
 }
