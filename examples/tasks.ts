@@ -64,9 +64,9 @@ export function pretrainMLP(
   lw: LoRAWasm, task: Task, d: number, hidden: number, classes: number, lr: number,
 ): { model: Sequential; dense: Linear[] } {
   const dense = [
-    lw.dense({ inFeatures: d, outFeatures: hidden, seed: 1 }),
-    lw.dense({ inFeatures: hidden, outFeatures: hidden, seed: 2 }),
-    lw.dense({ inFeatures: hidden, outFeatures: classes, seed: 3 }),
+    lw.dense({ dIn: d, dOut: hidden, seed: 1 }),
+    lw.dense({ dIn: hidden, dOut: hidden, seed: 2 }),
+    lw.dense({ dIn: hidden, dOut: classes, seed: 3 }),
   ];
   const model = lw.sequential([dense[0]!, lw.relu(), dense[1]!, lw.relu(), dense[2]!]);
   const opt = lw.adamw(model.parameters(), { lr, weightDecay: 0 });

@@ -3,14 +3,17 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRADisposedError, LoRAError, LoRARangeError, LoRAShapeError, LoRAStateError, LoRATypeError, init } from '../src/index.js';
 import { WasmHeap } from '../src/memory/heap.js';
-import { BUILD, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { BUILD, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { assertWithinBound, gemm64 } from './reference.js';
 
 test('dense layer: bad options, wrong widths and call order give typed errors', async () => {
   const lw = await lwUnderTest();
   assertThrowsTyped(() => lw.dense(null as never), LoRATypeError, ['dense: options must be an object']);
+  assertThrowsTyped(() => lw.dense({ dIn: 0, dOut: 3 }), LoRAShapeError, ['dense: dIn must be a positive integer']);
   assertThrowsTyped(() => lw.dense({ inFeatures: 0, outFeatures: 3 }), LoRAShapeError, ['dense: inFeatures must be a positive integer']);
-  const d = lw.dense({ inFeatures: 5, outFeatures: 3 });
+  assertThrowsTyped(() => lw.dense({ dIn: 5 } as never), LoRAShapeError, ['dense: dOut must be a positive integer, got undefined']);
+  assertThrowsTyped(() => lw.dense({ dIn: 5, dOut: 3, inFeatures: 4 } as never), LoRATypeError, ['dense: dIn is 5 but inFeatures (its alias) is 4']);
+  const d = lw.dense({ dIn: 5, dOut: 3 });
   assertThrowsTyped(() => d.backward(lw.matrix(2, 3)), LoRAStateError, ['backward:', 'forward() before backward()']);
   assertThrowsTyped(() => d.forward(lw.matrix(2, 4)), LoRAShapeError, ['forward:', 'X is [2, 4]', '5 input features']);
   d.forward(lw.matrix(2, 5));
@@ -19,6 +22,20 @@ test('dense layer: bad options, wrong widths and call order give typed errors', 
   assertThrowsTyped(() => d.forward(lw.matrix(2, 5)), LoRADisposedError, ['forward:', 'Linear [3, 5] was disposed']);
   assertThrowsTyped(() => d.backward(lw.matrix(2, 3)), LoRADisposedError, ['backward:', 'disposed']);
   assertThrowsTyped(() => d.parameters(), LoRADisposedError, ['parameters:', 'disposed']);
+});
+
+test('dense accepts PyTorch names inFeatures/outFeatures as aliases of dIn/dOut, with the same init', async () => {
+  const lw = await lwUnderTest();
+  const a = lw.dense({ dIn: 4, dOut: 3, seed: 7 });
+  const b = lw.dense({ inFeatures: 4, outFeatures: 3, seed: 7 });
+  const c = lw.dense({ dIn: 4, dOut: 3, inFeatures: 4, outFeatures: 3, seed: 7 } as never);
+  for (const l of [b, c]) {
+    assert.is(l.dIn, 4);
+    assert.is(l.dOut, 3);
+    assertBitIdentical(l.W.data, a.W.data, 'same W');
+    assertBitIdentical(l.bias.data, a.bias.data, 'same bias');
+  }
+  for (const l of [a, b, c]) l.dispose();
 });
 
 test('ReLU layer: backward before forward and a wrong G shape give typed errors', async () => {
@@ -51,7 +68,7 @@ test('an optimizer over a disposed parameter, and losses with a bad grad, throw 
 
 test('fit rejects labels for mse, a Matrix for cross-entropy, a bad batch size, and mismatched output widths', async () => {
   const lw = await lwUnderTest();
-  const model = lw.sequential([lw.dense({ inFeatures: 3, outFeatures: 2 })]);
+  const model = lw.sequential([lw.dense({ dIn: 3, dOut: 2 })]);
   const opt = lw.sgd(model.parameters());
   const X = lw.matrix(4, 3);
   assertThrowsTyped(() => model.fit(X, [0, 1, 0, 1] as never, { loss: 'mse', optimizer: opt }), LoRATypeError, ['fit: targets must be a Matrix']);
@@ -96,7 +113,7 @@ test('freeing a block twice is reported as an internal LoRAError', () => {
 test('dense layer gradients (gradW, gradBias, dX) match float64', async () => {
   const lw = await lwUnderTest();
   for (const [n, dIn, dOut] of [[1, 1, 1], [5, 9, 7], [33, 17, 12]] as const) {
-    const d = lw.dense({ inFeatures: dIn, outFeatures: dOut, seed: n });
+    const d = lw.dense({ dIn, dOut, seed: n });
     const g = rng(n + 40);
     const x = randomF32(g, n * dIn), gy = randomF32(g, n * dOut);
     const w = d.W.toArray(), bias = d.bias.toArray();

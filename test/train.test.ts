@@ -63,7 +63,7 @@ test('an MLP pretrained with dense layers classifies, then LoRA adapts it to a s
     return s < -0.3 ? 0 : s < 0.3 ? 1 : 2;
   });
   const X = { rows: n, cols: d, data: x };
-  const base = lw.sequential([lw.dense({ inFeatures: d, outFeatures: 32, seed: 1 }), lw.relu(), lw.dense({ inFeatures: 32, outFeatures: classes, seed: 2 })]);
+  const base = lw.sequential([lw.dense({ dIn: d, dOut: 32, seed: 1 }), lw.relu(), lw.dense({ dIn: 32, dOut: classes, seed: 2 })]);
   const opt = lw.adamw(base.parameters(), { lr: 0.02 });
   base.fit(X, label(0), { loss: 'cross-entropy', optimizer: opt, epochs: 40, batchSize: 30, seed: 1 });
   const accuracy = (model: { predict(x: typeof X): { data: Float32Array; dispose(): void } }, y: Int32Array) => {

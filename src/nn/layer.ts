@@ -30,7 +30,7 @@ export interface Parameter {
 }
 
 export interface Layer {
-  /** Y = layer(X) for X: [n, inFeatures]; returns a layer-owned Matrix [n, outFeatures]. */
+  /** Y = layer(X) for X: [n, dIn]; returns a layer-owned Matrix [n, dOut]. */
   forward(x: Matrix | { rows: number; cols: number; data: Float32Array }): Matrix;
   /** From G = ∂L/∂Y: fills the parameters' grads; returns ∂L/∂X when `inputGrad`, else undefined. */
   backward(g: Matrix | { rows: number; cols: number; data: Float32Array }): Matrix | undefined;

@@ -13,13 +13,28 @@ import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
 import { LayerBase, type Parameter, allocAll, copyInto, gradOperand, inputOperand, linearForward } from './layer.js';
 
-export interface LinearOptions {
-  inFeatures: number;
-  outFeatures: number;
+interface LinearCommonOptions {
   /** Seed for PyTorch's default init: W, b ~ U(−1/√dIn, 1/√dIn). Default 0. */
   seed?: number;
   /** Compute ∂L/∂X in backward. Default true. */
   inputGrad?: boolean;
+}
+
+/**
+ * The layer's shape: `{ dIn, dOut }` (W is [dOut, dIn]), or under PyTorch's names
+ * `{ inFeatures, outFeatures }`, which are accepted as aliases.
+ */
+export type LinearOptions = LinearCommonOptions & ({ dIn: number; dOut: number } | { inFeatures: number; outFeatures: number });
+
+/** A dimension given under its name or its alias (not both, unless equal); messages name the key the caller used. */
+function dimOption(fn: string, o: Record<string, unknown>, name: 'dIn' | 'dOut', alias: 'inFeatures' | 'outFeatures'): number {
+  if (o[name] !== undefined && o[alias] !== undefined && o[name] !== o[alias]) {
+    throw new LoRATypeError(`${fn}: ${name} is ${describeValue(o[name])} but ${alias} (its alias) is ${describeValue(o[alias])}; give one`);
+  }
+  const key = o[name] === undefined && o[alias] !== undefined ? alias : name;
+  const v = o[key];
+  checkDim(fn, key, v);
+  return v;
 }
 
 /** The last forward's input X (kept for ∂W) and output Y. */
@@ -41,14 +56,15 @@ export class Linear extends LayerBase<{ x: Matrix; y: Matrix }> {
     super(engine);
     const fn = 'dense';
     if (typeof opts !== 'object' || opts === null) {
-      throw new LoRATypeError(`${fn}: options must be an object like { inFeatures, outFeatures }, got ${describeValue(opts)}`);
+      throw new LoRATypeError(`${fn}: options must be an object like { dIn, dOut }, got ${describeValue(opts)}`);
     }
-    checkDim(fn, 'inFeatures', opts.inFeatures);
-    checkDim(fn, 'outFeatures', opts.outFeatures);
+    const o = opts as unknown as Record<string, unknown>;
+    const dIn = dimOption(fn, o, 'dIn', 'inFeatures');
+    const dOut = dimOption(fn, o, 'dOut', 'outFeatures');
     const seed = opts.seed ?? 0;
     if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: seed must be a number, got ${describeValue(seed)}`);
-    this.dIn = opts.inFeatures;
-    this.dOut = opts.outFeatures;
+    this.dIn = dIn;
+    this.dOut = dOut;
     this.inputGrad = boolOption(fn, 'inputGrad', opts.inputGrad, true);
     const made = allocAll(engine, fn, [[this.dOut, this.dIn], [1, this.dOut], [this.dOut, this.dIn], [1, this.dOut]]);
     [this.W, this.bias, this.gradW, this.gradBias] = made as [Matrix, Matrix, Matrix, Matrix];
