@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
-  LoRADisposedError, LoRAError, LoRAMemoryError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, type LoRAWasm, init,
+  LoRADisposedError, LoRAError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, type LoRAWasm, init,
 } from '../src/index.js';
 import * as api from '../src/index.js';
 import { ERROR_CLASSES } from '../src/errors.js';
