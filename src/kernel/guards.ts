@@ -5,7 +5,7 @@
  *   pointer    a descriptor's byte pointer, once it is owned by this heap, live (not disposed,
  *              collected or reused), of a dtype the kernel takes, and inside its block;
  *   fits       the shapes a kernel gets agree;
- *   trapGuard  a wasm trap becomes a LoRAError (a trap is a bug: the checks should prevent it).
+ *   trapped    a wasm trap becomes a LoRAError (a trap is a bug: the checks should prevent it).
  */
 import { LoRADisposedError, LoRAError, LoRATypeError } from '../errors.js';
 import type { WasmHeap } from '../memory/heap.js';
@@ -38,14 +38,10 @@ export function fits(fn: string, ok: boolean, kernel: string, ds: readonly Matri
   if (!ok) throw new LoRAError(`${fn}: internal error, ${kernel} got ${ds.map((d) => `${d.name} ${shapeOf(d)}`).join(', ')}`);
 }
 
-/** Runs kernel code; a wasm trap becomes a LoRAError. */
-export function trapGuard<T>(fn: string, body: () => T): T {
-  try {
-    return body();
-  } catch (e) {
-    if (e instanceof WebAssembly.RuntimeError) {
-      throw new LoRAError(`${fn}: internal error, the wasm kernel trapped (${e.message}); please report this`, { cause: e });
-    }
-    throw e;
+/** What kernel code threw, as it should reach the caller: a wasm trap becomes a LoRAError, anything else is unchanged. */
+export function trapped(fn: string, e: unknown): unknown {
+  if (e instanceof WebAssembly.RuntimeError) {
+    return new LoRAError(`${fn}: internal error, the wasm kernel trapped (${e.message}); please report this`, { cause: e });
   }
+  return e;
 }

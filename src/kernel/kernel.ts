@@ -194,16 +194,18 @@ export class KernelLayer {
     const { shared: [ap, bp, a32, b32], threads } = this.#scratch.layout(
       fn, [packedABytes(n, r), packedBBytes(cols, r), halfA, halfB], [TILE_TMP_BYTES], parts,
     );
-    if (halfA) {
-      this.#sched.one(fn, ['convert', a32, DTYPE_CODE.f32, a, DTYPE_CODE[u.a.dtype], n * r]);
-      a = a32;
-    }
-    if (halfB) {
-      this.#sched.one(fn, ['convert', b32, DTYPE_CODE.f32, b, DTYPE_CODE[u.b.dtype], r * cols]);
-      b = b32;
-    }
-    this.#sched.one(fn, ['packA', ap, a, r, 0, 0, n, 0, r, u.scaleA]);
-    this.#sched.one(fn, ['packB', bp, b, u.transB ? r : cols, u.transB ? 1 : 0, 0, r, 0, cols, u.scaleB ?? 1]);
+    this.#sched.direct(fn, (k) => {
+      if (halfA) {
+        k.convert(a32, DTYPE_CODE.f32, a, DTYPE_CODE[u.a.dtype], n * r);
+        a = a32;
+      }
+      if (halfB) {
+        k.convert(b32, DTYPE_CODE.f32, b, DTYPE_CODE[u.b.dtype], r * cols);
+        b = b32;
+      }
+      k.packA(ap, a, r, 0, 0, n, 0, r, u.scaleA);
+      k.packB(bp, b, u.transB ? r : cols, u.transB ? 1 : 0, 0, r, 0, cols, u.scaleB ?? 1);
+    });
     // row blocks of out (whole 4-row tiles); the packed factors are shared read-only
     const colBlock = colBlockFor(r);
     const [outDt, srcDt] = [DTYPE_CODE[u.out.dtype], DTYPE_CODE[srcD.dtype]];
@@ -301,7 +303,7 @@ export class KernelLayer {
     if (q.length !== m * l) throw new LoRAError(`${fn}: internal error, orthonormalize got ${q.length} values for [${m}, ${l}]`);
     const p = this.#scratch.reserve(fn, m * l * 8 + l * 8);
     this.heap.f64At(p, m * l).set(q);
-    const vanished = this.#sched.one(fn, ['orthonormalize', p, m, l, p + m * l * 8]);
+    const vanished = this.#sched.direct(fn, (k) => k.orthonormalize(p, m, l, p + m * l * 8));
     q.set(this.heap.f64At(p, m * l));
     return vanished;
   }
@@ -318,7 +320,9 @@ export class KernelLayer {
 
   /** out[j] = Σ_i g[i, j]. */
   columnSums(fn: string, out: MatrixDesc, g: MatrixDesc): void {
-    this.#sched.one(fn, ['columnSums', this.#ptr(fn, out), this.#ptr(fn, g), g.rows, g.cols]);
+    const po = this.#ptr(fn, out);
+    const pg = this.#ptr(fn, g);
+    this.#sched.direct(fn, (k) => k.columnSums(po, pg, g.rows, g.cols));
   }
 
   /** out = max(x, 0) (out may be x). */
@@ -343,7 +347,7 @@ export class KernelLayer {
     const pp = this.#ptr(fn, pred);
     const pt = this.#ptr(fn, target);
     const pg = grad ? this.#ptr(fn, grad) : 0;
-    return this.#sched.one(fn, ['mseLoss', pp, pt, pg, pred.rows * pred.cols]);
+    return this.#sched.direct(fn, (k) => k.mseLoss(pp, pt, pg, pred.rows * pred.cols));
   }
 
   /** Stable softmax cross-entropy with integer labels (validated by the caller to lie in [0, cols)). */
@@ -353,7 +357,7 @@ export class KernelLayer {
     const lab = this.#scratch.reserve(fn, labels.length * 4 + 4);
     this.heap.i32At(lab, labels.length).set(labels);
     const correctPtr = lab + labels.length * 4;
-    const loss = this.#sched.one(fn, ['softmaxCrossEntropy', pz, lab, pg, logits.rows, logits.cols, correctPtr]);
+    const loss = this.#sched.direct(fn, (k) => k.softmaxCrossEntropy(pz, lab, pg, logits.rows, logits.cols, correctPtr));
     return { loss, correct: this.heap.i32At(correctPtr, 1)[0]! };
   }
 

@@ -81,8 +81,7 @@ type ByName = { readonly [K in KernelName]: (...args: KernelArgs<K>) => number |
 
 /** Runs one kernel call on this thread; a kernel that returns nothing gives 0 (as in a worker). */
 export function invoke(kernels: Kernels, call: KernelCall): number {
-  const [name, ...args] = call;
-  return run(kernels, name, args) ?? 0;
+  return run(kernels, call[0], call.slice(1) as KernelArgs) ?? 0;
 }
 function run<K extends KernelName>(kernels: ByName, name: K, args: KernelArgs<K>): number | void {
   return kernels[name](...args);

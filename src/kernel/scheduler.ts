@@ -7,7 +7,7 @@
  * Calls are KernelCall tuples (kernels.ts): a wrong kernel name or argument count does not compile.
  */
 import type { WorkerPool } from '../pool/pool.js';
-import { trapGuard } from './guards.js';
+import { trapped } from './guards.js';
 import { type KernelCall, type Kernels, invoke } from './kernels.js';
 
 /**
@@ -93,9 +93,25 @@ export class Scheduler {
     return Math.min(this.threads, worth);
   }
 
+  /**
+   * Kernel code on this thread, calling the exports directly (typed by the Kernels interface; a
+   * direct call also takes V8's fast JS-to-wasm path, which a spread call does not).
+   */
+  direct<T>(fn: string, body: (k: Kernels) => T): T {
+    try {
+      return body(this.#k);
+    } catch (e) {
+      throw trapped(fn, e);
+    }
+  }
+
   /** One call on this thread. */
   one(fn: string, call: KernelCall): number {
-    return trapGuard(fn, () => invoke(this.#k, call));
+    try {
+      return invoke(this.#k, call);
+    } catch (e) {
+      throw trapped(fn, e);
+    }
   }
 
   /**
@@ -115,6 +131,8 @@ export class Scheduler {
    */
   stream(fn: string, n: number, bytesPerElement: number, job: (e0: number, count: number) => KernelCall): Split {
     const ranges = splitRange(n, ELEMENT_ALIGN, this.parts(n * bytesPerElement, splitPolicy.minBytes, Infinity));
-    return { ranges, results: this.run(fn, ranges.map(([e0, e1]) => job(e0, e1 - e0))) };
+    const calls: KernelCall[] = [];
+    for (const [e0, e1] of ranges) calls.push(job(e0, e1 - e0));
+    return { ranges, results: this.run(fn, calls) };
   }
 }

@@ -47,17 +47,27 @@ export class Scratch {
   layout<S extends readonly number[] | [], T extends readonly number[] | []>(
     fn: string, shared: S, perThread: T, threads: number,
   ): ScratchLayout<S, T> {
-    const sharedBytes = shared.reduce((sum, b) => sum + align64(b), 0);
-    const threadBytes = perThread.reduce((sum, b) => sum + align64(b), 0);
+    // plain loops: this runs on every kernel-layer call, small ones included
+    let threadBytes = 0;
+    for (const b of perThread) threadBytes += align64(b);
+    let sharedBytes = 0;
+    for (const b of shared) sharedBytes += align64(b);
     let p = this.reserve(fn, sharedBytes + threads * threadBytes);
-    const carve = <R extends readonly number[]>(sizes: R): Pointers<R> =>
-      sizes.map((b) => {
-        const at = p;
+    const sharedPtrs: number[] = [];
+    for (const b of shared) {
+      sharedPtrs.push(p);
+      p += align64(b);
+    }
+    const threadPtrs: number[][] = [];
+    for (let t = 0; t < threads; t++) {
+      const ptrs: number[] = [];
+      for (const b of perThread) {
+        ptrs.push(p);
         p += align64(b);
-        return at;
-      }) as Pointers<R>;
-    const sharedPtrs = carve(shared);
-    return { shared: sharedPtrs, threads: Array.from({ length: threads }, () => carve(perThread)) };
+      }
+      threadPtrs.push(ptrs);
+    }
+    return { shared: sharedPtrs as Pointers<S>, threads: threadPtrs as Pointers<T>[] };
   }
 
   /** Frees the block (the next call that needs scratch allocates it again). */
