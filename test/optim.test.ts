@@ -102,7 +102,7 @@ test('AdamW and SGD update several parameters of different shapes, each by its o
 test('optimizers reject bad params and options', async () => {
   const lw = await lwUnderTest();
   assertThrowsTyped(() => lw.adamw([]), LoRATypeError, ['adamw: params must be a non-empty array']);
-  assertThrowsTyped(() => lw.sgd([{ name: 'x', value: lw.matrix(2, 2), grad: lw.matrix(2, 3) }]), LoRATypeError, ['params[0]', 'must match']);
+  assertThrowsTyped(() => lw.sgd([{ name: 'x', value: lw.matrix(2, 2), grad: lw.matrix(2, 3) }]), LoRAShapeError, ['params[0]', 'must match']);
   const ok = [{ name: 'x', value: lw.matrix(2, 2), grad: lw.matrix(2, 2) }];
   assertThrowsTyped(() => lw.adamw(ok, { lr: -1 }), LoRARangeError, ['options.lr', '[0, Infinity]', '-1']);
   assertThrowsTyped(() => lw.adamw(ok, { beta1: 1 }), LoRARangeError, ['options.beta1', '[0, 1)']);

@@ -6,7 +6,8 @@ import * as assert from 'uvu/assert';
 import { LoRAEnvironmentError, LoRAError, LoRAFormatError, LoRATypeError, Matrix, detectFeatures, init, loraScale, seededRandom } from '../src/index.js';
 import { MAX_PAGES } from '../src/memory/heap.js';
 import { Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, TILE_COLS, TILE_ROWS } from '../src/kernel/kernels.js';
-import { BUILD, assertRejectsTyped, lwUnderTest } from './helpers.js';
+import { BUILD, assertRejectsTyped, assertThrowsTyped, lwUnderTest } from './helpers.js';
+import { sharedVariant } from '../src/runtime/shared-variant.js';
 
 const wasmBytes = (build: string) => readFileSync(new URL(`../build/lora-${build}.wasm`, import.meta.url));
 /** A valid module that imports memory like ours but exports no kernel. */
@@ -111,6 +112,12 @@ test('init rejects bad options and mismatched modules with typed errors', async 
       assert.match((e as Error).message, re);
     }
   }
+});
+
+test('sharedVariant refuses a module it cannot make shared with a LoRAFormatError', () => {
+  assertThrowsTyped(() => sharedVariant(notLoRA), LoRAFormatError, ['sharedVariant:', 'limits flag is 0']);
+  assertThrowsTyped(() => sharedVariant(new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00])), LoRAFormatError, ['imports no memory']);
+  assertThrowsTyped(() => sharedVariant(notLoRA.subarray(0, 10)), LoRAFormatError, ['LEB128']);
 });
 
 test('Matrix cannot be constructed from outside', () => {

@@ -7,7 +7,7 @@
  * this instance) before it updates the first one, so a step that throws has
  * changed nothing.
  */
-import { LoRADisposedError, LoRARangeError, LoRATypeError, describeValue } from '../errors.js';
+import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import type { KernelLayer } from '../kernel/kernel.js';
 import { type DType, Matrix } from '../memory/matrix.js';
@@ -56,7 +56,7 @@ function checkParams(engine: Engine, fn: string, params: unknown): Parameter[] {
       if (dtype !== 'f32') throw new LoRATypeError(`${fn}: params[${i}].${what} is ${dtype} but ${fn} supports f32 only`);
     }
     if (p.value.rows !== p.grad.rows || p.value.cols !== p.grad.cols) {
-      throw new LoRATypeError(`${fn}: params[${i}] has value [${p.value.rows}, ${p.value.cols}] but grad [${p.grad.rows}, ${p.grad.cols}]; they must match`);
+      throw new LoRAShapeError(`${fn}: params[${i}] has value [${p.value.rows}, ${p.value.cols}] but grad [${p.grad.rows}, ${p.grad.cols}]; they must match`);
     }
   });
   return params as Parameter[];

@@ -14,6 +14,8 @@
  *   Import section (id 2): count, then per import: module name, field name
  *   (LEB128 length + UTF-8), kind (0x02 = memory), limits flag, min[, max].
  */
+import { LoRAFormatError } from '../errors.js';
+
 const IMPORT_SECTION = 2;
 const MEMORY_KIND = 2;
 
@@ -22,14 +24,14 @@ function leb(bytes: Uint8Array, at: number): [value: number, next: number] {
   let shift = 0;
   for (;;) {
     const b = bytes[at++];
-    if (b === undefined) throw new Error('truncated LEB128');
+    if (b === undefined) throw new LoRAFormatError('sharedVariant: the .wasm ends inside a LEB128 number');
     value += (b & 0x7f) * 2 ** shift;
     shift += 7;
     if ((b & 0x80) === 0) return [value, at];
   }
 }
 
-/** A copy of `wasm` whose imported memory is shared; throws if it imports no memory with a maximum. */
+/** A copy of `wasm` whose imported memory is shared; throws LoRAFormatError if it imports no memory with a maximum. */
 export function sharedVariant(wasm: Uint8Array): Uint8Array {
   const out = wasm.slice();
   let at = 8;
@@ -46,15 +48,15 @@ export function sharedVariant(wasm: Uint8Array): Uint8Array {
         p += len; // field name
         const kind = out[p++];
         if (kind === MEMORY_KIND) {
-          if (out[p] !== 0x01) throw new Error(`the memory import's limits flag is ${out[p]}, not 0x01 (max, not shared)`);
+          if (out[p] !== 0x01) throw new LoRAFormatError(`sharedVariant: the memory import's limits flag is ${out[p]}, not 0x01 (max, not shared)`);
           out[p] = 0x03;
           return out;
         }
         // function (type index), table (reftype + limits) and global (type + mut) imports: not in our modules
-        throw new Error(`unexpected import kind ${kind} before the memory import`);
+        throw new LoRAFormatError(`sharedVariant: unexpected import kind ${kind} before the memory import`);
       }
     }
     at = body + size;
   }
-  throw new Error('the module imports no memory');
+  throw new LoRAFormatError('sharedVariant: the module imports no memory');
 }
