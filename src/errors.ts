@@ -101,8 +101,7 @@ export class LoRAStateError extends LoRAError {
   declare readonly code: 'LORA_STATE';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
-    this.name = 'LoRAStateError';
-    Object.defineProperty(this, 'code', { value: 'LORA_STATE', enumerable: true });
+    branded(this, 'LoRAStateError', 'LORA_STATE');
   }
 }
 
@@ -110,8 +109,7 @@ export class LoRAFormatError extends LoRAError {
   declare readonly code: 'LORA_FORMAT';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
-    this.name = 'LoRAFormatError';
-    Object.defineProperty(this, 'code', { value: 'LORA_FORMAT', enumerable: true });
+    branded(this, 'LoRAFormatError', 'LORA_FORMAT');
   }
 }
 
@@ -119,8 +117,7 @@ export class LoRAEnvironmentError extends LoRAError {
   declare readonly code: 'LORA_ENVIRONMENT';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
-    this.name = 'LoRAEnvironmentError';
-    Object.defineProperty(this, 'code', { value: 'LORA_ENVIRONMENT', enumerable: true });
+    branded(this, 'LoRAEnvironmentError', 'LORA_ENVIRONMENT');
   }
 }
 
