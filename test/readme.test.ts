@@ -1,20 +1,35 @@
-// Keeps the README true: its Node quick-start block runs as written, against the built package.
+// Keeps the README true: its js blocks run as written, against the built package.
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { FLAVOUR } from './helpers.js';
+import { BUILD } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
 
-/** The n-th js block (from 0) of the README section under `## heading`. */
+/**
+ * The n-th js block (from 0) of the README section headed `heading` (at any level, `##` or `###`): the
+ * section runs to the next heading of the same or a higher level, headings inside code fences not counted.
+ */
 function block(heading: string, n = 0): string {
-  const at = readme.indexOf(`## ${heading}`);
-  assert.ok(at >= 0, `README has a "${heading}" section`);
-  const next = readme.indexOf('\n## ', at + 3);
-  const blocks = [...readme.slice(at, next < 0 ? undefined : next).matchAll(/```js\n([\s\S]*?)```/g)];
+  const lines = readme.split('\n');
+  let fenced = false;
+  let level = 0;
+  const body: string[] = [];
+  for (const line of lines) {
+    if (line.startsWith('```')) fenced = !fenced;
+    const h = fenced ? null : /^(#{1,6}) (.*)$/.exec(line);
+    if (level === 0) {
+      if (h && h[2] === heading) level = h[1]!.length;
+      continue;
+    }
+    if (h && h[1]!.length <= level) break;
+    body.push(line);
+  }
+  assert.ok(level > 0, `README has a "${heading}" section`);
+  const blocks = [...`${body.join('\n')}\n`.matchAll(/```js\n([\s\S]*?)```/g)];
   assert.ok(blocks[n], `"${heading}" has js block ${n}`);
   return blocks[n]![1]!;
 }
@@ -24,7 +39,7 @@ function block(heading: string, n = 0): string {
  * 'lora-wasm'` resolves to this package's own built exports (package self-reference).
  */
 function runBlock(heading: string, n = 0): string[] {
-  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+  const flags = BUILD === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
   const run = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', block(heading, n)], {
     cwd: root,
     encoding: 'utf8',
@@ -36,7 +51,7 @@ function runBlock(heading: string, n = 0): string[] {
 
 test('the Node quick start runs as written and prints what its comments say', () => {
   const [build, w00] = runBlock('Quick start (Node)');
-  assert.is(build, FLAVOUR);
+  assert.is(build, BUILD);
   assert.ok(Math.abs(Number(w00) - 0.5016) < 1e-6, `W.data[0] printed ${w00}`);
 });
 
