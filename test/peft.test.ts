@@ -258,8 +258,8 @@ test('the remaining error paths of mergeAdapter, mergeAdapterFiles, saveAdapter 
   // arguments of the wrong kind
   for (const [call, words] of [
     [() => lw.loadAdapter(null as never), ['loadAdapter: options must be { weights, config }']],
-    [() => lw.loadAdapter({ weights: 42 }), ['loadAdapter: weights must be bytes', '42']],
-    [() => lw.loadTensors({}), ['loadTensors: source must be bytes']],
+    [() => lw.loadAdapter({ weights: 42 as never }), ['loadAdapter: weights must be bytes', '42']],
+    [() => lw.loadTensors({} as never), ['loadTensors: source must be bytes']],
   ] as const) {
     try {
       await call();

@@ -131,20 +131,55 @@ export function planScale(engine: Engine, fn: string, a: MatrixDesc, b: MatrixDe
 }
 
 /**
- * The one routine behind every public operation: out = [w0 +] scale·A·B.
- * For delta, `outIn` and `w0In` are undefined and the result Matrix is
- * allocated once the arguments have passed their checks.
+ * What one public operation asks of the rank-r update (the descriptors below; no flags, and
+ * the routine never looks at a name):
+ *   target  where the result goes: 'W' in place, 'out' (from W0), or a new 'result' Matrix;
+ *   sign    how the user's scale enters (unmerge subtracts);
+ *   effect  'write' the result, or 'check' everything a write would check and write nothing.
  */
-function rankUpdateOp(
-  engine: Engine, fn: string, outIn: unknown, w0In: unknown, aIn: unknown, bIn: unknown, scale: number, safe: boolean,
-  resultDtype: DType = 'f32', dryRun = false,
-): Matrix<DType> | undefined {
+interface RankOp {
+  readonly fn: string;
+  readonly target: 'W' | 'out' | 'result';
+  readonly sign: 1 | -1;
+  readonly effect: 'write' | 'check';
+}
+
+const DELTA: RankOp = { fn: 'delta', target: 'result', sign: 1, effect: 'write' };
+const MERGE: RankOp = { fn: 'merge', target: 'W', sign: 1, effect: 'write' };
+const UNMERGE: RankOp = { fn: 'unmerge', target: 'W', sign: -1, effect: 'write' };
+const MERGE_INTO: RankOp = { fn: 'mergeInto', target: 'out', sign: 1, effect: 'write' };
+/** checkMerge: a merge that only checks, under its caller's name. */
+const checkOnly = (fn: string): RankOp => ({ fn, target: 'W', sign: 1, effect: 'check' });
+
+/** The operands of one call. */
+interface RankArgs {
+  /** The output (W or out); absent for a 'result' target. */
+  out?: unknown;
+  /** What s·A·B is added to (W itself for merge). */
+  w0?: unknown;
+  a: unknown;
+  b: unknown;
+  /** s, already f32 (the descriptor's sign is applied here). */
+  scale: number;
+  /** See MergeOptions.safe. */
+  safe?: boolean;
+  /** The new Matrix's dtype for a 'result' target. */
+  dtype?: DType;
+}
+
+/**
+ * The one routine behind every public operation: out = [w0 +] s·A·B.
+ * For a 'result' target the Matrix is allocated once the arguments have passed their checks.
+ */
+function rankUpdateOp(engine: Engine, op: RankOp, args: RankArgs): Matrix<DType> | undefined {
   const { heap, kernel } = engine;
-  const a = operand(heap, fn, 'A', aIn, ANY_DTYPE);
-  const b = operand(heap, fn, 'B', bIn, ANY_DTYPE);
-  const outName = fn === 'mergeInto' ? 'out' : 'W';
-  const out = outIn === undefined ? undefined : operand(heap, fn, outName, outIn, ANY_DTYPE);
-  const w0 = w0In === undefined ? undefined : w0In === outIn ? out : operand(heap, fn, 'W0', w0In, ANY_DTYPE);
+  const { fn } = op;
+  const safe = args.safe ?? false;
+  const scale = op.sign * args.scale;
+  const a = operand(heap, fn, 'A', args.a, ANY_DTYPE);
+  const b = operand(heap, fn, 'B', args.b, ANY_DTYPE);
+  const out = op.target === 'result' ? undefined : operand(heap, fn, op.target, args.out, ANY_DTYPE);
+  const w0 = args.w0 === undefined ? undefined : args.w0 === args.out ? out : operand(heap, fn, 'W0', args.w0, ANY_DTYPE);
   checkFactors(fn, a, b, out);
   if (out && w0 && w0 !== out) {
     if (w0.rows !== out.rows || w0.cols !== out.cols) {
@@ -161,7 +196,7 @@ function rankUpdateOp(
     const w0d = w0 && w0 !== out ? staging.input(w0) : undefined;
     let outd = out ? staging.output(out, w0 === out) : undefined;
     if (!out) {
-      result = staging.result(newMatrix(heap, fn, a.rows, b.cols, false, resultDtype));
+      result = staging.result(newMatrix(heap, fn, a.rows, b.cols, false, args.dtype ?? 'f32'));
       outd = describe(result, 'result');
     }
     staging.load();
@@ -186,7 +221,7 @@ function rankUpdateOp(
           `${fn}: ${why}; ${safe ? 'with safe: true ' : ''}${out.name} was left untouched`,
         );
       }
-      if (dryRun) return undefined;
+      if (op.effect === 'check') return undefined;
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Add });
     } else {
       kernel.rankUpdate(fn, { ...update, epilogue: Epilogue.Store });
@@ -205,20 +240,20 @@ function rankUpdateOp(
 /** Δ = s·A·B as a new Matrix [dOut, dIn] of options.dtype (allocates; dispose it when done). */
 export function delta(engine: Engine, a: AnyMatrixInput, b: AnyMatrixInput, opts?: DeltaOptions): Matrix<DType> {
   const { scale, dtype } = readOptions('delta', opts, false);
-  return rankUpdateOp(engine, 'delta', undefined, undefined, a, b, scale, false, dtype)!;
+  return rankUpdateOp(engine, DELTA, { a, b, scale, dtype })!;
 }
 
 /** W ← W + s·A·B in place; returns W. */
 export function merge<T extends AnyMatrixInput>(engine: Engine, w: T, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
   const { scale, safe } = readOptions('merge', opts, true);
-  rankUpdateOp(engine, 'merge', w, w, a, b, scale, safe);
+  rankUpdateOp(engine, MERGE, { out: w, w0: w, a, b, scale, safe });
   return w;
 }
 
 /** W ← W − s·A·B in place (undoes merge with the same A, B, s); returns W. */
 export function unmerge<T extends AnyMatrixInput>(engine: Engine, w: T, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions): T {
   const { scale, safe } = readOptions('unmerge', opts, true);
-  rankUpdateOp(engine, 'unmerge', w, w, a, b, -scale, safe);
+  rankUpdateOp(engine, UNMERGE, { out: w, w0: w, a, b, scale, safe });
   return w;
 }
 
@@ -227,7 +262,7 @@ export function mergeInto<T extends AnyMatrixInput>(
   engine: Engine, out: T, w0: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, opts?: MergeOptions,
 ): T {
   const { scale, safe } = readOptions('mergeInto', opts, true);
-  rankUpdateOp(engine, 'mergeInto', out, w0, a, b, scale, safe);
+  rankUpdateOp(engine, MERGE_INTO, { out, w0, a, b, scale, safe });
   return out;
 }
 
@@ -239,5 +274,5 @@ export function mergeInto<T extends AnyMatrixInput>(
 export function checkMerge(
   engine: Engine, fn: string, w: AnyMatrixInput, a: AnyMatrixInput, b: AnyMatrixInput, scale: number, safe: boolean, w0: AnyMatrixInput = w,
 ): void {
-  rankUpdateOp(engine, fn, w, w0, a, b, Math.fround(scale), safe, 'f32', true);
+  rankUpdateOp(engine, checkOnly(fn), { out: w, w0, a, b, scale: Math.fround(scale), safe });
 }
