@@ -1,6 +1,6 @@
 // Every kernel the .wasm exports. Kernels take byte pointers into the
 // imported memory and sizes; none allocates (src/memory/heap.ts owns the heap).
-export { simdFlavour } from './simd';
+export { buildIsRelaxed } from './simd';
 export { TILE_ROWS, TILE_COLS, EPILOGUE_STORE, EPILOGUE_ADD, EPILOGUE_CHECK, EPILOGUE_AXPBY } from './tile';
 export { packA, packB } from './pack';
 export { convert, DTYPE_F32, DTYPE_F16, DTYPE_BF16 } from './convert';

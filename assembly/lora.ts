@@ -1,5 +1,5 @@
 // Row-vector pieces of the linear and LoRA layers (the products themselves are
-// gemm and rankRUpdate).
+// gemm and rankUpdate).
 
 /** y[i, :] = bias for every row i of y: [n, m]. Used to start Y = bias + X·Wᵀ (gemm with beta = 1). */
 export function broadcastRows(y: usize, bias: usize, n: i32, m: i32): void {

@@ -17,7 +17,7 @@ export function madd(a: v128, b: v128, c: v128): v128 {
   }
 }
 
-/** 1 when this module was built with relaxed SIMD, else 0 (read by src/runtime.ts). */
-export function simdFlavour(): i32 {
+/** 1 when this module is the relaxed build (relaxed-SIMD FMA), else 0 (read by src/kernel/kernel.ts). */
+export function buildIsRelaxed(): i32 {
   return ASC_FEATURE_RELAXED_SIMD ? 1 : 0;
 }

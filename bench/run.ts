@@ -5,7 +5,7 @@
  * the tables, checks the targets, and (full runs of every group) rewrites bench/RESULTS.md. benny's JSON, CSV and
  * chart.html land in bench/results/ (gitignored). Single thread, except the threads tables.
  */
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -233,5 +233,8 @@ mkdirSync('bench/results', { recursive: true });
 // bench/RESULTS.md is the full run of every group; a quick or partial run writes beside the raw results
 const everything = !quick && onlyArg === undefined;
 const out = everything ? 'bench/RESULTS.md' : `bench/results/RESULTS-${quick ? 'quick' : 'full'}${onlyArg ? `-${[...only].join('-')}` : ''}.md`;
-writeFileSync(out, md);
+// the hand-kept "## Notes from earlier runs" section of bench/RESULTS.md outlives the run that rewrites the rest
+const NOTES = '## Notes from earlier runs';
+const kept = everything && existsSync(out) ? readFileSync(out, 'utf8').split(NOTES)[1] : undefined;
+writeFileSync(out, kept === undefined ? md : `${md}\n${NOTES}${kept}`);
 console.log(`wrote ${out}`);

@@ -9,7 +9,7 @@
 import { spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoRAWasm, type Matrix, detectFeatures, init } from '../src/index.js';
-import { splitPolicy } from '../src/kernel/kernel.js';
+import { splitPolicy } from '../src/kernel/scheduler.js';
 import { linearElement, rankElement } from '../test/reference.js';
 import { type Case, type Ctx, type Paired, random, suite, verify } from './common.js';
 
@@ -190,7 +190,7 @@ async function overhead(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
  * How the split thresholds were chosen: merges and f32 → f16 conversions of growing size, forced
  * onto 2 threads (thresholds set to 1) against 1 thread, paired and interleaved (pairedRatio), and
  * the bare round trip of a pool run. Where 2 threads start to win sets MIN_MACS_PER_THREAD and
- * MIN_BYTES_PER_THREAD (src/kernel/kernel.ts). Printed as notes.
+ * MIN_BYTES_PER_THREAD (src/kernel/scheduler.ts). Printed as notes.
  */
 async function threshold(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
   const saved = { ...splitPolicy };

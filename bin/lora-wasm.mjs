@@ -26,6 +26,9 @@ import cliProgress from 'cli-progress';
 import { LoRAError, LoRAFormatError, LoRARangeError, SafetensorsReader, fileSource, init } from '../dist/index.js';
 // the atomic writers (the folder writer and the temp bookkeeping are not in the public API)
 import { abortOpenTempsSync, atomicFile, atomicFolder, clearStaleTemps } from '../dist/io/node-file.js';
+import { DTYPE_OF_ST } from '../dist/io/safetensors.js';
+import { ITEM_BYTES } from '../dist/memory/dtype.js';
+import { formatBytes } from '../dist/memory/heap.js';
 
 const USAGE = `usage:
   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
@@ -43,7 +46,6 @@ class UsageError extends Error {}
 class CliError extends Error {}
 const say = (line) => process.stdout.write(`${line}\n`);
 const note = (line) => process.stderr.write(`lora-wasm: ${line}\n`);
-const formatBytes = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
 const exists = (p) => existsSync(p);
 const lexists = (p) => { try { lstatSync(p); return true; } catch { return false; } };
 const isDir = (p) => exists(p) && statSync(p).isDirectory();
@@ -227,7 +229,6 @@ async function inspect(target) {
   adapter.dispose();
 }
 
-const ITEM = { F32: 4, F16: 2, BF16: 2, f32: 4, f16: 2, bf16: 2 };
 /** The progress bar, if one is showing: a signal handler stops it before its line. */
 let bar;
 
@@ -288,7 +289,7 @@ async function merge(values) {
       opened.push(idx);
       const weightMap = Object.fromEntries(Object.entries(report.weightMap).map(([name, f]) => [name, path.basename(files[f])]));
       // total_size: the data bytes of every shard as written (float tensors in the output dtype)
-      const totalSize = readers.flatMap((r) => r.tensors).reduce((a, t) => a + (t.end - t.begin) / (dtype !== 'keep' && ITEM[t.dtype] ? ITEM[t.dtype] / ITEM[dtype] : 1), 0);
+      const totalSize = readers.flatMap((r) => r.tensors).reduce((a, t) => a + (t.end - t.begin) / (dtype !== 'keep' && DTYPE_OF_ST[t.dtype] ? ITEM_BYTES[DTYPE_OF_ST[t.dtype]] / ITEM_BYTES[dtype] : 1), 0);
       await idx.write(new TextEncoder().encode(`${JSON.stringify({ metadata: { ...(index.json.metadata ?? {}), total_size: totalSize }, weight_map: weightMap }, null, 2)}\n`));
     }
     for (const o of opened) await o.commit(); // a sharded output's files are committed inside its temp folder

@@ -16,7 +16,7 @@ const uvu = fileURLToPath(new URL('../node_modules/uvu/bin.js', import.meta.url)
 const node = (flavour, flags) => ({
   name: `${flavour} wasm build, Node ${process.version}`,
   args: [...flags, '--import', 'tsx', uvu, 'test', pattern],
-  env: { LORA_SIMD: flavour },
+  env: { LORA_BUILD: flavour },
 });
 const runs = [node('baseline', ['--expose-gc']), node('relaxed', ['--expose-gc', '--experimental-wasm-relaxed-simd'])];
 const chromium = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';

@@ -8,7 +8,7 @@ import {
   type Adapter, type DType, LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, type Matrix, encodeSafetensors, init,
 } from '../src/index.js';
 import { dareKeeps } from '../src/adapters/combine.js';
-import { assertThrowsTyped, FLAVOUR, lwUnderTest, randomF32, rng } from './helpers.js';
+import { assertThrowsTyped, BUILD, lwUnderTest, randomF32, rng } from './helpers.js';
 import { bound } from './reference.js';
 
 const lw = await lwUnderTest();
@@ -239,7 +239,7 @@ test('ties, dare_linear, dare_ties, magnitude_prune: the pruned ΔW of PEFT\'s f
 
 test('a pruned combination forms ΔW a row block at a time: 2000×2048 modules combine under a 24 MiB memory cap', async () => {
   // whole, each adapter's ΔW would take 16 MiB; the blocks (512 rows) take 4 MiB each
-  const small = await init({ simd: FLAVOUR, maxMemoryBytes: 24 * 2 ** 20 });
+  const small = await init({ simd: BUILD, maxMemoryBytes: 24 * 2 ** 20 });
   const g = rng(12);
   const make = () => small.loadAdapter({
     weights: encodeSafetensors([
@@ -474,7 +474,7 @@ test('every error path of the adapter algebra has its typed error, and a failed 
   assertThrowsTyped(c([...pair, { adapter: wide, weight: 1 }], { method: 'cat' }), LoRAShapeError, ['module l.q', `adapter 2's ΔW is linear [${D_OUT}, ${D_IN + 1}]`]);
   wide.dispose();
   assertThrowsTyped(c([{ adapter: wide, weight: 1 }], { method: 'svd' }), LoRADisposedError, ["l.q A is a disposed Matrix"]);
-  const other2 = await init({ simd: FLAVOUR, maxMemoryBytes: 2 ** 27 });
+  const other2 = await init({ simd: BUILD, maxMemoryBytes: 2 ** 27 });
   const foreign = await other2.loadAdapter({ weights: encodeSafetensors([
     { name: `${PEFT}l.q.lora_A.weight`, dtype: 'F32', shape: [1, D_IN], data: new Uint8Array(D_IN * 4) },
     { name: `${PEFT}l.q.lora_B.weight`, dtype: 'F32', shape: [D_OUT, 1], data: new Uint8Array(D_OUT * 4) },

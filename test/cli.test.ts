@@ -15,12 +15,12 @@ import * as assert from 'uvu/assert';
 import { LoRAEnvironmentError, LoRAError, SafetensorsReader, bytesSource, encodeSafetensors } from '../src/index.js';
 import { atomicFile, atomicFolder, clearStaleTemps } from '../src/io/node-file.js';
 import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture } from './fixtures.js';
-import { FLAVOUR, assertRejectsTyped, assertResolves, lwUnderTest, randomF32, rng } from './helpers.js';
+import { BUILD, assertRejectsTyped, assertResolves, lwUnderTest, randomF32, rng } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = path.join(root, 'bin/lora-wasm.mjs');
 // the CLI in this run's flavour (init() picks relaxed where the engine has it), so results compare bit for bit
-const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+const flags = BUILD === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
 const env = { ...process.env, FORCE_COLOR: '0' };
 const run = (cwd: string, ...args: string[]) => spawnSync(process.execPath, [...flags, cli, ...args], { cwd, encoding: 'utf8', env });
 /** A fresh temp folder for one test; `done()` removes it. */

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/index.js';
-import { FLAVOUR, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { BUILD, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 import { assertWithinBound, gemm64 } from './reference.js';
 
 /** float64 C = alpha·op(X)·op(Y) + beta·C0 for X stored [n, k] (or [k, n] with tx), Y [k, m] (or [m, k] with ty). */
@@ -18,7 +18,7 @@ const SHAPES: [number, number, number][] = [
   [1, 4099, 37], [1, 13, 4096], [1, 5, 1], [1, 8, 4], [1, 3, 7],
 ];
 
-test(`gemm matches float64 for every op combination, odd shapes and block edges (${FLAVOUR})`, async () => {
+test(`gemm matches float64 for every op combination, odd shapes and block edges (${BUILD})`, async () => {
   const lw = await lwUnderTest();
   const r = rng(77);
   const shapes = [...SHAPES];

@@ -6,7 +6,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { type DType, LoRANonFiniteError, LoRATypeError, type Matrix } from '../src/index.js';
-import { FLAVOUR, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { BUILD, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { U, halfUlp, rankReference, roundTo } from './reference.js';
 import { SHAPES } from './shapes.js';
 
@@ -16,7 +16,7 @@ const COMBOS = DTYPES.flatMap((w0) => DTYPES.flatMap((out) => DTYPES.flatMap((a)
 const values = (m: Matrix<DType>): Float32Array => m.toFloat32();
 const bits = (m: Matrix<DType>): number[] => Array.from(m.dtype === 'f32' ? new Uint32Array(m.toArray().buffer) : (m.toArray() as Uint16Array));
 
-test(`mergeInto, merge and unmerge in all 81 dtype combinations equal round_out(f32(W0) + Δ̂) bit for bit (${FLAVOUR})`, async () => {
+test(`mergeInto, merge and unmerge in all 81 dtype combinations equal round_out(f32(W0) + Δ̂) bit for bit (${BUILD})`, async () => {
   const lw = await lwUnderTest();
   let checked = 0;
   SHAPES.forEach((shape, i) => {

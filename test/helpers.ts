@@ -7,16 +7,13 @@ import * as assert from 'uvu/assert';
 import { type Build, type LoRAWasm, init, seededRandom } from '../src/index.js';
 
 /**
- * The build this run tests (what lw.build reports): LORA_SIMD=baseline|relaxed in Node
- * (scripts/test.mjs runs both), or globalThis.LORA_SIMD in the browser (test/browser/entry.ts, from
+ * The build this run tests (what lw.build reports): LORA_BUILD=baseline|relaxed in Node
+ * (scripts/test.mjs runs both), or globalThis.LORA_BUILD in the browser (test/browser/entry.ts, from
  * the page's ?simd=).
  */
-export const BUILD = ((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LORA_SIMD ??
-  (globalThis as { LORA_SIMD?: string }).LORA_SIMD ??
+export const BUILD = ((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LORA_BUILD ??
+  (globalThis as { LORA_BUILD?: string }).LORA_BUILD ??
   'baseline') as Build;
-
-/** @deprecated the former name of BUILD, kept until every suite imports BUILD. */
-export const FLAVOUR = BUILD;
 
 let instance: Promise<LoRAWasm> | undefined;
 /** The instance under test; fails loudly if the requested build did not load. */

@@ -75,7 +75,12 @@ test('fit rejects labels for mse, a Matrix for cross-entropy, a bad batch size, 
   assertThrowsTyped(() => model.fit(X, lw.matrix(4, 2) as never, { loss: 'cross-entropy', optimizer: opt }), LoRATypeError, ['integer labels']);
   assertThrowsTyped(() => model.fit(X, lw.matrix(4, 2), { loss: 'mse', optimizer: opt, batchSize: 0 }), LoRARangeError, ['options.batchSize']);
   assertThrowsTyped(() => model.fit(X, lw.matrix(4, 5), { loss: 'mse', optimizer: opt }), LoRAShapeError, ['outputs 2 columns but targets have 5']);
-  assertThrowsTyped(() => lw.linear({ W: lw.matrix(3, 3), r: 1, seed: Number.NaN }), LoRATypeError, ['linear: seed must be a number']);
+  // one seed rule everywhere (ops/operands.ts seedOption): an integer in [0, 2³² − 1]
+  assertThrowsTyped(() => lw.linear({ W: lw.matrix(3, 3), r: 1, seed: '7' as never }), LoRATypeError, ['linear: seed must be an integer in [0, 4294967295]']);
+  for (const seed of [Number.NaN, 1.5, -1, 2 ** 32]) {
+    assertThrowsTyped(() => lw.linear({ W: lw.matrix(3, 3), r: 1, seed }), LoRARangeError, ['linear: seed must be an integer in [0, 4294967295]']);
+    assertThrowsTyped(() => lw.dense({ dIn: 2, dOut: 2, seed }), LoRARangeError, ['seed must be an integer in [0, 4294967295]']);
+  }
   const w = model.layers[0]!.parameters()[0]!.value.toArray();
   assertThrowsTyped(() => model.fit(X, [0, 1, 2, 0], { loss: 'cross-entropy', optimizer: opt }), LoRARangeError, ['labels[2] is 2', '[0, 2)']);
   assertThrowsTyped(() => model.fit(X, [0, -1, 1, 0], { loss: 'cross-entropy', optimizer: opt }), LoRARangeError, ['labels[1] is -1', 'integers in [0, 2³¹)']);

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRANonFiniteError, type LoRAWasm, type Matrix, loraScale } from '../src/index.js';
-import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
+import { BUILD, assertBitIdentical, assertThrowsTyped, lwUnderTest, randInt, randomF32, rng } from './helpers.js';
 import { U, assertWithinBound, rankReference } from './reference.js';
 import { SHAPES, type Shape } from './shapes.js';
 
@@ -25,7 +25,7 @@ function makeCase(shape: Shape, seed: number): Case {
   };
 }
 
-const label = (c: Case): string => `[${c.shape.dOut}×${c.shape.dIn}, r=${c.shape.r}, s=${c.s}] (${FLAVOUR})`;
+const label = (c: Case): string => `[${c.shape.dOut}×${c.shape.dIn}, r=${c.shape.r}, s=${c.s}] (${BUILD})`;
 
 test(`delta, merge, mergeInto and unmerge match the float64 reference on ${SHAPES.length} shapes`, async () => {
   const lw = await lwUnderTest();

@@ -10,11 +10,11 @@ import { KernelLayer } from '../src/kernel/kernel.js';
 import type { Kernels } from '../src/kernel/kernels.js';
 import { WasmHeap } from '../src/memory/heap.js';
 import { LoRAWasm as Facade } from '../src/lorawasm.js';
-import { FLAVOUR, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
+import { BUILD, assertBitIdentical, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { bound } from './reference.js';
 
 /** A fresh instance of its own (a distinct cap gives a distinct memoised instance). */
-const fresh = (mib: number): Promise<LoRAWasm> => init({ simd: FLAVOUR, maxMemoryBytes: mib * 2 ** 20 });
+const fresh = (mib: number): Promise<LoRAWasm> => init({ simd: BUILD, maxMemoryBytes: mib * 2 ** 20 });
 const snapshot = (ms: Matrix[]): Float32Array[] => ms.map((m) => m.toArray());
 const assertUnchanged = (ms: Matrix[], before: Float32Array[], label: string): void =>
   ms.forEach((m, i) => assertBitIdentical(m.data, before[i]!, `${label}: matrix ${i} unchanged`));
@@ -115,8 +115,8 @@ test('a disposed ReLU refuses forward and backward', async () => {
   const relu = lw.relu();
   relu.forward({ rows: 1, cols: 2, data: Float32Array.from([1, -1]) });
   relu.dispose();
-  assertThrowsTyped(() => relu.forward({ rows: 1, cols: 2, data: Float32Array.from([1, -1]) }), LoRAStateError, ['forward:', 'disposed']);
-  assertThrowsTyped(() => relu.backward({ rows: 1, cols: 2, data: Float32Array.from([1, 1]) }), LoRAStateError, ['backward:', 'disposed']);
+  assertThrowsTyped(() => relu.forward({ rows: 1, cols: 2, data: Float32Array.from([1, -1]) }), LoRADisposedError, ['forward:', 'disposed']);
+  assertThrowsTyped(() => relu.backward({ rows: 1, cols: 2, data: Float32Array.from([1, 1]) }), LoRADisposedError, ['backward:', 'disposed']);
 });
 
 test("sgd.step() with a disposed grad throws and reads no stranger's block", async () => {
@@ -379,9 +379,9 @@ test('init never throws synchronously, and its errors are LoRAErrors of the righ
 async function wasmBytes(): Promise<ArrayBuffer | Uint8Array> {
   if ((globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node) {
     const fs = await import('node:fs');
-    return fs.readFileSync(new URL(`../build/lora-${FLAVOUR}.wasm`, import.meta.url));
+    return fs.readFileSync(new URL(`../build/lora-${BUILD}.wasm`, import.meta.url));
   }
-  return (await fetch(`/build/lora-${FLAVOUR}.wasm`)).arrayBuffer();
+  return (await fetch(`/build/lora-${BUILD}.wasm`)).arrayBuffer();
 }
 
 test('a wasm trap inside a layer, an optimizer, fit or a merge surfaces as a LoRAError', async () => {
@@ -399,7 +399,7 @@ test('a wasm trap inside a layer, an optimizer, fit or a merge surfaces as a LoR
   ] as const) {
     const trapping = { ...real, [kernel]: () => { throw new WebAssembly.RuntimeError('unreachable executed'); } } as Kernels;
     const heap = new WasmHeap(memory, real.heapBase(), 1024 * 65536);
-    const lw = new Facade({ build: FLAVOUR, heap, kernel: new KernelLayer(heap, trapping) });
+    const lw = new Facade({ build: BUILD, heap, kernel: new KernelLayer(heap, trapping) });
     try {
       run(lw);
       assert.unreachable(`${kernel}: no error`);
@@ -414,7 +414,7 @@ test('a wasm trap inside a layer, an optimizer, fit or a merge surfaces as a LoR
 // ---------------------------------------------------------------- memory floor
 
 test('training fits under a small memory cap: scratch scales with the problem', async () => {
-  const lw = await init({ simd: FLAVOUR, maxMemoryBytes: 256 * 1024 });
+  const lw = await init({ simd: BUILD, maxMemoryBytes: 256 * 1024 });
   using W = lw.matrix(16, 12, randomF32(rng(20), 192));
   const model = lw.sequential([lw.linear({ W, r: 2 })]);
   const opt = lw.adamw(model.parameters(), { lr: 0.01 });

@@ -7,9 +7,9 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { type LoRAWasm, LoRAError, init } from '../src/index.js';
-import { splitPolicy } from '../src/kernel/kernel.js';
+import { splitPolicy } from '../src/kernel/scheduler.js';
 import { sharedVariant } from '../src/runtime/shared-variant.js';
-import { FLAVOUR, randomF32, rng } from './helpers.js';
+import { BUILD, randomF32, rng } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const wasm = (name: string): Uint8Array => new Uint8Array(readFileSync(`${root}build/lora-${name}.wasm`));
@@ -49,7 +49,7 @@ test('the threads builds are the single-thread code with a shared memory import,
 
 /** A pool of its own (a distinct memo key), so that killing its workers disturbs no other suite. */
 let own: Promise<LoRAWasm> | undefined;
-const isolated = (): Promise<LoRAWasm> => (own ??= init({ simd: FLAVOUR, threads: 3, maxMemoryBytes: 2 ** 31 }));
+const isolated = (): Promise<LoRAWasm> => (own ??= init({ simd: BUILD, threads: 3, maxMemoryBytes: 2 ** 31 }));
 
 /** A merge big enough to be split over every thread. */
 function bigMerge(lw: LoRAWasm, seed = 21): { w: Float32Array; dispose: () => void; run: () => void } {
@@ -68,7 +68,7 @@ function bigMerge(lw: LoRAWasm, seed = 21): { w: Float32Array; dispose: () => vo
 }
 
 const reference = async (): Promise<Float32Array> => {
-  const lw1 = await init({ simd: FLAVOUR, threads: 1 });
+  const lw1 = await init({ simd: BUILD, threads: 1 });
   const m = bigMerge(lw1);
   m.run();
   const w = m.w;
@@ -172,11 +172,11 @@ test('concurrent async callers interleave whole calls: the same results as one a
 });
 
 test('a single-thread build given with threads > 1, or a threads build with threads: 1, is refused with the build it needs', async () => {
-  await init({ simd: FLAVOUR, threads: 2, wasm: wasm(FLAVOUR) }).then(
+  await init({ simd: BUILD, threads: 2, wasm: wasm(BUILD) }).then(
     () => assert.unreachable('a single-thread build was accepted for threads: 2'),
-    (e: Error) => assert.ok(e instanceof LoRAError && e.message.includes(`needs a threads build, lora-${FLAVOUR}-threads.wasm`), e.message),
+    (e: Error) => assert.ok(e instanceof LoRAError && e.message.includes(`needs a threads build, lora-${BUILD}-threads.wasm`), e.message),
   );
-  await init({ simd: FLAVOUR, threads: 1, wasm: wasm(`${FLAVOUR}-threads`) }).then(
+  await init({ simd: BUILD, threads: 1, wasm: wasm(`${BUILD}-threads`) }).then(
     () => assert.unreachable('a threads build was accepted for threads: 1'),
     (e: Error) => assert.ok(e instanceof LoRAError && e.message.includes('looks like a threads build'), e.message),
   );
@@ -194,7 +194,7 @@ test('the pool refuses to be re-entered from inside a run', async () => {
 });
 
 test('a Node process whose pool is never disposed exits by itself within a second of its last line', () => {
-  const flags = FLAVOUR === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
+  const flags = BUILD === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
   const script = `
     import { init } from './src/index.ts';
     const lw = await init({ threads: 3 });
@@ -212,7 +212,7 @@ test('a Node process whose pool is never disposed exits by itself within a secon
 });
 
 test('lw.dispose() ends the pool; the instance keeps working on one thread; init() then makes a new one', async () => {
-  const lw = await init({ simd: FLAVOUR, threads: 2, maxMemoryBytes: 2 ** 30 });
+  const lw = await init({ simd: BUILD, threads: 2, maxMemoryBytes: 2 ** 30 });
   assert.is(lw.threads, 2);
   lw.dispose();
   assert.is(lw.threads, 1);
@@ -221,7 +221,7 @@ test('lw.dispose() ends the pool; the instance keeps working on one thread; init
   m.run();
   assert.equal(m.w, await reference());
   m.dispose();
-  const fresh = await init({ simd: FLAVOUR, threads: 2, maxMemoryBytes: 2 ** 30 });
+  const fresh = await init({ simd: BUILD, threads: 2, maxMemoryBytes: 2 ** 30 });
   assert.is.not(fresh, lw);
   assert.is(fresh.threads, 2);
   fresh.dispose();

@@ -5,12 +5,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { type LoRAWasm, LoRARangeError, LoRATypeError, init } from '../src/index.js';
-import { splitPolicy } from '../src/kernel/kernel.js';
-import { FLAVOUR, randInt, randomF32, rng } from './helpers.js';
+import { splitPolicy } from '../src/kernel/scheduler.js';
+import { BUILD, randInt, randomF32, rng } from './helpers.js';
 import { SHAPES } from './shapes.js';
 
 const COUNTS = [1, 2, 3];
-const instances = (): Promise<LoRAWasm[]> => Promise.all(COUNTS.map((threads) => init({ simd: FLAVOUR, threads })));
+const instances = (): Promise<LoRAWasm[]> => Promise.all(COUNTS.map((threads) => init({ simd: BUILD, threads })));
 
 /** Runs `body` with every call split as finely as its tiles allow; checks the workers took part. */
 async function splitEverything<T>(lws: LoRAWasm[], body: () => Promise<T> | T): Promise<T> {
@@ -45,7 +45,7 @@ test('init({ threads }) starts threads − 1 workers; lw.threads reports them; b
   assert.is(lws[0]!.workerPool, undefined, 'threads: 1 starts no worker');
   assert.is(lws[0]!.memory.buffer instanceof ArrayBuffer, true, 'threads: 1 keeps the non-shared build and memory');
   assert.is(lws[1]!.memory.buffer instanceof SharedArrayBuffer, true, 'threads > 1 share the memory');
-  const auto = await init({ simd: FLAVOUR, threads: 'auto' });
+  const auto = await init({ simd: BUILD, threads: 'auto' });
   assert.ok(auto.threads >= 1 && auto.threads <= 8, `'auto' took ${auto.threads} threads`);
   for (const [bad, cls] of [[0, LoRARangeError], [1.5, LoRARangeError], [65, LoRARangeError], ['2', LoRATypeError], [null, LoRATypeError]] as const) {
     await init({ threads: bad as never }).then(
@@ -239,7 +239,7 @@ test('extractAdapter and a pruned combineAdapters: the same factors, bit for bit
 
 test('memory that grows after the workers started is used by them (big allocations, then a split merge)', async () => {
   // fresh instances (a distinct memory cap is a distinct memo key): their memory is still small
-  const lws = await Promise.all(COUNTS.map((threads) => init({ simd: FLAVOUR, threads, maxMemoryBytes: 3 * 2 ** 28 })));
+  const lws = await Promise.all(COUNTS.map((threads) => init({ simd: BUILD, threads, maxMemoryBytes: 3 * 2 ** 28 })));
   await splitEverything(lws, () => {
     const r = rng(16);
     const [dOut, dIn, rank] = [700, 600, 9];
@@ -262,7 +262,7 @@ test('memory that grows after the workers started is used by them (big allocatio
 });
 
 test('shared memory: a view of wasm memory that no Matrix owns is refused also after growth made memory.buffer a new object', async () => {
-  const lw = await init({ simd: FLAVOUR, threads: 2, maxMemoryBytes: 5 * 2 ** 28 });
+  const lw = await init({ simd: BUILD, threads: 2, maxMemoryBytes: 5 * 2 ** 28 });
   const buffer = lw.memory.buffer;
   const stray = new Float32Array(buffer, 1024, 4);
   const big = lw.matrix(1024, 1024); // grows memory: memory.buffer is another SharedArrayBuffer object now

@@ -18,7 +18,8 @@
  * dispose its adapter once the set exists. W and the bias are read in place, live, and never changed.
  */
 import { LoRADisposedError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import { ITEM_BYTES, type MatrixDesc, describe, describeBlock } from '../kernel/descriptor.js';
+import { type MatrixDesc, describe, describeBlock } from '../kernel/descriptor.js';
+import { ITEM_BYTES } from '../memory/dtype.js';
 import { type DType, Matrix, disposeSymbol, newMatrix } from '../memory/matrix.js';
 import { type MatrixInput, type Operand, type OptionField, assertDisjoint, operand, readOptions, withStaging } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';

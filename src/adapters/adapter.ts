@@ -73,3 +73,10 @@ export function checkAdapter(x: unknown, fn: string): Adapter {
   if (!(x instanceof Adapter)) throw new LoRATypeError(`${fn}: adapter must be an Adapter from lw.loadAdapter, got ${describeValue(x)}`);
   return x;
 }
+
+/** The value that occurs most often in a non-empty list (the first of equals): an adapter's config r and lora_alpha. */
+export function mostCommon<T>(xs: readonly T[]): T {
+  const counts = new Map<T, number>();
+  for (const x of xs) counts.set(x, (counts.get(x) ?? 0) + 1);
+  return [...counts].sort((a, b) => b[1] - a[1])[0]![0];
+}

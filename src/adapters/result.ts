@@ -5,7 +5,7 @@
 import { LoRATypeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import { checkMatrix, rejectNonFinite } from '../ops/operands.js';
-import { Adapter, type AdapterModule } from './adapter.js';
+import { Adapter, type AdapterModule, mostCommon } from './adapter.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { createMatrix } from '../ops/create.js';
 import type { Engine } from '../runtime/engine.js';
@@ -47,9 +47,7 @@ export function rejectNonFiniteResult(engine: Engine, fn: string, m: AdapterModu
 
 /** An Adapter (PEFT, scale 1 per module) from new modules; r and lora_alpha are the most common rank. */
 export function newAdapter(modules: AdapterModule[], base: Readonly<Record<string, unknown>> = {}): Adapter {
-  const counts = new Map<number, number>();
-  for (const m of modules) counts.set(m.r, (counts.get(m.r) ?? 0) + 1);
-  const r = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 1;
+  const r = modules.length ? mostCommon(modules.map((m) => m.r)) : 1;
   const odd = modules.filter((m) => m.r !== r);
   return new Adapter('peft', modules, [], {
     ...base,

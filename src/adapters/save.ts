@@ -12,7 +12,7 @@ import type { DType, Matrix } from '../memory/matrix.js';
 import { LoRALinear } from '../nn/lora-linear.js';
 import { ST_OF_DTYPE, encodeSafetensors } from '../io/safetensors.js';
 import { transpose } from '../memory/transpose.js';
-import { Adapter } from './adapter.js';
+import { Adapter, mostCommon } from './adapter.js';
 
 export interface SaveAdapterOptions {
   /** `base_model_name_or_path`, e.g. 'distilbert-base-uncased'. */
@@ -35,11 +35,6 @@ interface Entry {
   tensors: { name: string; dtype: string; shape: number[]; data: Uint8Array }[];
 }
 
-const mostCommon = <T>(xs: T[]): T => {
-  const counts = new Map<T, number>();
-  for (const x of xs) counts.set(x, (counts.get(x) ?? 0) + 1);
-  return [...counts].sort((a, b) => b[1] - a[1])[0]![0];
-};
 const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 export function saveAdapter(source: unknown, opts: SaveAdapterOptions): { config: Record<string, unknown>; weights: Uint8Array } {

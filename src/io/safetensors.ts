@@ -35,9 +35,6 @@ const DTYPE_ORDER = ['BOOL', 'U8', 'I8', 'F8_E5M2', 'F8_E4M3', 'I16', 'U16', 'F1
 const ITEM_SIZE: Readonly<Record<string, number>> = nullRecord({
   BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4, F32: 4, F64: 8, I64: 8, U64: 8,
 });
-/** The dtypes lora-wasm computes with. */
-export const READABLE_DTYPES = ['F32', 'F16', 'BF16'] as const;
-export type ReadableDType = (typeof READABLE_DTYPES)[number];
 
 export const MAX_HEADER_BYTES = 100_000_000;
 /** The reference's usize (64-bit): shapes and offsets above it do not parse, products above it overflow. */

@@ -10,6 +10,7 @@
  * runs. Descriptors are made per call and never stored.
  */
 import type { Block, WasmHeap } from '../memory/heap.js';
+import { ITEM_BYTES } from '../memory/dtype.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 
 export interface MatrixDesc {
@@ -26,8 +27,6 @@ export interface MatrixDesc {
   readonly name: string;
 }
 
-/** Bytes per element. */
-export const ITEM_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2 };
 
 /** The descriptor of a whole Matrix. Liveness is checked where it is used, not here. */
 export function describe(m: Matrix<DType>, name: string): MatrixDesc {

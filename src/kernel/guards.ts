@@ -10,7 +10,8 @@
 import { LoRADisposedError, LoRAError, LoRATypeError } from '../errors.js';
 import type { WasmHeap } from '../memory/heap.js';
 import type { DType } from '../memory/matrix.js';
-import { ITEM_BYTES, type MatrixDesc, shapeOf } from './descriptor.js';
+import { ITEM_BYTES } from '../memory/dtype.js';
+import { type MatrixDesc, shapeOf } from './descriptor.js';
 
 /** The dtype most kernels take. */
 export const F32: readonly DType[] = ['f32'];

@@ -23,7 +23,8 @@ import { halfValue } from '../memory/half.js';
 import type { WasmHeap } from '../memory/heap.js';
 import { DTYPES, type DType } from '../memory/matrix.js';
 import type { WorkerPool } from '../pool/pool.js';
-import { ITEM_BYTES, type MatrixDesc } from './descriptor.js';
+import { ITEM_BYTES } from '../memory/dtype.js';
+import type { MatrixDesc } from './descriptor.js';
 import { F32, fits, pointer } from './guards.js';
 import {
   DTYPE_CODE, Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, type KernelCall, type Kernels, TILE_COLS, TILE_ROWS, TILE_TMP_BYTES, packedABytes,
@@ -32,7 +33,6 @@ import {
 import { Scheduler, type Split, firstIndex, splitPolicy, splitRange } from './scheduler.js';
 import { Scratch } from './scratch.js';
 
-export { MIN_BYTES_PER_THREAD, MIN_MACS_PER_THREAD, splitPolicy, splitRange } from './scheduler.js';
 
 /** Bytes of packed B kept cache-resident per column block of a rank-r update. */
 const B_PANEL_BYTES = 128 * 1024;
@@ -68,7 +68,7 @@ export interface GemmCall {
 
 /** What a module says of itself before any heap exists: its flavour and the first byte past its static data. */
 export function moduleInfo(kernels: Kernels): { relaxed: boolean; heapBase: number } {
-  return { relaxed: kernels.simdFlavour() === 1, heapBase: kernels.heapBase() >>> 0 };
+  return { relaxed: kernels.buildIsRelaxed() === 1, heapBase: kernels.heapBase() >>> 0 };
 }
 
 export class KernelLayer {

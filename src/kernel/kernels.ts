@@ -33,7 +33,7 @@ export const GEMM_NC = 256;
 
 export interface Kernels {
   heapBase(): number;
-  simdFlavour(): number;
+  buildIsRelaxed(): number;
   packA(ap: number, x: number, ld: number, trans: number, i0: number, rows: number, p0: number, kc: number, alpha: number): void;
   packB(bp: number, y: number, ld: number, trans: number, p0: number, kc: number, j0: number, cols: number, beta: number): void;
   firstNonFinite(x: number, n: number, dt: number): number;
@@ -89,7 +89,7 @@ function run<K extends KernelName>(kernels: ByName, name: K, args: KernelArgs<K>
 
 /** Every function export init() requires of a module before it calls it a lora-wasm module. */
 export const KERNEL_NAMES: readonly (keyof Kernels)[] = [
-  'heapBase', 'simdFlavour', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'convert', 'firstDifference',
+  'heapBase', 'buildIsRelaxed', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'convert', 'firstDifference',
   'rankUpdate', 'gemm', 'gemvT', 'broadcastRows', 'columnSums', 'reluForward', 'reluBackward', 'mseLoss',
   'softmaxCrossEntropy', 'sgdStep', 'adamwStep', 'difference', 'orthonormalize',
 ];

@@ -8,7 +8,7 @@
 import { LoRAStateError, LoRATypeError, describeValue } from '../errors.js';
 import { describe } from '../kernel/descriptor.js';
 import type { Matrix } from '../memory/matrix.js';
-import { type MatrixInput, boolOption, checkDim, withStaging } from '../ops/operands.js';
+import { type MatrixInput, boolOption, checkDim, seedOption, withStaging } from '../ops/operands.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
 import { LayerBase, type Parameter, allocAll, copyInto, gradOperand, inputOperand, linearForward } from './layer.js';
@@ -61,8 +61,7 @@ export class Linear extends LayerBase<{ x: Matrix; y: Matrix }> {
     const o = opts as unknown as Record<string, unknown>;
     const dIn = dimOption(fn, o, 'dIn', 'inFeatures');
     const dOut = dimOption(fn, o, 'dOut', 'outFeatures');
-    const seed = opts.seed ?? 0;
-    if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: seed must be a number, got ${describeValue(seed)}`);
+    const seed = seedOption().read(fn, 'seed', opts.seed ?? 0);
     this.dIn = dIn;
     this.dOut = dOut;
     this.inputGrad = boolOption(fn, 'inputGrad', opts.inputGrad, true);

@@ -26,7 +26,7 @@ import { describe } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
 import { Matrix } from '../memory/matrix.js';
 import { mergeInto } from '../ops/merge.js';
-import { type MatrixInput, type Operand, boolOption, checkDim, operand, shapeOf, withStaging } from '../ops/operands.js';
+import { type MatrixInput, type Operand, boolOption, checkDim, operand, seedOption, shapeOf, withStaging } from '../ops/operands.js';
 import { loraScale } from '../ops/scale.js';
 import { fillRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
@@ -104,8 +104,7 @@ export class LoRALinear extends LayerBase<Record<Acts, Matrix>> {
     if (init !== 'kaiming' && init !== 'gaussian') {
       throw new LoRATypeError(`${fn}: init must be 'kaiming' or 'gaussian', got ${describeValue(init)}`);
     }
-    const seed = opts.seed ?? 0;
-    if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: seed must be a number, got ${describeValue(seed)}`);
+    const seed = seedOption().read(fn, 'seed', opts.seed ?? 0);
     let bias: Operand | undefined;
     if (opts.bias !== undefined) {
       bias = operand(engine.heap, fn, 'bias', opts.bias);

@@ -17,7 +17,7 @@
 import { LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { type Matrix, newMatrix } from '../memory/matrix.js';
 import { checkLabels, mseLoss, softmaxCrossEntropy } from '../ops/loss.js';
-import { type MatrixInput, countOption, operand, rejectNonFiniteArray, shapeOf } from '../ops/operands.js';
+import { type MatrixInput, countOption, operand, rejectNonFiniteArray, seedOption, shapeOf } from '../ops/operands.js';
 import { seededRandom } from '../random.js';
 import type { Engine } from '../runtime/engine.js';
 import { ActivationCache, type Layer, LayerBase, type Parameter } from './layer.js';
@@ -90,8 +90,7 @@ function checkFitOptions(fn: string, opts: FitOptions): FitPlan {
   if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') {
     throw new LoRATypeError(`${fn}: options.onProgress must be a function, got ${describeValue(opts.onProgress)}`);
   }
-  const seed = opts.seed ?? 0;
-  if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new LoRATypeError(`${fn}: options.seed must be a finite number, got ${describeValue(seed)}`);
+  const seed = seedOption().read(fn, 'options.seed', opts.seed ?? 0);
   return {
     loss: opts.loss,
     optimizer: opts.optimizer,

@@ -12,7 +12,8 @@
  * here has written nothing.
  */
 import { LoRADisposedError, LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import { ITEM_BYTES, type MatrixDesc, describe, describeBlock, shapeOf } from '../kernel/descriptor.js';
+import { type MatrixDesc, describe, describeBlock, shapeOf } from '../kernel/descriptor.js';
+import { ITEM_BYTES } from '../memory/dtype.js';
 import type { Block, WasmHeap } from '../memory/heap.js';
 import { DTYPES, type DType, Matrix } from '../memory/matrix.js';
 import type { Engine } from '../runtime/engine.js';

@@ -17,7 +17,7 @@
  * worker; its slot is respawned in the background, and until it is back the
  * remaining threads take the work (results do not depend on the thread count).
  */
-import { LoRAError } from '../errors.js';
+import { LoRAEnvironmentError, LoRAError } from '../errors.js';
 
 import {
   ARGS_BYTE, DONE, FN, KILL, LAYOUT, MAX_ARGS, MESSAGE_BYTE, MSG_LEN, NARGS, PENDING, READY, RESULT_BYTE, SEQ, SLOT_BYTES, STATUS, STOP_FN,
@@ -272,7 +272,7 @@ export class WorkerPool {
         s.state = 'dead';
       }
       thread.terminate();
-      throw new LoRAError(`worker thread ${s.index + 1} could not start: ${(e as Error).message}`, { cause: e });
+      throw new LoRAEnvironmentError(`worker thread ${s.index + 1} could not start: ${(e as Error).message}`, { cause: e });
     }
     thread.release();
     s.failure = undefined;

@@ -7,7 +7,7 @@
 const g = globalThis as unknown as Record<string, unknown> & { UVU_QUEUE: unknown[][] };
 g.UVU_DEFER = 1; // queue the suites; exec() below runs them, as uvu's CLI does
 g.UVU_QUEUE = [];
-g.LORA_SIMD = new URLSearchParams(location.search).get('simd') ?? 'relaxed';
+g.LORA_BUILD = new URLSearchParams(location.search).get('simd') ?? 'relaxed';
 
 const suites: [string, () => Promise<unknown>][] = [
   ['rank.test.ts', () => import('../rank.test.js')],
