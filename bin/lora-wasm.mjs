@@ -44,8 +44,19 @@ const USAGE = `usage:
 class UsageError extends Error {}
 /** A mistake in the command (a path, --out): exit 1, one line. */
 class CliError extends Error {}
-const say = (line) => process.stdout.write(`${line}\n`);
-const note = (line) => process.stderr.write(`lora-wasm: ${line}\n`);
+/** Control characters from hostile names (ESC sequences, NUL, newlines) are shown escaped, never sent to the terminal. */
+const printable = (s) => String(s).replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+const say = (line) => process.stdout.write(`${printable(line).replaceAll('\\u000a', '\n')}\n`);
+const note = (line) => process.stderr.write(`lora-wasm: ${printable(line)}\n`);
+/** A text file that must be UTF-8 (invalid bytes are a LoRAFormatError, not replaced silently). */
+function readUtf8(file) {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(readFileSync(file));
+  } catch (e) {
+    if (e instanceof TypeError) throw new LoRAFormatError(`${file}: not valid UTF-8`);
+    throw e;
+  }
+}
 const exists = (p) => existsSync(p);
 const lexists = (p) => { try { lstatSync(p); return true; } catch { return false; } };
 const isDir = (p) => exists(p) && statSync(p).isDirectory();
@@ -64,7 +75,7 @@ function adapterFiles(p) {
   const weights = isDir(p) ? path.join(p, 'adapter_model.safetensors') : p;
   if (isDir(p) && !exists(weights)) throw new LoRAFormatError(`${p}: no adapter_model.safetensors in this folder (a PEFT adapter folder has it beside adapter_config.json)`);
   const configPath = path.join(path.dirname(weights), 'adapter_config.json');
-  return { weights, configPath, config: exists(configPath) ? readFileSync(configPath, 'utf8') : undefined };
+  return { weights, configPath, config: exists(configPath) ? readUtf8(configPath) : undefined };
 }
 
 /** The base model's shard files (one, or those of a model.safetensors.index.json, checked). */
@@ -81,7 +92,7 @@ function baseFiles(p) {
   if (!index) return { files: [p], index: undefined };
   let json;
   try {
-    json = JSON.parse(readFileSync(index, 'utf8'));
+    json = JSON.parse(readUtf8(index));
   } catch (e) {
     throw new LoRAFormatError(`${index}: not valid JSON (${e.message})`);
   }
@@ -167,6 +178,7 @@ function checkOut(out, { sharded, force, inputs }) {
 function parseMultiplier(raw) {
   if (raw === undefined) return 1;
   if (raw.trim() === '') throw new UsageError('--multiplier needs a number, got an empty string');
+  if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(raw)) throw new UsageError(`--multiplier must be a finite decimal number such as 0.5, -1 or 1e-3, got ${raw}`);
   const m = Number(raw);
   if (!Number.isFinite(m)) throw new UsageError(`--multiplier must be a finite number, got ${raw}`);
   const f = Math.fround(m);
@@ -177,6 +189,12 @@ function parseMultiplier(raw) {
 
 /** parseArgs reads `--multiplier -1` as two flags: a value after --multiplier that parses as a number is its value. */
 function joinNumbers(args) {
+  const seen = new Set();
+  for (const a of args) {
+    const flag = a.startsWith('--') ? a.slice(2).split('=')[0] : undefined;
+    if (flag && seen.has(flag)) throw new UsageError(`--${flag} is given twice; give it once`);
+    if (flag) seen.add(flag);
+  }
   const out = [];
   for (let i = 0; i < args.length; i++) {
     const next = args[i + 1];
@@ -349,10 +367,10 @@ async function main() {
 
 main().then((code) => process.exit(code), (e) => {
   if (e instanceof UsageError) {
-    process.stderr.write(`lora-wasm: ${e.message}\n${USAGE}\n`);
+    process.stderr.write(`lora-wasm: ${printable(e.message)}\n${USAGE}\n`);
     process.exit(2);
   }
   const known = e instanceof LoRAError || e instanceof CliError || ['ENOENT', 'EACCES', 'EEXIST', 'ENOSPC', 'EISDIR', 'ENOTDIR', 'EROFS'].includes(e?.code);
-  process.stderr.write(`lora-wasm: ${known ? e.message : `unexpected error: ${e?.stack ?? e}`}\n`);
+  process.stderr.write(`lora-wasm: ${known ? printable(e.message) : `unexpected error: ${e?.stack ?? e}`}\n`);
   process.exit(1);
 });

@@ -10,7 +10,7 @@ import { convert } from './ops/convert.js';
 import { type GemmOptions, gemm, matmul } from './ops/gemm.js';
 import { type CrossEntropyResult, mseLoss, softmaxCrossEntropy } from './ops/loss.js';
 import { type DeltaOptions, type MergeOptions, type ScaleOptions, delta, merge, mergeInto, unmerge } from './ops/merge.js';
-import type { AnyMatrixInput, MatrixInput } from './ops/operands.js';
+import { type AnyMatrixInput, type MatrixInput, optionsObject, rejectUnknownKeys } from './ops/operands.js';
 import type { Layer, Parameter } from './nn/layer.js';
 import { Linear, type LinearOptions } from './nn/linear.js';
 import { LoRALinear, type LoRALinearOptions } from './nn/lora-linear.js';
@@ -187,6 +187,7 @@ export class LoRAWasm {
    */
   async loadAdapter(opts: { weights: TensorSource; config?: string | Record<string, unknown> }): Promise<Adapter> {
     if (typeof opts !== 'object' || opts === null) throw new LoRATypeError(`loadAdapter: options must be { weights, config }, got ${describeValue(opts)}`);
+    rejectUnknownKeys('loadAdapter', opts, ['weights', 'config']);
     const reader = await openTensorSource(opts.weights, 'loadAdapter: weights');
     try {
       return await readAdapter(reader, opts.config, this.#make);
@@ -245,6 +246,7 @@ export class LoRAWasm {
 
   /** Every tensor of a safetensors file (a TensorSource), or the ones named, as matrices in their file dtype. */
   async loadTensors(source: TensorSource, opts?: { names?: readonly string[] }): Promise<TensorSet> {
+    rejectUnknownKeys('loadTensors', optionsObject('loadTensors', opts, '{ names }'), ['names']);
     const reader = await openTensorSource(source, 'loadTensors: source');
     try {
       return await loadTensors(reader, this.#make, opts?.names);

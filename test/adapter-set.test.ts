@@ -299,6 +299,7 @@ test('every argument error of adapterSet and forward has its typed error', async
   const s = (w: unknown, ads: unknown) => () => lw.adapterSet(w as never, ads as never);
   assertThrowsTyped(s(W, [{ A: mod(a1).B, B: mod(a1).A, scale: 1 }]), LoRAShapeError, ['adapters[0] has A [4, 29]', `needs A [${D_OUT}, r]`]);
   assertThrowsTyped(s(W, [{ A: mod(a1).A, B: mod(a1).B, scale: Number.POSITIVE_INFINITY }]), LoRARangeError, ['scale must be a finite number']);
+  assertThrowsTyped(s(W, [{ A: mod(a1).A, B: mod(a1).B, scale: '2' }]), LoRATypeError, ['adapters[0].scale must be a number', '"2"']);
   assertThrowsTyped(s(lw.matrix(2, 2, undefined, { dtype: 'f16' }), []), LoRATypeError, ['W is f16']);
   assertThrowsTyped(s(W, mod(a1)), LoRATypeError, ['adapters must be an array']);
   assertThrowsTyped(s(W, [3]), LoRATypeError, ['adapters[0] must be { A, B, scale }']);
@@ -322,6 +323,7 @@ test('every argument error of adapterSet and forward has its typed error', async
   set2.dispose();
   assertThrowsTyped(() => set.forward(X, [0, 1]), LoRAShapeError, ['rowAdapter has 2 entries but X has 3 rows']);
   for (const bad of [2, -2, 0.5, Number.NaN]) assertThrowsTyped(() => set.forward(X, [0, bad, 1]), LoRARangeError, ['rowAdapter[1]', '[0, 2)']);
+  assertThrowsTyped(() => set.forward(X, [0, '0' as never, 1]), LoRATypeError, ['rowAdapter[1] must be a number', '"0"']);
   assertThrowsTyped(() => set.forward(lw.matrix(3, 5), [0, 0, 0]), LoRAShapeError, ['X is [3, 5]', `takes ${D_IN} features`]);
   set.dispose();
   assertThrowsTyped(() => set.forward(X, [0, 0, 0]), LoRADisposedError, ['disposed']);

@@ -282,12 +282,26 @@ test('--multiplier: -1 works as "--multiplier -1" and "--multiplier=-1"; "", 1e-
   expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '-1e-50'], 2, ['rounds to 0 in f32']);
   expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '1e39'], 2, ['rounds to Infinity in f32']);
   expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '3e38'], 1, ['--multiplier 3e38 times the scale 2 of module', 'rounds to Infinity in f32']);
-  for (const bad of ['NaN', 'Infinity', '-Infinity', 'two']) expectFail(w.dir, [...base, '--out', 'x.safetensors', `--multiplier=${bad}`], 2, ['--multiplier must be a finite number', bad]);
+  for (const bad of ['NaN', 'Infinity', '-Infinity', 'two', '0x10', '0b11', '1,5']) expectFail(w.dir, [...base, '--out', 'x.safetensors', `--multiplier=${bad}`], 2, ['--multiplier must be a finite decimal number', bad]);
+  expectFail(w.dir, [...base, '--out', 'x.safetensors', '--multiplier', '1', '--multiplier', '16'], 2, ['--multiplier is given twice']);
   assert.not.ok(existsSync(w.at('x.safetensors')), 'nothing written');
   const zero = run(w.dir, ...base, '--out', 'zero.safetensors', '--multiplier', '0');
   assert.is(zero.status, 0, zero.stderr);
   assert.match(zero.stderr, /--multiplier 0: the LoRA modules change nothing/);
   assert.ok(readFileSync(w.at('zero.safetensors')).equals(readFileSync(w.at('base.safetensors'))), 'multiplier 0: the base, byte for byte');
+  w.done();
+});
+
+test('hostile names are shown escaped: no control character (ESC, NUL) reaches the terminal', async () => {
+  const w = workdir();
+  const name = 'base_model.model.q\u001b[31mRED\u001b[0m';
+  const g = rng(3);
+  writeFileSync(w.at('evil.safetensors'), encodeSafetensors([{ name: `${name}.lora_A.weight`, dtype: 'F32', shape: [2, 4], data: bytesOf(randomF32(g, 8)) }]));
+  writeFileSync(w.at('adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 2 }));
+  const r = run(w.dir, 'inspect', 'evil.safetensors');
+  assert.is(r.status, 1, r.stderr);
+  assert.not.match(r.stderr + r.stdout, /\u001b/, 'no raw ESC');
+  assert.match(r.stderr, /\\u001b\[31mRED/);
   w.done();
 });
 

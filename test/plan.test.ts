@@ -237,6 +237,35 @@ test('zero-size base tensors pass through the file merge, with a type change too
   adapter.dispose();
 });
 
+test('a misspelled option is a LoRATypeError naming the known ones, never ignored (mergeAdapter, mergeAdapterFiles, loadAdapter, loadTensors)', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(15);
+  const weights = encodeSafetensors(pair(g, 'q', 3, 4));
+  const adapter = await lw.loadAdapter({ weights, config: config() });
+  const W = randomF32(g, 12);
+  const base = { 'q.weight': lw.matrix(3, 4, W) };
+  assertThrowsTyped(() => lw.mergeAdapter(base, adapter, { multipler: -1 } as never), LoRATypeError, ["unknown option 'multipler'", 'multiplier, prefix, safe, into']);
+  assertThrowsTyped(() => lw.mergeAdapter(base, adapter, { into: { 'q.weight': lw.matrix(3, 4), zzz: lw.matrix(1, 1) } }), LoRATypeError, ['options.into["zzz"] names no base tensor']);
+  assertBitIdentical(base['q.weight'].toFloat32(), W, 'untouched');
+  const reader = await SafetensorsReader.open(bytesSource(encodeSafetensors([t('q.weight', [3, 4], W)])));
+  await assertRejectsTyped(lw.mergeAdapterFiles({ base: reader, adapter, sink: () => ({ write: async () => {} }), Safe: true } as never), LoRATypeError, ["unknown option 'Safe'"]);
+  await assertRejectsTyped(lw.loadAdapter({ weights, config: config(), prefix: 'model.' } as never), LoRATypeError, ["loadAdapter: unknown option 'prefix'"]);
+  await assertRejectsTyped(lw.loadTensors(encodeSafetensors([t('q.weight', [3, 4], W)]), { name: ['q.weight'] } as never), LoRATypeError, ["loadTensors: unknown option 'name'"]);
+  adapter.dispose();
+});
+
+test('adapter files: a zero-size factor, and a config with a key twice or a pattern key twice, are LoRAFormatErrors naming them', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(16);
+  const empty = [t(`${PEFT}q.lora_A.weight`, [2, 0], new Float32Array(0)), t(`${PEFT}q.lora_B.weight`, [3, 2], randomF32(g, 6))];
+  await assertRejectsTyped(lw.loadAdapter({ weights: encodeSafetensors(empty), config: config() }), LoRAFormatError, ['"base_model.model.q.lora_A.weight"', '[2,0]', 'no elements']);
+  const weights = encodeSafetensors(pair(g, 'q', 3, 4));
+  const twice = '{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "lora_alpha": 200}';
+  await assertRejectsTyped(lw.loadAdapter({ weights, config: twice }), LoRAFormatError, ['adapter_config.json', '"lora_alpha"', 'twice']);
+  const patternTwice = '{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "rank_pattern": {"q": 2, "q": 3}}';
+  await assertRejectsTyped(lw.loadAdapter({ weights, config: patternTwice }), LoRAFormatError, ['"q"', 'twice']);
+});
+
 test('a base tensor named __proto__ or constructor is a target like any other', async () => {
   const lw = await lwUnderTest();
   const g = rng(13);

@@ -162,6 +162,10 @@ const f32 = (n: number) => new Uint8Array(4 * n);
 const raw = (x: unknown): string => (typeof x === 'string' ? x : JSON.stringify(x));
 const entry = (shape: unknown, offsets: unknown, dtype = 'F32') => `{"dtype":"${dtype}","shape":${raw(shape)},"data_offsets":${raw(offsets)}}`;
 
+test('a byte-order mark before the header is refused, as the reference refuses it (serde_json reads no BOM)', async () => {
+  await rejects(file('\uFEFF{}'), ['not valid JSON', 'character 0']);
+});
+
 test('"__metadata__": null is no metadata (the reference reads Option<HashMap>)', async () => {
   const r = await assertResolves(open(file({ __metadata__: null, a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(1))), '__metadata__ null');
   assert.equal(Object.keys(r.metadata), []);

@@ -156,7 +156,8 @@ export class AdapterSet {
       if (A.rows !== this.dOut || B.cols !== this.dIn || A.cols !== B.rows) {
         throw new LoRAShapeError(`${fn}: adapters[${i}] has A [${A.rows}, ${A.cols}] and B [${B.rows}, ${B.cols}]; W [${this.dOut}, ${this.dIn}] needs A [${this.dOut}, r] and B [r, ${this.dIn}]`);
       }
-      if (typeof scale !== 'number' || !Number.isFinite(scale) || Math.abs(scale) > 3.4028234663852886e38) {
+      if (typeof scale !== 'number') throw new LoRATypeError(`${fn}: adapters[${i}].scale must be a number, got ${describeValue(scale)}`);
+      if (!Number.isFinite(scale) || Math.abs(scale) > 3.4028234663852886e38) {
         throw new LoRARangeError(`${fn}: adapters[${i}].scale must be a finite number in f32 range, got ${describeValue(scale)}`);
       }
       return { A, B, scale };
@@ -228,6 +229,7 @@ export class AdapterSet {
     const groups: number[][] = this.#adapters.map(() => []);
     for (let i = 0; i < n; i++) {
       const a = rowAdapter[i]!;
+      if (typeof a !== 'number') throw new LoRATypeError(`${fn}: rowAdapter[${i}] must be a number, got ${describeValue(a)}`);
       if (!Number.isInteger(a) || a < -1 || a >= this.size) {
         throw new LoRARangeError(`${fn}: rowAdapter[${i}] is ${describeValue(a)}; it must be −1 (the base) or an adapter index in [0, ${this.size})`);
       }

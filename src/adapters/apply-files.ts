@@ -57,7 +57,7 @@ const fn = 'mergeAdapterFiles';
 export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions): Promise<MergeFilesReport> {
   const readers: SafetensorsReader[] = Array.isArray(opts.base) ? [...(opts.base as readonly SafetensorsReader[])] : [opts.base as SafetensorsReader];
   const adapter = checkAdapter(opts.adapter, fn);
-  const options = readApplyOptions(fn, opts, '{ base, adapter, sink, dtype, multiplier, prefix, safe }');
+  const options = readApplyOptions(fn, opts, '{ base, adapter, sink, dtype, multiplier, prefix, safe }', ['base', 'adapter', 'sink', 'dtype', 'onProgress']);
   const dtype = readOutputDtype(fn, opts.dtype);
 
   const where = new Map<string, { reader: SafetensorsReader; info: TensorInfo }>();

@@ -41,7 +41,7 @@ export function mergeAdapter(engine: Engine, base: Record<string, Matrix<DType>>
   if (typeof base !== 'object' || base === null || Array.isArray(base)) {
     throw new LoRATypeError(`${fn}: base must be an object of Matrices keyed by tensor name, got ${describeValue(base)}`);
   }
-  const options = readApplyOptions(fn, opts, '{ multiplier, prefix, safe, into }');
+  const options = readApplyOptions(fn, opts, '{ multiplier, prefix, safe, into }', ['into']);
   const into = opts?.into;
   if (into !== undefined && (typeof into !== 'object' || into === null || Array.isArray(into))) {
     throw new LoRATypeError(`${fn}: options.into must be an object of Matrices keyed by tensor name, got ${describeValue(into)}`);
@@ -56,6 +56,7 @@ export function mergeAdapter(engine: Engine, base: Record<string, Matrix<DType>>
     return { shape: [m.rows, m.cols], dtype: m.dtype, typeName: m.dtype, where: 'base' };
   };
   const plan = planAdapter(fn, new Set(Object.keys(base)), lookup, adapter, options);
+  if (into) for (const name of Object.keys(into)) if (!Object.hasOwn(base, name)) throw new LoRATypeError(`${fn}: options.into["${name}"] names no base tensor; into is keyed by the base's names`);
 
   // where each write goes, checked: same shape, and no output sharing memory with the base or another output
   const dst = new Map<string, Matrix<DType>>();

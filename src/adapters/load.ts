@@ -44,6 +44,7 @@ export async function readAdapter(
   const load = async (t: TensorInfo, rows: number, cols: number, transposed = false): Promise<Matrix<DType>> => {
     const dtype = DTYPE_OF_ST[t.dtype];
     if (!dtype) throw new LoRAFormatError(`safetensors: ${file}: "${t.name}" is ${t.dtype}, which lora-wasm does not support (it reads F32, F16 and BF16)`);
+    if (rows === 0 || cols === 0) throw new LoRAFormatError(`safetensors: ${file}: "${t.name}" has shape ${JSON.stringify(t.shape)}, no elements; an adapter tensor needs at least one`);
     let data = tensorData(file, await reader.read(t.name));
     if (transposed) data = transpose(data, cols, rows);
     const m = make(rows, cols, data, dtype);

@@ -19,7 +19,7 @@
  */
 import { LoRAFormatError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { DTYPES, type DType } from '../memory/dtype.js';
-import { boolOption, f32Option, optionsObject } from '../ops/operands.js';
+import { boolOption, f32Option, optionsObject, rejectUnknownKeys } from '../ops/operands.js';
 import type { Adapter, AdapterModule, Replacement } from './adapter.js';
 
 /** What the planner needs to know of one base tensor. */
@@ -53,8 +53,10 @@ export interface ReadApplyOptions {
   safe: boolean;
 }
 
-export function readApplyOptions(fn: string, opts: unknown, example: string): ReadApplyOptions {
+/** Reads the shared options; `more` are the executor's own keys (any other key is a LoRATypeError). */
+export function readApplyOptions(fn: string, opts: unknown, example: string, more: readonly string[]): ReadApplyOptions {
   const o = optionsObject<ApplyOptions>(fn, opts, example);
+  rejectUnknownKeys(fn, o, ['multiplier', 'prefix', 'safe', ...more]);
   const prefix = o.prefix ?? '';
   if (typeof prefix !== 'string') throw new LoRATypeError(`${fn}: options.prefix must be a string, got ${describeValue(prefix)}`);
   const multiplier = f32Option(fn, 'options.multiplier', o.multiplier, 1);

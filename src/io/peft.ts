@@ -4,6 +4,7 @@
  */
 import { RE2JS } from 're2js';
 import { LoRAFormatError, describeValue } from '../errors.js';
+import { strictJsonProblem } from './safetensors.js';
 
 /**
  * One `rank_pattern` / `alpha_pattern` entry, compiled. PEFT (utils/other.py, get_pattern_key) takes the
@@ -72,6 +73,8 @@ export function readPeftConfig(configIn: unknown): { config: PeftConfig; raw: Re
     } catch (e) {
       throw new LoRAFormatError(`${where}: not valid JSON (${(e as Error).message})`);
     }
+    const problem = strictJsonProblem(configIn as string); // e.g. "lora_alpha" twice: JSON.parse keeps the last silently
+    if (problem) throw new LoRAFormatError(`${where}: ${problem}`);
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new LoRAFormatError(`${where}: must be a JSON object, got ${describeValue(raw)}`);
   const c = raw as Record<string, unknown>;

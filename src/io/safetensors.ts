@@ -348,7 +348,8 @@ export class SafetensorsReader {
     if (8 + n > source.size) throw fail(file, `the header length is ${n} bytes but the file has only ${source.size - 8} after the length`);
     let text: string;
     try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(await source.read(8, n));
+      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }) // a BOM stays in the text and is refused, as the reference refuses it
+      .decode(await source.read(8, n));
     } catch {
       throw fail(file, 'the header is not valid UTF-8');
     }
@@ -479,4 +480,19 @@ export function as2d(shape: readonly number[]): [number, number] {
   if (shape.length === 0) return [1, 1];
   if (shape.length === 1) return [1, shape[0]!];
   return [shape[0]!, numelOf(shape.slice(1))];
+}
+
+/**
+ * Why `text` is not strict JSON (a key repeated in one object, trailing garbage, a lone surrogate…),
+ * or undefined when it is: for JSON files other than headers, such as adapter_config.json, where
+ * JSON.parse would keep the last of two keys silently.
+ */
+export function strictJsonProblem(text: string): string | undefined {
+  try {
+    parseJson(text);
+    return undefined;
+  } catch (e) {
+    if (e instanceof JsonRefusal) return e.message.replace(/^the header is not valid JSON: /, '').replace(/ in the header$/, '');
+    throw e;
+  }
 }

@@ -338,14 +338,19 @@ export type OptionValues<S> = { [K in keyof S]?: S[K] extends OptionField<infer 
  * know (with a defined value) → LoRATypeError listing the keys it knows; every known key through
  * its field. Absent and undefined keys stay undefined: defaults belong to the caller.
  */
+/** Throws LoRATypeError naming the known keys if `o` has a defined value under any other key (a typo is never ignored). */
+export function rejectUnknownKeys(fn: string, o: object, known: readonly string[], what = 'option'): void {
+  for (const k of Object.keys(o)) {
+    if ((o as Record<string, unknown>)[k] !== undefined && !known.includes(k)) {
+      throw new LoRATypeError(`${fn}: unknown ${what} '${k}'; the ${what}s are ${known.join(', ')}`);
+    }
+  }
+}
+
 export function readOptions<S extends Record<string, OptionField<unknown>>>(fn: string, opts: unknown, schema: S, example: string): OptionValues<S> {
   const o = optionsObject<Record<string, unknown>>(fn, opts, example) as Record<string, unknown>;
   const known = Object.keys(schema);
-  for (const k of Object.keys(o)) {
-    if (o[k] !== undefined && !Object.hasOwn(schema, k)) {
-      throw new LoRATypeError(`${fn}: unknown option '${k}'; the options are ${known.join(', ')}`);
-    }
-  }
+  rejectUnknownKeys(fn, o, known);
   const out: Record<string, unknown> = {};
   for (const k of known) if (o[k] !== undefined) out[k] = schema[k]!.read(fn, `options.${k}`, o[k]);
   return out as OptionValues<S>;

@@ -26,6 +26,9 @@ const suites: [string, () => Promise<unknown>][] = [
   ['peft.test.ts', () => import('../peft.test.js')],
   ['threads.test.ts', () => import('../threads.test.js')],
   ['adapters.test.ts', () => import('../adapters.test.js')],
+  ['adapter-set.test.ts', () => import('../adapter-set.test.js')],
+  ['plan.test.ts', () => import('../plan.test.js')],
+  ['tensors.test.ts', () => import('../tensors.test.js')],
 ];
 
 window.addEventListener('error', (e) => console.error(`LORA_PAGE_ERROR ${e.message}`));
