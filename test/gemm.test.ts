@@ -68,6 +68,31 @@ test('batch 1 with every alpha/beta case matches float64 (the matrix-vector path
   }
 });
 
+test('batch 1 matches float64 on ragged K around the 16- and 4-float steps, 1×1 and 1×4097 (the matrix-vector path)', async () => {
+  const lw = await lwUnderTest();
+  const r = rng(17);
+  const ks = [1, 2, 3, 4, 5, 15, 16, 17, 19, 31, 32, 33, 47, 63, 64, 65, 4095, 4096, 4097];
+  for (const [i, k] of ks.entries()) {
+    for (const m of [1, 3, 9]) {
+      const [alpha, beta] = ([[1, 0], [0.5, 1], [-2, 0.25]] as const)[(i + m) % 3]!;
+      const x = randomF32(r, k), y = randomF32(r, m * k), c0 = randomF32(r, m);
+      using X = lw.matrix(1, k, x);
+      using Y = lw.matrix(m, k, y);
+      using C = lw.matrix(1, m, c0);
+      lw.gemm(C, X, Y, { transY: true, alpha, beta });
+      check(C.data, reference(x, y, c0, 1, m, k, false, true, alpha, beta), k, `gemv 1×${m}×${k} α=${alpha} β=${beta}`);
+    }
+  }
+  // more rows than one thread's share, each longer than 4096
+  const k = 4097, m = 37;
+  const x = randomF32(r, k), y = randomF32(r, m * k);
+  using X = lw.matrix(1, k, x);
+  using Y = lw.matrix(m, k, y);
+  using C = lw.matrix(1, m);
+  lw.gemm(C, X, Y, { transY: true });
+  check(C.data, reference(x, y, new Float32Array(m), 1, m, k, false, true, 1, 0), k, 'gemv 1×37×4097');
+});
+
 test('matmul allocates its result, and plain operands work', async () => {
   const lw = await lwUnderTest();
   const r = rng(4);
