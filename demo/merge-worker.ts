@@ -41,11 +41,19 @@ self.onmessage = async (e: MessageEvent<MergePageRequest>) => {
     const t0 = performance.now();
     const adapter = await readAdapter(msg.files);
     const reader = await SafetensorsReader.open(blobSource(msg.base));
-    const parts: Uint8Array[] = [];
+    const parts: (Uint8Array | Blob)[] = [];
     try {
       const report = await lw.mergeAdapterFiles({
         base: reader, adapter, dtype: msg.dtype,
-        sink: () => ({ write: async (bytes) => void parts.push(bytes) }),
+        // untouched ranges are slices of the input File (no copy); merged tensors are new bytes
+        sink: () => ({
+          write: async (bytes) => void parts.push(bytes),
+          writeRange: async (source, offset, length) => {
+            if (!source.blob) return false;
+            parts.push(source.blob.slice(offset, offset + length));
+            return true;
+          },
+        }),
         onProgress: (p) => post({ type: 'progress', ...p }),
       });
       post({ type: 'done', blob: new Blob(parts as BlobPart[], { type: 'application/octet-stream' }), merged: report.merged, replaced: report.replaced, seconds: (performance.now() - t0) / 1000, peakWasmBytes: report.peakWasmBytes });

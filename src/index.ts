@@ -31,7 +31,7 @@ export type { ExtractOptions, ModuleReport, TruncateOptions, TruncateResult } fr
 export { AdapterSet } from './adapters/adapter-set.js';
 export type { AdapterFactors, AdapterSetOptions, ServedAdapter } from './adapters/adapter-set.js';
 export type { MergeAdapterOptions, MergeAdapterReport } from './adapters/apply-resident.js';
-export type { MergeFilesOptions, MergeFilesReport } from './adapters/apply-files.js';
+export type { FileSink, MergeFilesOptions, MergeFilesReport } from './adapters/apply-files.js';
 export type { SaveAdapterOptions } from './adapters/save.js';
 export type { EmptyTensor, TensorSet } from './io/tensors.js';
 export { SafetensorsReader, encodeSafetensors, planSafetensors } from './io/safetensors.js';

@@ -24,19 +24,25 @@ export async function fileSource(path: string): Promise<ByteSource> {
   const fs = await fsp();
   const handle = await fs.open(path, 'r');
   const { size } = await handle.stat();
+  const readInto = async (offset: number, target: Uint8Array): Promise<void> => {
+    const length = target.length;
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await handle.read(target, done, length - done, offset + done);
+      if (bytesRead === 0) throw new LoRAFormatError(`${path}: the file ended at byte ${offset + done} while reading ${length} bytes at ${offset}`);
+      done += bytesRead;
+    }
+  };
   return {
     name: path,
+    path,
     size,
     async read(offset, length) {
       const buf = new Uint8Array(length);
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) throw new LoRAFormatError(`${path}: the file ended at byte ${offset + done} while reading ${length} bytes at ${offset}`);
-        done += bytesRead;
-      }
+      await readInto(offset, buf);
       return buf;
     },
+    readInto,
     close: () => handle.close(),
   };
 }
@@ -46,6 +52,14 @@ export interface AtomicFile {
   /** The hidden file the bytes go to until commit(). */
   readonly tempPath: string;
   write(bytes: Uint8Array): Promise<void>;
+  /**
+   * Makes the (still empty) file a copy of `source`'s file in the kernel: fs.copyFile with
+   * COPYFILE_FICLONE, a reflink where the file system has them (btrfs, XFS), else a copy that never
+   * passes through JavaScript. False (nothing done) when the source is not a file.
+   */
+  copyOf(source: ByteSource): Promise<boolean>;
+  /** Writes `bytes` at `offset` (after copyOf: replaces that range of the copy). */
+  writeAt(offset: number, bytes: Uint8Array): Promise<void>;
   /**
    * fsync, close, and put into place: renamed over `path` with force; without force hard-linked to
    * `path` (which fails if a file appeared there meanwhile: then the temp is removed and nothing replaced).
@@ -144,12 +158,29 @@ export async function atomicFile(path: string, force = false): Promise<AtomicFil
     await fs.rm(tmp, { force: true });
     openTemps.delete(tmp);
   };
+  let written = false;
   return {
     path,
     tempPath: tmp,
     async write(bytes) {
+      written = true;
       let done = 0;
       while (done < bytes.byteLength) done += (await handle.write(bytes, done, bytes.byteLength - done)).bytesWritten;
+    },
+    async copyOf(source) {
+      if (!source.path || written) return false;
+      written = true;
+      await handle.close();
+      open = false;
+      await fs.copyFile(source.path, tmp, (syncFs!.constants.COPYFILE_FICLONE as number));
+      handle = await fs.open(tmp, 'r+');
+      open = true;
+      return true;
+    },
+    async writeAt(offset, bytes) {
+      written = true;
+      let done = 0;
+      while (done < bytes.byteLength) done += (await handle.write(bytes, done, bytes.byteLength - done, offset + done)).bytesWritten;
     },
     async commit() {
       try {

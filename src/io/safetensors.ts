@@ -25,7 +25,7 @@
  */
 import { LoRAFormatError } from '../errors.js';
 import type { DType } from '../memory/matrix.js';
-import type { ByteSource } from './source.js';
+import { type ByteSource, readInto } from './source.js';
 
 /** A record with no prototype: `r["constructor"]` is only ever an own entry. */
 const nullRecord = <V>(entries: Record<string, V>): Record<string, V> => Object.assign(Object.create(null) as Record<string, V>, entries);
@@ -366,6 +366,21 @@ export class SafetensorsReader {
     const info = this.#byName.get(name);
     if (!info) throw fail(this.file, `there is no tensor ${quoteName(String(name))}`);
     return { info, bytes: await this.#source.read(this.dataStart + info.begin, info.end - info.begin) };
+  }
+
+  /** The tensor's bytes read straight into `target` (a view of wasm memory, say), `end − begin` of them. */
+  async readInto(info: TensorInfo, target: Uint8Array): Promise<void> {
+    await readInto(this.#source, this.dataStart + info.begin, target.subarray(0, info.end - info.begin));
+  }
+
+  /** The file's first dataStart bytes: the length and the header, as stored. */
+  headerBytes(): Promise<Uint8Array> {
+    return this.#source.read(0, this.dataStart);
+  }
+
+  /** The source the file is read from (for writers that copy or reference it without reading it). */
+  get source(): ByteSource {
+    return this.#source;
   }
 
   /** Closes the source (a Node file handle). */

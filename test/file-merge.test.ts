@@ -1,0 +1,134 @@
+// The file executor's paths (src/adapters/apply-files.ts): in place (a kernel copy of the input, then
+// the changed tensors written at their offsets), streamed through the wasm-memory ring, and streamed
+// with untouched ranges referenced (a browser Blob sink). Every path writes the same bytes.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { type Adapter, type FileSink, type LoRAWasm, SafetensorsReader, atomicFile, bytesSource, encodeSafetensors, fileSource } from '../src/index.js';
+import { lwUnderTest, randomF32, rng } from './helpers.js';
+
+const PEFT = 'base_model.model.';
+const bytesOf = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+const t = (name: string, shape: number[], data: Float32Array) => ({ name, dtype: 'F32', shape, data: bytesOf(data) });
+
+/** A base of 5 tensors (one untouched, one zero-size, a bias) and an adapter on two of them with lora_bias and a replacement. */
+async function fixture(lw: LoRAWasm) {
+  const g = rng(21);
+  const base = [
+    t('l.q.weight', [24, 20], randomF32(g, 480)), t('l.q.bias', [24], randomF32(g, 24)), t('l.k.weight', [24, 20], randomF32(g, 480)),
+    t('l.untouched', [7, 9], randomF32(g, 63)), t('l.empty', [0, 3], new Float32Array(0)), t('head.weight', [2, 20], randomF32(g, 40)),
+  ];
+  const ad = (m: string) => [t(`${PEFT}${m}.lora_A.weight`, [3, 20], randomF32(g, 60)), t(`${PEFT}${m}.lora_B.weight`, [24, 3], randomF32(g, 72))];
+  const adapter = await lw.loadAdapter({
+    weights: encodeSafetensors([...ad('l.q'), ...ad('l.k'), t(`${PEFT}l.q.lora_B.bias`, [24], randomF32(g, 24)), t(`${PEFT}head.weight`, [2, 20], randomF32(g, 40))]),
+    config: { peft_type: 'LORA', r: 3, lora_alpha: 6, lora_bias: true, modules_to_save: ['head'] },
+  });
+  return { bytes: encodeSafetensors(base, { format: 'pt' }), adapter };
+}
+
+/** Merges through `sink` and returns the report and the written bytes. */
+async function mergeWith(lw: LoRAWasm, source: Parameters<typeof SafetensorsReader.open>[0], adapter: Adapter, sink: () => FileSink, opts: object = {}) {
+  const reader = await SafetensorsReader.open(source);
+  try {
+    return await lw.mergeAdapterFiles({ base: reader, adapter, sink, ...opts });
+  } finally {
+    await reader.close();
+  }
+}
+
+const concat = (parts: Uint8Array[]) => {
+  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
+  let o = 0;
+  for (const p of parts) out.set(p, (o += p.length) - p.length);
+  return out;
+};
+
+test('in place: a canonical file is copied in the kernel and only changed tensors are written; the bytes equal the streamed path', async () => {
+  const lw = await lwUnderTest();
+  const { bytes, adapter } = await fixture(lw);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lora-wasm-file-merge-'));
+  try {
+    const input = path.join(dir, 'base.safetensors');
+    writeFileSync(input, bytes);
+    // streamed: a sink that can only append
+    const parts: Uint8Array[] = [];
+    const streamed = await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (b) => void parts.push(b) }));
+    assert.is(streamed.inPlaceFiles, 0);
+    // in place: an atomic file (copyOf, writeAt), recording what it is asked to write
+    const out = await atomicFile(path.join(dir, 'out.safetensors'));
+    const writes: [number, number][] = [];
+    const sink: FileSink = { write: (b) => out.write(b), copyOf: (s) => out.copyOf(s), writeAt: (o, b) => (writes.push([o, b.length]), out.writeAt(o, b)) };
+    const placed = await mergeWith(lw, await fileSource(input), adapter, () => sink);
+    await out.commit();
+    assert.is(placed.inPlaceFiles, 1, 'the in-place path ran');
+    assert.equal([placed.merged, placed.replaced], [streamed.merged, streamed.replaced]);
+    assert.ok(Buffer.from(readFileSync(out.path)).equals(Buffer.from(concat(parts))), 'byte-identical to the streamed output');
+    const reader = await SafetensorsReader.open(bytesSource(bytes));
+    const at = (n: string) => [reader.dataStart + reader.get(n)!.begin, reader.get(n)!.end - reader.get(n)!.begin];
+    assert.equal(writes.sort((a, b) => a[0] - b[0]), ['l.q.weight', 'l.q.bias', 'l.k.weight', 'head.weight'].map(at).sort((a, b) => a[0]! - b[0]!), 'only the changed tensors, at their offsets');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    adapter.dispose();
+  }
+});
+
+test('a file whose header is not the reference writer\'s is streamed (the output is canonical, as before), and so is a dtype change', async () => {
+  const lw = await lwUnderTest();
+  const { bytes, adapter } = await fixture(lw);
+  const reader = await SafetensorsReader.open(bytesSource(bytes));
+  // the same tensors and data, with the header's keys in another order and padded with more spaces
+  const entries = reader.tensors.map((x) => [x.name, { dtype: x.dtype, shape: x.shape, data_offsets: [x.begin, x.end] }] as const).reverse();
+  let header = JSON.stringify({ __metadata__: { format: 'pt' }, ...Object.fromEntries(entries) });
+  header += ' '.repeat(8 - (header.length % 8) + 8);
+  const odd = concat([new Uint8Array(new BigUint64Array([BigInt(header.length)]).buffer), new TextEncoder().encode(header), bytes.subarray(reader.dataStart)]);
+  const copies: string[] = [];
+  // a positioned sink (like a Node file) that cannot copy: the streamed path writes it front to back
+  const run = async (src: Uint8Array, label: string, opts: object = {}) => {
+    const out = new Uint8Array(src.length * 2);
+    let end = 0;
+    const report = await mergeWith(lw, bytesSource(src), adapter, () => ({
+      write: async () => assert.unreachable('a positioned sink is written with writeAt'),
+      copyOf: async () => (copies.push(label), false),
+      writeAt: async (o, b) => {
+        assert.is(o, end, 'front to back');
+        out.set(b, o);
+        end = o + b.length;
+      },
+    }), opts);
+    return { report, out: out.slice(0, end) };
+  };
+  const a = await run(odd, 'odd');
+  const b = await run(bytes, 'canonical');
+  assert.equal(copies, ['canonical'], 'a copy is asked for only when the layouts agree');
+  assert.is(a.report.inPlaceFiles + b.report.inPlaceFiles, 0);
+  assert.ok(Buffer.from(a.out).equals(Buffer.from(b.out)), 'the same canonical output from either input');
+  const f16 = await run(bytes, 'f16', { dtype: 'f16' });
+  assert.is(f16.report.inPlaceFiles, 0);
+  assert.is((await SafetensorsReader.open(bytesSource(f16.out))).get('l.untouched')!.dtype, 'F16');
+  adapter.dispose();
+});
+
+test('a sink that references the input (a browser Blob) gets ranges for untouched tensors and bytes only for changed ones', async () => {
+  const lw = await lwUnderTest();
+  const { bytes, adapter } = await fixture(lw);
+  const written: string[] = [];
+  const parts: Uint8Array[] = [];
+  const source = bytesSource(bytes);
+  await mergeWith(lw, source, adapter, () => ({
+    write: async (b) => void parts.push(b),
+    writeRange: async (s, offset, length) => {
+      written.push(`range ${length}`);
+      parts.push(await s.read(offset, length));
+      return true;
+    },
+  }));
+  const plain: Uint8Array[] = [];
+  await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (b) => void plain.push(b) }));
+  assert.ok(Buffer.from(concat(parts)).equals(Buffer.from(concat(plain))), 'the same bytes');
+  assert.equal(written, ['range 252'], 'l.untouched (7×9 f32) referenced, not read; the zero-size tensor needs nothing');
+  adapter.dispose();
+});
+
+test.run();
