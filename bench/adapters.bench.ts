@@ -70,8 +70,8 @@ async function extract(ctx: Ctx, lw: LoRAWasm): Promise<void> {
       lw.gemm(Sk, Wb, Om, { transX: true });
     }
   };
-  const p = pairedRatio(passes, () => lw.extractAdapter(Wt, Wb, { rank: k }).adapter.dispose(), ctx.quick ? 5 : 15);
-  (ctx.paired ??= []).push({ group: 'adapters: extract', shape: '4096×4096, k=16', pairs: ctx.quick ? 5 : 15, ...p });
+  const p = pairedRatio(passes, () => lw.extractAdapter(Wt, Wb, { rank: k }).adapter.dispose(), ctx.quick ? 3 : 15);
+  (ctx.paired ??= []).push({ group: 'adapters: extract', shape: '4096×4096, k=16', pairs: ctx.quick ? 3 : 15, ...p });
   for (const x of [Wb, Wt, U, V, X, Y, Om, Sk]) x.dispose();
 }
 
@@ -152,13 +152,13 @@ async function serve(ctx: Ctx, lw: LoRAWasm): Promise<void> {
     { name: `base GEMM alone, X·Wᵀ (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'slow', fn: () => () => lw.gemm(Y, X, W, { transY: true }) },
     { name: `adapterSet.forward (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'slow', fn: () => () => set.forward(X, rowAdapter, Y) },
     { name: `(a) loop over the adapters one by one (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'slow', fn: () => loop },
-    { name: `(b) merge per request (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'glacial', fn: () => perRequest },
+    ...(ctx.quick ? [] : [{ name: `(b) merge per request (${lw.build})`, by: 'lora-wasm', build: lw.build, speed: 'glacial', fn: () => perRequest } as Case]),
   ];
   const shape = `batch ${batch}, ${groups.size} of ${count} adapters r=${r}, 4096×4096`;
   await suite(ctx, 'adapters: serve', shape, 2 * batch * D * D, 0, cases);
   // the target's ratio, paired and interleaved (medians taken seconds apart swing on this machine)
-  const p = pairedRatio(() => lw.gemm(Y, X, W, { transY: true }), () => set.forward(X, rowAdapter, Y), ctx.quick ? 10 : 30);
-  (ctx.paired ??= []).push({ group: 'adapters: serve', shape, pairs: ctx.quick ? 10 : 30, ...p });
+  const p = pairedRatio(() => lw.gemm(Y, X, W, { transY: true }), () => set.forward(X, rowAdapter, Y), ctx.quick ? 5 : 30);
+  (ctx.paired ??= []).push({ group: 'adapters: serve', shape, pairs: ctx.quick ? 5 : 30, ...p });
   set.dispose();
   for (const m of [W, X, Y, wMerged, yRow, xRow, ...adapters.flatMap((a) => [a.A, a.B])]) m.dispose();
 }

@@ -1,116 +1,208 @@
 /**
- * The CLI end to end: `lora-wasm merge` of a rank-16 PEFT adapter over every linear layer of a
- * generated 1 GiB f16 base (8 layers × q/k/v/o [4096, 4096]; LORA_BENCH_CLI_LAYERS scales it), against copying the same file
- * (read + write in the same tensor-sized chunks, through the page cache like the merge) in the same
- * run. Target: the merge runs at ≥ 70 % of the copy's speed. Peak memory (max RSS of the merge
- * process, from /usr/bin/time where it exists) shows the streaming: near the largest tensor, not the
- * model. Every run's output is checked: merged tensors sampled against float64, the rest byte-equal.
+ * The CLI end to end, as users run it (`node bin/lora-wasm.mjs merge --base … --adapter … --out …`),
+ * against `cp` and `cp && sync <file>` of the same base in the same run (the merge fsyncs its output
+ * before it renames it into place, so `cp && sync` is the like-for-like floor; plain `cp` leaves its
+ * writes in the page cache). Cases, each on a generated F16 base in the OS temp folder (deleted after):
+ *   - 1 GiB: 32 tensors [4096, 4096] (8 layers × q_proj, v_proj, up_proj, down_proj), with a rank-16
+ *     adapter on every tensor and with one on the attention tensors only (q_proj, v_proj: half);
+ *   - 604 MB GPT-NeoX-shaped (Pythia-410m's 24 layers: query_key_value [3072, 1024], dense [1024, 1024],
+ *     dense_h_to_4h [4096, 1024], dense_4h_to_h [1024, 4096], plus f16 biases and layer norms), with a
+ *     rank-1 adapter on the 24 query_key_value tensors; reported in MB/s.
+ * Timed runs are interleaved (cp, cp && sync, merge; repeated) and medians kept. Peak memory is the
+ * merge process's max RSS (/usr/bin/time -f %M; without it, VmHWM polled from /proc/<pid>/status).
+ * Every merge's output is checked: adapted tensors sampled against float64 (rounded once to f16),
+ * untouched tensors byte-equal. --quick runs the GPT-NeoX case once, without a warm-up run.
  * LORA_BENCH_CLI_KEEP=1 keeps the generated files (their folder is printed) for profiling.
  */
-import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SafetensorsReader, fileSource, planSafetensors } from '../src/index.js';
+import { SafetensorsReader, encodeSafetensors, fileSource, planSafetensors } from '../src/index.js';
 import { halfUlp, rankElement } from '../test/reference.js';
 import type { Ctx } from './common.js';
 import { random } from './common.js';
 
-const D = 4096;
-const R = 16;
-/** 8 layers = 1 GiB; LORA_BENCH_CLI_LAYERS=32 makes the 4 GiB base the README quotes for peak memory. */
-const LAYERS = Number(process.env.LORA_BENCH_CLI_LAYERS ?? 8);
-const MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
+interface Tensor { name: string; shape: [number, number] | [number] }
+interface Scenario {
+  id: string;
+  label: string;
+  tensors: Tensor[];
+  /** Adapted modules (tensor name without `.weight`), and the PEFT config's target_modules. */
+  targets: string[];
+  targetModules: string[];
+  r: number;
+  alpha: number;
+}
 
 const median = (xs: number[]): number => xs.slice().sort((a, b) => a - b)[xs.length >> 1]!;
+const mb = (bytes: number, ms: number): string => `${(bytes / 1e6 / (ms / 1e3)).toFixed(0)} MB/s`;
+
+function square(): Tensor[] {
+  const out: Tensor[] = [];
+  for (let l = 0; l < 8; l++) {
+    for (const m of ['self_attn.q_proj', 'self_attn.v_proj', 'mlp.up_proj', 'mlp.down_proj']) out.push({ name: `model.layers.${l}.${m}.weight`, shape: [4096, 4096] });
+  }
+  return out;
+}
+
+function neox(): Tensor[] {
+  const h = 1024, out: Tensor[] = [];
+  for (let l = 0; l < 24; l++) {
+    const p = `gpt_neox.layers.${l}`;
+    out.push(
+      { name: `${p}.attention.query_key_value.weight`, shape: [3 * h, h] }, { name: `${p}.attention.query_key_value.bias`, shape: [3 * h] },
+      { name: `${p}.attention.dense.weight`, shape: [h, h] }, { name: `${p}.attention.dense.bias`, shape: [h] },
+      { name: `${p}.mlp.dense_h_to_4h.weight`, shape: [4 * h, h] }, { name: `${p}.mlp.dense_h_to_4h.bias`, shape: [4 * h] },
+      { name: `${p}.mlp.dense_4h_to_h.weight`, shape: [h, 4 * h] }, { name: `${p}.mlp.dense_4h_to_h.bias`, shape: [h] },
+    );
+    for (const n of ['input_layernorm', 'post_attention_layernorm']) out.push({ name: `${p}.${n}.weight`, shape: [h] }, { name: `${p}.${n}.bias`, shape: [h] });
+  }
+  return out;
+}
+
+const modulesOf = (tensors: Tensor[], suffixes: string[]) =>
+  tensors.filter((t) => t.shape.length === 2 && suffixes.some((s) => t.name.endsWith(`${s}.weight`))).map((t) => t.name.slice(0, -'.weight'.length));
+
+function scenarios(quick: boolean): Scenario[] {
+  const sq = square(), nx = neox();
+  const all: Scenario[] = [
+    { id: 'all', label: '1 GiB f16, 32 × [4096, 4096], r=16 on all 32', tensors: sq, targets: modulesOf(sq, ['q_proj', 'v_proj', 'up_proj', 'down_proj']), targetModules: ['q_proj', 'v_proj', 'up_proj', 'down_proj'], r: 16, alpha: 32 },
+    { id: 'attn', label: '1 GiB f16, 32 × [4096, 4096], r=16 on q_proj, v_proj (16)', tensors: sq, targets: modulesOf(sq, ['q_proj', 'v_proj']), targetModules: ['q_proj', 'v_proj'], r: 16, alpha: 32 },
+    { id: 'neox', label: '604 MB f16 GPT-NeoX (24 layers), r=1 on query_key_value (24)', tensors: nx, targets: modulesOf(nx, ['query_key_value']), targetModules: ['query_key_value'], r: 1, alpha: 2 },
+  ];
+  return quick ? all.filter((s) => s.id === 'neox') : all;
+}
+
+/** The base file: every tensor from one random f16 pattern, its first element set to its index so that tensors differ. */
+function writeBase(file: string, tensors: Tensor[], pattern: Uint16Array): number {
+  const plan = planSafetensors(tensors.map((t) => ({ name: t.name, dtype: 'F16', shape: t.shape })));
+  const fd = openSync(file, 'w');
+  writeSync(fd, plan.header);
+  plan.order.forEach((t, i) => {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    const data = pattern.slice(0, n);
+    data[0] = i;
+    writeSync(fd, new Uint8Array(data.buffer));
+  });
+  closeSync(fd);
+  return statSync(file).size;
+}
+
+/** Runs argv, returning its wall time and its peak RSS in KiB (from /usr/bin/time, else VmHWM polled). */
+async function timed(argv: string[]): Promise<{ ms: number; rssKb: number }> {
+  const hasTime = existsSync('/usr/bin/time');
+  const cmd = hasTime ? ['/usr/bin/time', '-f', 'MAXRSS %M', ...argv] : argv;
+  const t = performance.now();
+  const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  let hwm = 0;
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const poll = hasTime ? undefined : setInterval(() => {
+    try {
+      const m = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+      if (m) hwm = Math.max(hwm, Number(m[1]));
+    } catch { /* exited */ }
+  }, 20);
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const ms = performance.now() - t;
+  if (poll) clearInterval(poll);
+  if (code !== 0) throw new Error(`${argv.slice(0, 3).join(' ')} … failed (exit ${code}): ${stderr.trim()}`);
+  const rss = /MAXRSS (\d+)/.exec(stderr);
+  return { ms, rssKb: rss ? Number(rss[1]) : hwm };
+}
+
+async function runScenario(ctx: Ctx, dir: string, sc: Scenario, pattern: Uint16Array): Promise<void> {
+  const lw = ctx.builds.at(-1)!;
+  const basePath = path.join(dir, `${sc.id}.safetensors`);
+  const size = writeBase(basePath, sc.tensors, pattern);
+  const shapes = new Map(sc.tensors.map((t) => [t.name, t.shape]));
+  // adapter: PEFT keys and layout, F32 as PEFT saves it
+  const tensors: { name: string; dtype: string; shape: number[]; data: Uint8Array }[] = [];
+  const factors = new Map<string, { a: Float32Array; b: Float32Array }>();
+  sc.targets.forEach((n, i) => {
+    const [dOut, dIn] = shapes.get(`${n}.weight`) as [number, number];
+    const la = random(sc.r * dIn, 100 + i, 0.02), lb = random(dOut * sc.r, 200 + i, 0.02);
+    factors.set(n, { a: la, b: lb });
+    tensors.push({ name: `base_model.model.${n}.lora_A.weight`, dtype: 'F32', shape: [sc.r, dIn], data: new Uint8Array(la.buffer) });
+    tensors.push({ name: `base_model.model.${n}.lora_B.weight`, dtype: 'F32', shape: [dOut, sc.r], data: new Uint8Array(lb.buffer) });
+  });
+  const adapterDir = path.join(dir, `${sc.id}-adapter`);
+  mkdirSync(adapterDir);
+  writeFileSync(path.join(adapterDir, 'adapter_model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
+  writeFileSync(path.join(adapterDir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: sc.r, lora_alpha: sc.alpha, target_modules: sc.targetModules, base_model_name_or_path: 'generated' }));
+
+  const out = path.join(dir, `${sc.id}-out.safetensors`);
+  const cli = path.resolve('bin/lora-wasm.mjs');
+  const runs = {
+    cp: () => timed(['cp', basePath, out]),
+    cpSync: () => timed(['sh', '-c', 'cp "$0" "$1" && sync "$1"', basePath, out]),
+    merge: () => timed([process.execPath, '--experimental-wasm-relaxed-simd', cli, 'merge', '--base', basePath, '--adapter', adapterDir, '--out', out, '--quiet']),
+  };
+  const times: Record<keyof typeof runs, number[]> = { cp: [], cpSync: [], merge: [] };
+  let rssKb = 0;
+  rmSync(out, { force: true });
+  if (!ctx.quick) await runs.merge(); // warm the page cache (base, adapter, the CLI's code)
+  for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
+    for (const k of ['cp', 'cpSync', 'merge'] as const) {
+      rmSync(out, { force: true });
+      spawnSync('sync', [dir]); // each timed run starts with nothing of the others left to flush
+      const r = await runs[k]();
+      times[k].push(r.ms);
+      if (k === 'merge') rssKb = Math.max(rssKb, r.rssKb);
+    }
+  }
+  // the last run was a merge: check its output
+  const reader = await SafetensorsReader.open(await fileSource(out));
+  const base = await SafetensorsReader.open(await fileSource(basePath));
+  const adapted = new Set(sc.targets);
+  const untouched = sc.tensors.filter((t) => !adapted.has(t.name.slice(0, -'.weight'.length)));
+  for (const t of [...untouched.slice(0, 2), ...untouched.slice(-1)]) {
+    const [x, y] = [(await reader.read(t.name)).bytes, (await base.read(t.name)).bytes];
+    if (x.length !== y.length || x.some((v, i) => v !== y[i])) throw new Error(`cli merge (${sc.id}): ${t.name} is not adapted but changed; refusing to report its speed`);
+  }
+  for (const n of [sc.targets[0]!, sc.targets.at(-1)!]) {
+    const [dOut, dIn] = shapes.get(`${n}.weight`) as [number, number];
+    const half = async (rd: SafetensorsReader) => lw.matrix(dOut, dIn, new Uint16Array((await rd.read(`${n}.weight`)).bytes.slice().buffer), { dtype: 'f16' });
+    const [gotM, w0M] = [await half(reader), await half(base)];
+    const [got, w0] = [gotM.toFloat32(), w0M.toFloat32()];
+    gotM.dispose();
+    w0M.dispose();
+    const { a, b } = factors.get(n)!;
+    const want = rankElement(w0, b, a, dOut, sc.r, dIn, sc.alpha / sc.r);
+    for (const [i, j] of [[0, 0], [1, dIn - 1], [dOut >> 1, 77], [dOut - 1, dIn - 1]] as const) {
+      const e = want(i, j);
+      if (!(Math.abs(got[i * dIn + j]! - e.value) <= halfUlp(e.value, 'f16') * 1.0001 + 40 * 2 ** -24 * e.mag)) {
+        throw new Error(`cli merge (${sc.id}): ${n}.weight[${i}, ${j}] is ${got[i * dIn + j]} but float64 gives ${e.value}; refusing to report its speed`);
+      }
+    }
+  }
+  await reader.close();
+  await base.close();
+
+  const [cp, cpSync, merge] = [median(times.cp), median(times.cpSync), median(times.merge)];
+  const flops = sc.targets.reduce((s, n) => {
+    const [dOut, dIn] = shapes.get(`${n}.weight`) as [number, number];
+    return s + 2 * sc.r * dOut * dIn;
+  }, 0);
+  const row = { group: 'cli merge', shape: sc.label, flops: 0, bytes: 2 * size };
+  ctx.rows.push({ ...row, name: 'cp && sync <file> (fsync\'d, as the merge)', by: 'copy', ms: cpSync });
+  ctx.rows.push({ ...row, name: 'cp (left in the page cache)', by: 'cp', ms: cp });
+  ctx.rows.push({ ...row, name: 'lora-wasm merge (CLI)', by: 'lora-wasm', build: lw.build, ms: merge, flops });
+  ctx.notes.push(`cli merge, ${sc.label}: ${(merge / 1e3).toFixed(2)} s = ${(merge / cpSync).toFixed(2)}× cp && sync (${(cpSync / 1e3).toFixed(2)} s), ${(merge / cp).toFixed(2)}× cp (${(cp / 1e3).toFixed(2)} s); `
+    + `${mb(size, merge)} of ${(size / 1e6).toFixed(0)} MB (cp && sync ${mb(size, cpSync)}, cp ${mb(size, cp)}); `
+    + `peak RSS of the merge process ${(rssKb / 1024).toFixed(0)} MiB; ${ctx.quick ? 'one run of each' : `medians of ${times.merge.length} interleaved runs after a warm-up`}`);
+  if (!process.env.LORA_BENCH_CLI_KEEP) for (const f of [basePath, out, adapterDir]) rmSync(f, { recursive: true, force: true });
+}
 
 export async function benchCli(ctx: Ctx): Promise<void> {
   const lw = ctx.builds.at(-1)!;
   const dir = mkdtempSync(path.join(os.tmpdir(), 'lora-wasm-cli-bench-'));
   try {
-    // base: 32 f16 tensors of 32 MiB, each from one random pattern shifted per tensor
-    const pattern = lw.matrix(D, D, random(D * D, 51, 0.05), { dtype: 'f16' });
-    const bits = pattern.toArray();
-    pattern.dispose();
-    const names = Array.from({ length: LAYERS }, (_, l) => MODULES.map((m) => `model.layers.${l}.self_attn.${m}`)).flat();
-    const plan = planSafetensors(names.map((n) => ({ name: `${n}.weight`, dtype: 'F16', shape: [D, D] })));
-    const basePath = path.join(dir, 'model.safetensors');
-    const fd = openSync(basePath, 'w');
-    writeSync(fd, plan.header);
-    plan.order.forEach((_, i) => {
-      const t = bits.slice();
-      t[0] = i; // every tensor differs
-      writeSync(fd, new Uint8Array(t.buffer));
-    });
-    closeSync(fd);
-    const size = statSync(basePath).size;
-    // adapter: rank 16 over every module, alpha 32, F32 as PEFT saves it
-    const tensors: { name: string; dtype: string; shape: number[]; data: Uint8Array }[] = [];
-    const factors = new Map<string, { a: Float32Array; b: Float32Array }>();
-    names.forEach((n, i) => {
-      const la = random(R * D, 100 + i, 0.02), lb = random(D * R, 200 + i, 0.02);
-      factors.set(n, { a: la, b: lb });
-      tensors.push({ name: `base_model.model.${n}.lora_A.weight`, dtype: 'F32', shape: [R, D], data: new Uint8Array(la.buffer) });
-      tensors.push({ name: `base_model.model.${n}.lora_B.weight`, dtype: 'F32', shape: [D, R], data: new Uint8Array(lb.buffer) });
-    });
-    mkdirSync(path.join(dir, 'adapter'));
-    const { encodeSafetensors } = await import('../src/index.js');
-    writeFileSync(path.join(dir, 'adapter/adapter_model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
-    writeFileSync(path.join(dir, 'adapter/adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: R, lora_alpha: 32, target_modules: MODULES, base_model_name_or_path: 'generated' }));
-
-    const copy = (): number => {
-      const t = performance.now();
-      const src = openSync(basePath, 'r');
-      const dst = openSync(path.join(dir, 'copy.safetensors'), 'w');
-      const buf = Buffer.allocUnsafe(D * D * 2);
-      let n: number;
-      while ((n = readSync(src, buf, 0, buf.length, null)) > 0) writeSync(dst, buf, 0, n);
-      closeSync(src);
-      closeSync(dst);
-      return performance.now() - t;
-    };
-    const cli = path.resolve('bin/lora-wasm.mjs');
-    const hasTime = existsSync('/usr/bin/time');
-    let maxRssKb = 0;
-    const merge = (): number => {
-      const out = path.join(dir, 'merged.safetensors');
-      const t = performance.now();
-      const args = [process.execPath, '--experimental-wasm-relaxed-simd', cli, 'merge', '--base', basePath, '--adapter', path.join(dir, 'adapter'), '--out', out, '--force', '--quiet'];
-      const r = hasTime ? spawnSync('/usr/bin/time', ['-f', 'MAXRSS %M', ...args], { encoding: 'utf8' }) : spawnSync(args[0]!, args.slice(1), { encoding: 'utf8' });
-      const ms = performance.now() - t;
-      if (r.status !== 0) throw new Error(`lora-wasm merge failed: ${r.stderr}`);
-      const rss = r.stderr.match(/MAXRSS (\d+)/);
-      if (rss) maxRssKb = Math.max(maxRssKb, Number(rss[1]));
-      return ms;
-    };
-    const copies: number[] = [], merges: number[] = [];
-    copy();
-    merge(); // warm the page cache and the code
-    for (let i = 0; i < (ctx.quick ? 2 : 4); i++) {
-      copies.push(copy());
-      merges.push(merge());
-    }
-    // check the output: two merged tensors sampled against float64, rounded once to f16
-    const reader = await SafetensorsReader.open(await fileSource(path.join(dir, 'merged.safetensors')));
-    const base = await SafetensorsReader.open(await fileSource(basePath));
-    for (const n of [names[0]!, names.at(-1)!]) {
-      const got = lw.matrix(D, D, new Uint16Array((await reader.read(`${n}.weight`)).bytes.slice().buffer), { dtype: 'f16' }).toFloat32();
-      const w0 = lw.matrix(D, D, new Uint16Array((await base.read(`${n}.weight`)).bytes.slice().buffer), { dtype: 'f16' }).toFloat32();
-      const { a, b } = factors.get(n)!;
-      const want = rankElement(w0, b, a, D, R, D, 32 / R);
-      for (const [i, j] of [[0, 0], [1, 4095], [2048, 77], [4095, 4095]] as const) {
-        const e = want(i, j);
-        if (!(Math.abs(got[i * D + j]! - e.value) <= halfUlp(e.value, 'f16') * 1.0001 + 40 * 2 ** -24 * e.mag)) {
-          throw new Error(`cli merge: ${n}.weight[${i}, ${j}] is ${got[i * D + j]} but float64 gives ${e.value}; refusing to report its speed`);
-        }
-      }
-    }
-    await reader.close();
-    await base.close();
-    const c = median(copies), m = median(merges);
-    ctx.rows.push({ group: 'cli merge', shape: `${(size / 2 ** 30).toFixed(2)} GiB f16, ${names.length} modules, r=16`, name: 'copy of the file (read + write)', by: 'copy', ms: c, flops: 0, bytes: 2 * size });
-    ctx.rows.push({ group: 'cli merge', shape: `${(size / 2 ** 30).toFixed(2)} GiB f16, ${names.length} modules, r=16`, name: 'lora-wasm merge (CLI, relaxed)', by: 'lora-wasm', build: 'relaxed', ms: m, flops: 2 * R * D * D * names.length, bytes: 2 * size });
-    ctx.notes.push(`cli merge: ${(c / m * 100).toFixed(0)} % of the copy's speed (${(m / 1000).toFixed(2)} s vs ${(c / 1000).toFixed(2)} s for ${(size / 2 ** 30).toFixed(2)} GiB)${maxRssKb ? `; peak RSS of the merge process ${(maxRssKb / 1024).toFixed(0)} MiB (the largest tensor is 32 MiB)` : ''}`);
+    const m = lw.matrix(4096, 4096, random(4096 * 4096, 51, 0.05), { dtype: 'f16' });
+    const pattern = m.toArray();
+    m.dispose();
+    for (const sc of scenarios(ctx.quick)) await runScenario(ctx, dir, sc, pattern);
   } finally {
     // LORA_BENCH_CLI_KEEP=1 keeps the generated base and adapter, to profile the CLI on them
     if (process.env.LORA_BENCH_CLI_KEEP) console.log(`kept ${dir}`);

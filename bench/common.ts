@@ -13,8 +13,8 @@ export interface Row {
   /** Shape label, e.g. '4096×4096 r=8'. */
   shape: string;
   name: string;
-  /** Who ran it: 'lora-wasm' or a peer. */
-  by: 'lora-wasm' | 'copy' | 'plain JS' | 'ml-matrix' | 'tfjs-wasm' | 'numpy';
+  /** Who ran it: 'lora-wasm' or a peer ('copy' and 'cp' are floors: tables give time over theirs). */
+  by: 'lora-wasm' | 'copy' | 'cp' | 'plain JS' | 'ml-matrix' | 'tfjs-wasm' | 'numpy' | 'onnxruntime-web' | 'onnxruntime-node';
   build?: 'baseline' | 'relaxed';
   /** Threads it ran on (threads tables only). */
   threads?: number;

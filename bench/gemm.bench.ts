@@ -1,5 +1,5 @@
 /**
- * GEMM 256×4096×4096 (Y = X·Wᵀ) with W stored [out, in] (nn.Linear) and stored transposed [in, out],
+ * GEMM 256×4096×4096 (64×4096×4096 with --quick) (Y = X·Wᵀ) with W stored [out, in] (nn.Linear) and stored transposed [in, out],
  * against tfjs-backend-wasm's matMul with and without transposeB; plus the 4×8 micro-kernel's
  * in-cache throughput (a 64×256×256 product whose panels stay in L1/L2), the ceiling the rank-r
  * kernel is measured against.
@@ -10,7 +10,7 @@ import { linearElement } from '../test/reference.js';
 import { type Case, type Ctx, random, suite, verify } from './common.js';
 
 export async function benchGemm(ctx: Ctx): Promise<void> {
-  const n = 256, k = 4096, m = 4096;
+  const n = ctx.quick ? 64 : 256, k = 4096, m = 4096; // --quick: 64 rows (tfjs's transposeB path is a scalar loop, ~5 s a call at 256)
   const x = random(n * k, 11), w = random(m * k, 12);
   const wt = new Float32Array(k * m);
   for (let j = 0; j < m; j++) for (let q = 0; q < k; q++) wt[q * m + j] = w[j * k + q]!;
@@ -36,7 +36,7 @@ export async function benchGemm(ctx: Ctx): Promise<void> {
   }
   cases.push({ name: 'tfjs-wasm matMul(X, Wt)', by: 'tfjs-wasm', speed: 'slow', fn: () => () => tfRun(false).dispose() });
   cases.push({ name: 'tfjs-wasm matMul(X, W, false, true)', by: 'tfjs-wasm', speed: 'glacial', fn: () => () => tfRun(true).dispose() });
-  await suite(ctx, 'gemm', '256×4096×4096', 2 * n * m * k, 4 * n * m, cases);
+  await suite(ctx, 'gemm', `${n}×4096×4096`, 2 * n * m * k, 4 * n * m, cases);
   for (const t of [tX, tW, tWt]) t.dispose();
   for (const h of held) h.dispose();
 

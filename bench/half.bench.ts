@@ -4,7 +4,7 @@
  *   the f32 merge at the same r (issue 9's target: a half merge costs ≤ 1.15× it),
  *   the copy of the half W (Uint16Array.set: half the bytes of the f32 copy),
  *   tfjs-backend-wasm, which has no f16/bf16 dtype: a JS user decodes W (the f16 polyfill), runs
- *   add(W, mul(s, matMul(A, B))), and encodes back,
+ *   add(W, mul(s, matMul(A, B))), and encodes back (on 1024×1024: see tfjsPeer),
  *   numpy's (W.astype(f32) + s·A@B).astype(f16) (no bf16 in numpy).
  * Every case is checked against float64 rounded once before it is timed. Also measured: how many
  * weights come back bit-exact after merge → unmerge in half precision (it rounds twice).
@@ -20,12 +20,12 @@ const D = 4096;
 const R = 16;
 const S = 0.5;
 
-/** Sampled check of a half (or f32) result against the float64 reference rounded once. */
-function verifyRounded(name: string, got: ArrayLike<number>, dtype: DType, want: (i: number, j: number) => { value: number; mag: number }): void {
-  for (const i of [0, 1, 5, D >> 1, D - 1]) {
-    for (let j = 0; j < D; j += j < 16 ? 1 : 97) {
+/** Sampled check of a half (or f32) result ([d, d]) against the float64 reference rounded once. */
+function verifyRounded(name: string, got: ArrayLike<number>, dtype: DType, want: (i: number, j: number) => { value: number; mag: number }, d = D): void {
+  for (const i of [0, 1, 5, d >> 1, d - 1]) {
+    for (let j = 0; j < d; j += j < 16 ? 1 : 97) {
       const { value, mag } = want(i, j);
-      const g = got[i * D + j]!;
+      const g = got[i * d + j]!;
       if (!(Math.abs(g - value) <= halfUlp(value, dtype) * 1.0001 + (R + 6) * U * mag * 2)) {
         throw new Error(`${name}: wrong result at [${i}, ${j}]: ${g} vs ${value}; refusing to time a wrong kernel`);
       }
@@ -43,6 +43,45 @@ const f16Decode = (h: Uint16Array): Float32Array => {
   const dv = new DataView(h.buffer, h.byteOffset, h.byteLength);
   return Float32Array.from({ length: h.length }, (_, i) => getFloat16(dv, 2 * i, true));
 };
+
+/**
+ * tfjs-backend-wasm has no half dtype, so a JS user decodes W in JS (the f16 polyfill), merges in f32
+ * and encodes back. That conversion dominates (about 43 s per call at 4096×4096 here), so this peer
+ * runs on 1024×1024 r=16, in its own table beside lora-wasm's f16 merge of the same W.
+ */
+async function tfjsPeer(ctx: Ctx): Promise<void> {
+  const d = 1024;
+  const w = random(d * d, 94, 0.05), a = random(d * R, 95, 0.02), b = random(R * d, 96, 0.05);
+  const w16 = f16Encode(w);
+  const want = rankElement(f16Decode(w16), a, b, d, R, d, S);
+  const cases: Case[] = [];
+  const held: Matrix<DType>[] = [];
+  for (const lw of ctx.builds) {
+    const W = lw.matrix(d, d, w, { dtype: 'f16' }), A = lw.matrix(d, R, a), B = lw.matrix(R, d, b);
+    held.push(W, A, B);
+    lw.merge(W, A, B, { scale: S });
+    verifyRounded(`merge f16 ${lw.build} ${d}`, W.toFloat32(), 'f16', want, d);
+    lw.unmerge(W, A, B, { scale: S });
+    let sign = 1;
+    cases.push({ name: `merge, W f16 (${lw.build})`, by: 'lora-wasm', build: lw.build, fn: () => () => {
+      lw.merge(W, A, B, { scale: sign * S });
+      sign = -sign;
+    } });
+  }
+  const tA = tf.tensor2d(a, [d, R]), tB = tf.tensor2d(b, [R, d]);
+  const tfMerge = (): Uint16Array => {
+    const merged = tf.tidy(() => tf.add(tf.tensor2d(f16Decode(w16), [d, d]), tf.mul(S, tf.matMul(tA, tB))));
+    const out = f16Encode(merged.dataSync() as Float32Array);
+    merged.dispose();
+    return out;
+  };
+  verifyRounded('tfjs cast → add → cast', f16Decode(tfMerge()), 'f16', want, d);
+  cases.push({ name: 'tfjs-wasm: decode f16 in JS, add(W, mul(s, matMul(A, B))), encode', by: 'tfjs-wasm', speed: 'glacial', fn: () => () => tfMerge() });
+  await suite(ctx, 'half merge vs tfjs', `${d}×${d} r=16`, 2 * R * d * d, 4 * d * d, cases);
+  tA.dispose();
+  tB.dispose();
+  for (const m of held) m.dispose();
+}
 
 export async function benchHalf(ctx: Ctx): Promise<void> {
   const w = random(D * D, 91, 0.05), a = random(D * R, 92, 0.02), b = random(R * D, 93, 0.05);
@@ -83,27 +122,14 @@ export async function benchHalf(ctx: Ctx): Promise<void> {
       } });
     }
   }
-  // tfjs-backend-wasm: no half dtype, so decode in JS, merge in f32, encode in JS.
-  const w16 = f16Encode(w);
-  const tA = tf.tensor2d(a, [D, R]), tB = tf.tensor2d(b, [R, D]);
-  const tfMerge = (): Uint16Array => {
-    const merged = tf.tidy(() => tf.add(tf.tensor2d(f16Decode(w16), [D, D]), tf.mul(S, tf.matMul(tA, tB))));
-    const out = f16Encode(merged.dataSync() as Float32Array);
-    merged.dispose();
-    return out;
-  };
-  verifyRounded('tfjs cast → add → cast', f16Decode(tfMerge()), 'f16', rankElement(f16Decode(w16), a, b, D, R, D, S));
-  cases.push({ name: 'tfjs-wasm: decode f16 in JS, add(W, mul(s, matMul(A, B))), encode', by: 'tfjs-wasm', speed: 'glacial', fn: () => () => tfMerge() });
-
   await suite(ctx, 'half merge', `4096×4096 r=16`, 2 * R * D * D, 4 * D * D, cases); // GB/s: a half W read and written once
-  tA.dispose();
-  tB.dispose();
   for (const m of held) m.dispose();
+  await tfjsPeer(ctx);
 
   const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: '1' };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
-  const run = spawnSync('python3', ['bench/peers/numpy_half_merge.py'], { input: JSON.stringify({ d_out: D, d_in: D, r: R, reps: ctx.quick ? 5 : 11, seed: 3 }), encoding: 'utf8', env, timeout: 600_000 });
+  const run = spawnSync('python3', ['bench/peers/numpy_half_merge.py'], { input: JSON.stringify({ d_out: D, d_in: D, r: R, reps: ctx.quick ? 3 : 11, seed: 3 }), encoding: 'utf8', env, timeout: 600_000 });
   if (run.error || run.status !== 0) {
     ctx.notes.push(`numpy half peer skipped: python3 with numpy is not available here (${run.error?.message ?? run.stderr.trim().split('\n').at(-1)})`);
     return;

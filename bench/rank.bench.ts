@@ -25,7 +25,9 @@ export const MERGE_SHAPES: Shape[] = [
   { label: '4096×4096 r=64', dOut: 4096, dIn: 4096, r: 64 },
   { label: '4096×11008 r=16 (7B MLP)', dOut: 4096, dIn: 11008, r: 16 },
 ];
-const QUICK = new Set(['768×768 r=8 (BERT-base attention)', '4096×4096 r=8 (7B attention)', '4096×4096 r=64']);
+/** --quick: one small and one 7B-sized shape; the JS peers (seconds per call at 4096²) on the small one only, no delta table. */
+const QUICK = new Set(['768×768 r=8 (BERT-base attention)', '4096×4096 r=8 (7B attention)']);
+const QUICK_JS_MACS = 768 * 768 * 8;
 
 /** float64 W0 + s·A·B at (i, j), with the magnitude the f32 error scales with. */
 const mergeRef = (w: Float32Array | undefined, a: Float32Array, bm: Float32Array, sh: Shape, s: number) => rankElement(w, a, bm, sh.dOut, sh.r, sh.dIn, s);
@@ -80,7 +82,7 @@ async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
   }
 
   // Plain JS, as the seed's W + s·A·B reads, on typed arrays.
-  if (!ctx.quick || macs <= 4096 * 4096 * 8) {
+  if (!ctx.quick || macs <= QUICK_JS_MACS) {
     const plain = new Float32Array(w0);
     const run = (sign: number) => {
       for (let i = 0; i < dOut; i++) {
@@ -104,7 +106,7 @@ async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
   }
 
   // ml-matrix: W.add(A.mmul(B).mul(s)), in place like a merge.
-  if (!ctx.quick || macs <= 4096 * 4096 * 8) {
+  if (!ctx.quick || macs <= QUICK_JS_MACS) {
     const mW = new MlMatrix(dOut, dIn);
     for (let i = 0; i < dOut; i++) mW.setRow(i, Array.from(w0.subarray(i * dIn, (i + 1) * dIn)));
     const mA = new MlMatrix(dOut, r), mB = new MlMatrix(r, dIn);
@@ -135,14 +137,14 @@ async function benchShape(ctx: Ctx, sh: Shape): Promise<void> {
   delta.push({ name: 'tfjs-wasm mul(s, matMul(A, B))', by: 'tfjs-wasm', speed: 'slow', fn: () => () => tfDelta().dispose() });
 
   await suite(ctx, 'merge', sh.label, flops, 8 * dOut * dIn, merge);
-  await suite(ctx, 'delta', sh.label, flops, 4 * dOut * dIn, delta);
+  if (!ctx.quick) await suite(ctx, 'delta', sh.label, flops, 4 * dOut * dIn, delta);
   for (const t of [tW, tA, tB]) t.dispose();
   for (const m of held) m.dispose();
 }
 
 /** The seed's numpy merge, timed inside Python with single-threaded OpenBLAS on its native kernel. */
 function benchNumpy(ctx: Ctx, shapes: Shape[]): void {
-  const job = { cases: shapes.map((sh, i) => ({ label: sh.label, d_out: sh.dOut, d_in: sh.dIn, r: sh.r, reps: ctx.quick ? 5 : 11, seed: i })) };
+  const job = { cases: shapes.map((sh, i) => ({ label: sh.label, d_out: sh.dOut, d_in: sh.dIn, r: sh.r, reps: ctx.quick ? 3 : 11, seed: i })) };
   const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: '1' };
   // OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE pin old kernels on this workplace; unset them for this peer only.
   delete env.OPENBLAS_CORETYPE;
@@ -166,7 +168,7 @@ function benchNumpy(ctx: Ctx, shapes: Shape[]): void {
  * the same GFLOP/s, the merge is compute-bound, not memory-bound.
  */
 async function benchInCache(ctx: Ctx): Promise<void> {
-  for (const r of [8, 64]) {
+  for (const r of ctx.quick ? [8] : [8, 64]) {
     const rows = 64, cols = 1024;
     const w = random(rows * cols, 41, 0.05), a = random(rows * r, 42, 0.02), bm = random(r * cols, 43, 0.05);
     const cases: Case[] = [];

@@ -56,9 +56,12 @@ function recordPaired(ctx: Ctx, group: string, shape: string, one: () => unknown
   return p;
 }
 
-async function instances(): Promise<LoRAWasm[]> {
+/** --quick: 1 and 2 threads (this machine's cores), the merge at r = 8 and the GEMM only, fewer pairs, no threshold sweep. */
+const threadCounts = (ctx: Ctx): number[] => (ctx.quick ? THREAD_COUNTS.slice(0, 2) : THREAD_COUNTS);
+
+async function instances(ctx: Ctx): Promise<LoRAWasm[]> {
   const build = detectFeatures().relaxed ? 'relaxed' : 'baseline';
-  return Promise.all(THREAD_COUNTS.map((threads) => init({ build, threads })));
+  return Promise.all(threadCounts(ctx).map((threads) => init({ build, threads })));
 }
 
 async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Promise<void> {
@@ -94,9 +97,9 @@ async function mergeShape(ctx: Ctx, lws: LoRAWasm[], d: number, r: number): Prom
   t.dispose();
   cases.push({ name: 'tfjs-wasm add(W, mul(s, matMul(A, B))), 1 thread', by: 'tfjs-wasm', threads: 1, speed: 'slow', fn: () => () => tfMerge().dispose() });
   await suite(ctx, 'threads: merge', `${d}×${d} r=${r}`, 2 * r * d * d, 8 * d * d, cases);
-  recordPaired(ctx, 'threads: merge', `${d}×${d} r=${r}`, calls[0]!, calls[1]!, ctx.quick ? 20 : 60);
+  recordPaired(ctx, 'threads: merge', `${d}×${d} r=${r}`, calls[0]!, calls[1]!, ctx.quick ? 10 : 60);
   // the copy of W against the 2-thread merge, paired the same way (ratio = copy time / merge time)
-  recordPaired(ctx, 'threads: merge vs copy', `${d}×${d} r=${r}`, () => copyDst.set(w0), calls[1]!, ctx.quick ? 20 : 60);
+  recordPaired(ctx, 'threads: merge vs copy', `${d}×${d} r=${r}`, () => copyDst.set(w0), calls[1]!, ctx.quick ? 10 : 60);
   for (const x of [tW, tA, tB]) x.dispose();
   for (const m of held) m.dispose();
 }
@@ -128,7 +131,7 @@ async function gemmShape(ctx: Ctx, lws: LoRAWasm[], n: number, d: number): Promi
   t.dispose();
   cases.push({ name: 'tfjs-wasm matMul(X, Wt), 1 thread', by: 'tfjs-wasm', threads: 1, speed: 'slow', fn: () => () => tfg().dispose() });
   await suite(ctx, 'threads: gemm', `${n}×${d}×${d}`, 2 * n * d * d, 4 * n * d, cases);
-  recordPaired(ctx, 'threads: gemm', `${n}×${d}×${d}`, calls[0]!, calls[1]!, ctx.quick ? 5 : 15);
+  recordPaired(ctx, 'threads: gemm', `${n}×${d}×${d}`, calls[0]!, calls[1]!, ctx.quick ? 3 : 15);
   for (const v of [tX, tWtc]) v.dispose();
   for (const m of held) m.dispose();
 }
@@ -181,7 +184,7 @@ async function overhead(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
   }
   const runs = lws[1]!.workerPool?.runs ?? 0;
   await suite(ctx, 'threads: per-call overhead', `${d}×${d} r=${r}`, 2 * r * d * d, 8 * d * d, cases);
-  recordPaired(ctx, 'threads: per-call overhead', `${d}×${d} r=${r}`, cases[0]!.fn(), cases[1]!.fn(), 2001);
+  recordPaired(ctx, 'threads: per-call overhead', `${d}×${d} r=${r}`, cases[0]!.fn(), cases[1]!.fn(), ctx.quick ? 501 : 2001);
   if ((lws[1]!.workerPool?.runs ?? 0) !== runs) throw new Error('the small merge used the pool: the threshold is not what this bench assumes');
   for (const m of held) m.dispose();
 }
@@ -246,7 +249,7 @@ function numpyPeers(ctx: Ctx): void {
       { kind: 'merge', d_out: 4096, d_in: 4096, r: 8, group: 'threads: merge', shape: '4096×4096 r=8' },
       { kind: 'merge', d_out: 4096, d_in: 4096, r: 16, group: 'threads: merge', shape: '4096×4096 r=16' },
       { kind: 'gemm', n: 256, m: 4096, k: 4096, group: 'threads: gemm', shape: '256×4096×4096' },
-    ].map((c, i) => ({ ...c, reps: ctx.quick ? 5 : 11, seed: i })),
+    ].filter((c) => !ctx.quick || c.shape !== '4096×4096 r=16').map((c, i) => ({ ...c, reps: ctx.quick ? 3 : 11, seed: i })),
   };
   type Res = { numpy: string; cases: { group: string; shape: string; kind: string; median_s: number; row0_rel_err: number; r?: number; n?: number }[] };
   const runs: { threads: number; res: Res }[] = [];
@@ -275,16 +278,16 @@ function numpyPeers(ctx: Ctx): void {
 }
 
 export async function benchThreads(ctx: Ctx): Promise<void> {
-  const lws = await instances();
-  if (lws.some((lw, i) => lw.threads !== THREAD_COUNTS[i])) throw new Error(`asked for ${THREAD_COUNTS} threads, got ${lws.map((lw) => lw.threads)}`);
+  const lws = await instances(ctx);
+  if (lws.some((lw, i) => lw.threads !== threadCounts(ctx)[i])) throw new Error(`asked for ${threadCounts(ctx)} threads, got ${lws.map((lw) => lw.threads)}`);
   ctx.notes.push(`threads tables: ${lws[0]!.build} build; this machine has ${(await import('node:os')).availableParallelism()} cores, so 3 and 4 threads oversubscribe them`);
   ctx.notes.push('tfjs-backend-wasm runs single-threaded in Node (WASM_HAS_MULTITHREAD_SUPPORT is off), so 1 thread is its best here');
   await mergeShape(ctx, lws, 4096, 8);
-  await mergeShape(ctx, lws, 4096, 16);
+  if (!ctx.quick) await mergeShape(ctx, lws, 4096, 16);
   await gemmShape(ctx, lws, 256, 4096);
-  await trainingStep(ctx, lws);
+  if (!ctx.quick) await trainingStep(ctx, lws);
   await overhead(ctx, lws);
-  await threshold(ctx, lws);
+  if (!ctx.quick) await threshold(ctx, lws);
   numpyPeers(ctx);
   for (const lw of lws) lw.dispose();
 }
