@@ -22,7 +22,7 @@
 // see: https://github.com/google/XNNPACK/tree/master/src/f32-gemm (4x8-wasmsimd-splat)
 // Unrolling the k loop by 2 measured ~30 % slower in V8, so it stays simple.
 
-import { itemBytes, load1, load4, nonFiniteAs, store1, store8 } from './convert';
+import { decodeHi, decodeLo, itemBytes, load1, nonFiniteAs, store1, store8 } from './convert';
 import { madd } from './simd';
 
 /** Epilogues: what a finished tile does with `out`. Twin: Epilogue in src/kernel/kernels.ts. */
@@ -144,7 +144,7 @@ export function tile4x8<S, O>(
 
 /**
  * The epilogue of a tile whose src or out is half precision (S or O is u16). Full tiles move rows
- * of 8 through load4/store8 (convert.ts); edge tiles go element by element with the same arithmetic.
+ * of 8 through decodeLo/decodeHi/store8 (convert.ts, one 16-byte load or store per half row); edge tiles go element by element with the same arithmetic.
  */
 // @ts-ignore: decorator
 @inline
@@ -156,16 +156,16 @@ function typedEpilogue<S, O>(
   if (mr == 4 && nr == 8) {
     if (mode == EPILOGUE_CHECK) {
       const m = v128.or(
-        v128.or(rowCheck(src, ss, c00, c01, srcDt, outDt), rowCheck(src + lds, ss, c10, c11, srcDt, outDt)),
-        v128.or(rowCheck(src + 2 * lds, ss, c20, c21, srcDt, outDt), rowCheck(src + 3 * lds, ss, c30, c31, srcDt, outDt)),
+        v128.or(rowCheck<S>(src, c00, c01, srcDt, outDt), rowCheck<S>(src + lds, c10, c11, srcDt, outDt)),
+        v128.or(rowCheck<S>(src + 2 * lds, c20, c21, srcDt, outDt), rowCheck<S>(src + 3 * lds, c30, c31, srcDt, outDt)),
       );
       return v128.any_true(m) ? 1 : 0;
     }
     const add = mode == EPILOGUE_ADD;
-    rowStore(out, src, ss, c00, c01, add, srcDt, outDt);
-    rowStore(out + ld, src + lds, ss, c10, c11, add, srcDt, outDt);
-    rowStore(out + 2 * ld, src + 2 * lds, ss, c20, c21, add, srcDt, outDt);
-    rowStore(out + 3 * ld, src + 3 * lds, ss, c30, c31, add, srcDt, outDt);
+    rowStore<S>(out, src, c00, c01, add, srcDt, outDt);
+    rowStore<S>(out + ld, src + lds, c10, c11, add, srcDt, outDt);
+    rowStore<S>(out + 2 * ld, src + 2 * lds, c20, c21, add, srcDt, outDt);
+    rowStore<S>(out + 3 * ld, src + 3 * lds, c30, c31, add, srcDt, outDt);
     return 0;
   }
   v128.store(tmp, c00, 0); v128.store(tmp, c01, 16);
@@ -189,13 +189,33 @@ function typedEpilogue<S, O>(
   return 0;
 }
 
+/** Elements 0–3 of a row of 8 at src as f32x4 (a half row is one 16-byte load, decoded in halves). */
+// @ts-ignore: decorator
+@inline
+function srcLo<S>(src: usize, srcDt: i32): v128 {
+  return sizeof<S>() == 4 ? v128.load(src) : decodeLo(v128.load(src), srcDt);
+}
+
+/** Elements 4–7 (the same 16 bytes for a half row: the engine loads them once). */
+// @ts-ignore: decorator
+@inline
+function srcHi<S>(src: usize, srcDt: i32): v128 {
+  return sizeof<S>() == 4 ? v128.load(src, 16) : decodeHi(v128.load(src), srcDt);
+}
+
 /** One row of 8: out = [src +] acc, decoded and encoded per dtype. */
 // @ts-ignore: decorator
 @inline
-function rowStore(out: usize, src: usize, ss: usize, c0: v128, c1: v128, add: bool, srcDt: i32, outDt: i32): void {
+function rowStore<S>(out: usize, src: usize, c0: v128, c1: v128, add: bool, srcDt: i32, outDt: i32): void {
   if (add) {
-    c0 = f32x4.add(load4(src, srcDt), c0);
-    c1 = f32x4.add(load4(src + 4 * ss, srcDt), c1);
+    if (sizeof<S>() == 4) {
+      c0 = f32x4.add(v128.load(src), c0);
+      c1 = f32x4.add(v128.load(src, 16), c1);
+    } else {
+      const h = v128.load(src);
+      c0 = f32x4.add(decodeLo(h, srcDt), c0);
+      c1 = f32x4.add(decodeHi(h, srcDt), c1);
+    }
   }
   store8(out, c0, c1, outDt);
 }
@@ -203,6 +223,6 @@ function rowStore(out: usize, src: usize, ss: usize, c0: v128, c1: v128, add: bo
 /** Lanes of src + acc that would be NaN/±Inf once stored as outDt. */
 // @ts-ignore: decorator
 @inline
-function rowCheck(src: usize, ss: usize, c0: v128, c1: v128, srcDt: i32, outDt: i32): v128 {
-  return v128.or(nonFiniteAs(f32x4.add(load4(src, srcDt), c0), outDt), nonFiniteAs(f32x4.add(load4(src + 4 * ss, srcDt), c1), outDt));
+function rowCheck<S>(src: usize, c0: v128, c1: v128, srcDt: i32, outDt: i32): v128 {
+  return v128.or(nonFiniteAs(f32x4.add(srcLo<S>(src, srcDt), c0), outDt), nonFiniteAs(f32x4.add(srcHi<S>(src, srcDt), c1), outDt));
 }

@@ -3,7 +3,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAShapeError, LoRATypeError } from '../src/index.js';
-import { assertThrowsTyped, lwUnderTest } from './helpers.js';
+import { assertThrowsTyped, lwUnderTest, rng } from './helpers.js';
 import { bf16Bits, f16Bits, f16Value, f32Bits, f32FromBits } from './reference.js';
 
 const allPatterns = Uint16Array.from({ length: 65536 }, (_, i) => i);
@@ -94,6 +94,65 @@ test('f32 → bf16 rounds to nearest, ties to even, on halfway cases across all 
     }
     const want = bf16Bits(x);
     if (got[i] !== want) assert.unreachable(`bf16(${x}) = 0x${got[i]!.toString(16)} but round-to-nearest-even gives 0x${want.toString(16)}`);
+  }
+});
+
+test('every half decodes to exactly the f32 bits it stands for, NaN payloads (signalling ones too) and signs kept', async () => {
+  const lw = await lwUnderTest();
+  for (const dtype of ['f16', 'bf16'] as const) {
+    using H = lw.matrix(256, 256, allPatterns, { dtype });
+    using F = lw.matrix(256, 256);
+    lw.convert(F, H);
+    const u = new Uint32Array(F.toArray().buffer);
+    for (let h = 0; h < 65536; h++) {
+      // f16: sign, then Inf/NaN exponent 255 with the 10 payload bits on top of f32's 23; else the value's own bits
+      const e = (h >> 10) & 31;
+      const want = dtype === 'bf16' ? (h << 16) >>> 0
+        : e === 31 ? (((h & 0x8000) << 16) | 0x7f800000 | ((h & 0x3ff) << 13)) >>> 0 : f32Bits(f16Value(h));
+      if (u[h] !== want) assert.unreachable(`${dtype} 0x${h.toString(16)} decodes to 0x${u[h]!.toString(16)}, not 0x${want.toString(16)}`);
+    }
+  }
+});
+
+/** f32 bit patterns that reach every rounding path: random patterns, every exponent with random mantissas, f32 subnormals. */
+function encodeCases(): Float32Array {
+  const r = rng(1717);
+  const bits: number[] = [];
+  for (let i = 0; i < 400_000; i++) bits.push(Math.floor(r() * 2 ** 32));
+  for (let e = 0; e < 256; e++) {
+    for (let i = 0; i < 512; i++) bits.push(((i & 1) << 31 | e << 23 | Math.floor(r() * 2 ** 23)) >>> 0);
+    // the low 13 (f16) and 16 (bf16) bits at exactly half, and one below or above
+    for (const low of [0x1000, 0x0fff, 0x1001, 0x8000, 0x7fff, 0x8001]) for (const odd of [0, 0x2000, 0x10000]) bits.push((e << 23 | odd | low) >>> 0);
+  }
+  const f = new Float32Array(bits.length);
+  new Uint32Array(f.buffer).set(bits);
+  return f;
+}
+/** The expected half bits: the oracles for numbers, and for NaN the rule kept since half precision landed. */
+const wantF16 = (x: number, u: number): number => (Number.isNaN(x) ? ((u >>> 16) & 0x8000) | 0x7e00 : f16Bits(x));
+const wantBf16 = (x: number, u: number): number => (Number.isNaN(x) ? (u >>> 16) | 0x40 : bf16Bits(x));
+
+test('f32 → f16 and → bf16 are bit-exact on 530,000 patterns (random, every exponent, halfway ± 1, subnormals), eight-wide and one at a time', async () => {
+  const lw = await lwUnderTest();
+  const values = encodeCases();
+  const u = new Uint32Array(values.buffer);
+  for (const [dtype, want] of [['f16', wantF16], ['bf16', wantBf16]] as const) {
+    const got = await encode(values, dtype);
+    for (let i = 0; i < values.length; i++) {
+      const w = want(values[i]!, u[i]!);
+      if (got[i] !== w) assert.unreachable(`${dtype}(0x${u[i]!.toString(16)} = ${values[i]}) = 0x${got[i]!.toString(16)}, want 0x${w.toString(16)}`);
+    }
+    // lengths below 8 run the one-at-a-time tail (store1)
+    using F = lw.matrix(1, 7);
+    using H = lw.matrix(1, 7, undefined, { dtype });
+    for (let i = 0; i + 7 <= 70_000; i += 7 * 37) {
+      F.data.set(values.subarray(i, i + 7));
+      lw.convert(H, F);
+      for (let j = 0; j < 7; j++) {
+        const w = want(values[i + j]!, u[i + j]!);
+        if (H.data[j] !== w) assert.unreachable(`tail ${dtype}(0x${u[i + j]!.toString(16)}) = 0x${H.data[j]!.toString(16)}, want 0x${w.toString(16)}`);
+      }
+    }
   }
 });
 
