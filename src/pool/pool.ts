@@ -2,9 +2,13 @@
  * The worker pool: threads that run kernel calls on the shared wasm memory.
  *
  * Only the kernel layer uses it. A run is a list of jobs `[kernel, ...args]`
- * (the kernel layer's KernelCall tuples, typed from the wasm interface in src/kernel/kernels.ts):
- * the first runs on the calling thread, the others are posted to idle workers
- * through the control block (control.ts), and the caller waits for them:
+ * (the kernel layer's KernelCall tuples, typed from the wasm interface in src/kernel/kernels.ts),
+ * published in the control block (control.ts). Each job is claimed by one thread
+ * (compare-and-swap): the caller takes the first, each woken worker its own, and
+ * every thread that is free takes whatever is still open, so a worker that wakes
+ * late (after an idle spell the OS may take milliseconds to run it) costs at most
+ * the job it took, never a whole share: a run is never much slower than on one
+ * thread. Then the caller waits for the jobs still running:
  *   - Node's main thread and workers block in Atomics.wait (in 10 ms slices,
  *     checking between slices that every busy worker is still alive);
  *   - a browser's main thread may not block, so it spins on Atomics.load after
@@ -20,8 +24,8 @@
 import { LoRAEnvironmentError, LoRAError } from '../errors.js';
 
 import {
-  ARGS_BYTE, DONE, FN, KILL, LAYOUT, MAX_ARGS, MESSAGE_BYTE, MSG_LEN, NARGS, PENDING, READY, RESULT_BYTE, SEQ, SLOT_BYTES, STATUS, STOP_FN,
-  HEADER_BYTES, slotF64, slotWord,
+  ARGS_BYTE, CALLER, COUNT, DONE_STATE, FN, KILL, LAYOUT, MAX_ARGS, MAX_JOBS, MSG_LEN, NARGS, PENDING, PREFER, READY, RESULT_BYTE, RUN, SEQ, STEAL,
+  STATE, STATUS, STOP, TAKER, controlBytes, jobF64, jobWord, messageByte, slotWord, takerOf, taken,
 } from './control.js';
 import { type Thread, startThread } from './thread.js';
 import { WORKER_SOURCE } from './worker-source.js';
@@ -33,8 +37,15 @@ import { WORKER_SOURCE } from './worker-source.js';
  */
 export type Job = readonly [name: string, ...args: number[]];
 
-/** Iterations a worker polls for the next job before it sleeps in Atomics.wait (a few µs: back-to-back calls skip the wake-up). */
-const WORKER_SPIN = 20000;
+/**
+ * How long (by the clock) a worker polls for its next job after a run or a wake-up before it sleeps
+ * in Atomics.wait, and how long the caller polls for the jobs still running before it sleeps.
+ * Short on purpose: on a busy machine (bench/threads-idle.ts, 2 cores under load 4–7) every
+ * millisecond spent polling is taken from the threads doing the work, and 2 ms of polling made
+ * 2 threads slower than 1; a late worker costs little now that jobs are claimed.
+ */
+export const WORKER_SPIN_MS = 0.1;
+export const CALLER_SPIN_MS = 0.1;
 /** How long the caller sleeps between checks that its busy workers are alive. */
 const WAIT_SLICE_MS = 10;
 
@@ -44,8 +55,6 @@ interface Slot {
   state: 'starting' | 'ready' | 'dead' | 'stopped';
   /** Why the last respawn failed, for status() (and so lw.threadsNote). */
   failure?: string;
-  /** SEQ of the job posted last. */
-  seq: number;
 }
 
 export interface PoolStatus {
@@ -69,18 +78,23 @@ export class WorkerPool {
   readonly #canBlock: boolean;
   #running = false;
   #disposed = false;
+  /** The current run's number (RUN): the STATE of its open jobs. */
+  #run = 0;
+  /** @internal test hook: false makes job i + 1 wait for worker i (nothing is stolen), so a test can aim at one worker. */
+  stealing = true;
   /** Runs that used at least one worker (for tests and benchmarks). */
   runs = 0;
 
   private constructor(workers: number, module: WebAssembly.Module, memory: WebAssembly.Memory, names: readonly string[]) {
-    this.#control = new SharedArrayBuffer(HEADER_BYTES + workers * SLOT_BYTES);
+    this.#control = new SharedArrayBuffer(controlBytes(workers));
     this.#i32 = new Int32Array(this.#control);
     this.#f64 = new Float64Array(this.#control);
     this.#module = module;
     this.#memory = memory;
     this.#names = names;
     this.#fnIndex = new Map(names.map((n, i) => [n, i]));
-    this.#slots = Array.from({ length: workers }, (_, index) => ({ index, thread: undefined, state: 'starting' as const, seq: 0 }));
+    this.#slots = Array.from({ length: workers }, (_, index) => ({ index, thread: undefined, state: 'starting' as const }));
+    for (let j = 0; j < MAX_JOBS; j++) this.#i32[jobWord(j, STATE)] = DONE_STATE;
     this.#canBlock = canBlock(this.#i32);
   }
 
@@ -109,46 +123,74 @@ export class WorkerPool {
   }
 
   /**
-   * Runs calls[0] through `own` on this thread and calls[1..] on workers, and
-   * returns every call's result in order. Waits for every worker it started,
-   * also when `own` throws, so no worker still writes when this returns.
+   * Runs every call, on this thread through `own` or on a worker, and returns
+   * every call's result in order. Waits for every job that was started, also
+   * when one throws, so no worker still writes when this returns.
    */
   run<C extends Job>(fn: string, calls: readonly C[], own: (call: C) => number, parts?: readonly string[]): number[] {
     if (this.#running) throw new LoRAError(`${fn}: internal error, the worker pool was re-entered`);
-    const ready = this.#slots.filter((s) => this.#isReady(s));
-    if (calls.length - 1 > ready.length) throw new LoRAError(`${fn}: internal error, ${calls.length - 1} jobs for ${ready.length} workers`);
+    if (calls.length > MAX_JOBS) throw new LoRAError(`${fn}: internal error, ${calls.length} jobs for a pool that takes ${MAX_JOBS}`);
     this.#running = true;
     this.runs++;
     const i32 = this.#i32;
-    const busy = ready.slice(0, calls.length - 1);
-    const results = new Array<number>(calls.length).fill(0);
+    const n = calls.length;
+    const results = new Array<number>(n).fill(0);
+    const byCaller = new Array<boolean>(n).fill(false);
+    let ownError: unknown;
     try {
-      Atomics.store(i32, PENDING, busy.length);
-      busy.forEach((s, j) => this.#post(s, calls[j + 1]!));
-      let ownError: unknown;
-      try {
-        results[0] = own(calls[0]!);
-      } catch (e) {
-        ownError = e;
+      const run = (this.#run = (this.#run + 1) & 0x7fffffff);
+      // job 0 is this thread's from the start; the others are open
+      calls.forEach((call, j) => this.#publish(j, call, j === 0 ? taken(CALLER) : run));
+      Atomics.store(i32, PENDING, n);
+      Atomics.store(i32, STEAL, this.stealing ? 1 : 0);
+      Atomics.store(i32, COUNT, n);
+      Atomics.store(i32, RUN, run);
+      let woken = 0;
+      const prefer: Slot[] = [];
+      for (const s of this.#slots) {
+        if (woken === n - 1) break;
+        if (!this.#isReady(s)) continue;
+        prefer[++woken] = s;
+        Atomics.store(i32, slotWord(s.index, PREFER), woken);
+        Atomics.add(i32, slotWord(s.index, SEQ), 1);
+        Atomics.notify(i32, slotWord(s.index, SEQ), 1);
       }
-      const dead = this.#await(busy);
+      // this thread: the first job, then (unless a job threw here) any job no worker has taken yet
+      const stealing = this.stealing || woken < n - 1;
+      for (let j = 0; j < n && ownError === undefined; j++) {
+        if (j > 0 && (!stealing || Atomics.compareExchange(i32, jobWord(j, STATE), run, taken(CALLER)) !== run)) continue;
+        byCaller[j] = true;
+        try {
+          results[j] = own(calls[j]!);
+        } catch (e) {
+          ownError = e;
+        }
+        this.#finish(j);
+      }
+      if (ownError !== undefined) {
+        // nothing more starts: the open jobs are withdrawn, and the call throws once the taken ones are done
+        for (let j = 0; j < n; j++) if (Atomics.compareExchange(i32, jobWord(j, STATE), run, DONE_STATE) === run) this.#finish(j, false);
+      }
+      const dead = this.#await(n, prefer);
       if (dead.length > 0) {
+        const slots = [...new Set(dead.map(([s]) => s.index + 1))];
         throw new LoRAError(
-          `${fn}: worker thread ${dead.map((s) => s.index + 1).join(', ')} stopped while running its share of this call ` +
-            `(${dead.map((s) => parts?.[busy.indexOf(s) + 1] ?? describeCall(calls[busy.indexOf(s) + 1]!)).join('; ')}); the output of this call is incomplete and must not be used. ` +
+          `${fn}: worker thread ${slots.join(', ')} stopped while running its share of this call ` +
+            `(${dead.map(([, j]) => parts?.[j] ?? describeCall(calls[j]!)).join('; ')}); the output of this call is incomplete and must not be used. ` +
             'The worker is being restarted; until it is back, calls run on the remaining threads.',
         );
       }
       if (ownError !== undefined) throw ownError;
-      busy.forEach((s, j) => {
-        if (i32[slotWord(s.index, STATUS)] === 1) {
-          const len = i32[slotWord(s.index, MSG_LEN)]!;
-          const chars = new Uint16Array(this.#control, HEADER_BYTES + s.index * SLOT_BYTES + MESSAGE_BYTE, len);
-          const message = String.fromCharCode(...chars);
-          throw new LoRAError(`${fn}: internal error, the wasm kernel failed in worker thread ${s.index + 1} (${message}); please report this`);
+      for (let j = 0; j < n; j++) {
+        if (byCaller[j]) continue;
+        if (i32[jobWord(j, STATUS)] === 1) {
+          const s = i32[jobWord(j, TAKER)]!;
+          const len = i32[slotWord(s, MSG_LEN)]!;
+          const message = String.fromCharCode(...new Uint16Array(this.#control, messageByte(s), len));
+          throw new LoRAError(`${fn}: internal error, the wasm kernel failed in worker thread ${s + 1} (${message}); please report this`);
         }
-        results[j + 1] = this.#f64[slotF64(s.index, RESULT_BYTE)]!;
-      });
+        results[j] = this.#f64[jobF64(j, RESULT_BYTE)]!;
+      }
       return results;
     } finally {
       this.#running = false;
@@ -161,7 +203,7 @@ export class WorkerPool {
     this.#disposed = true;
     for (const s of this.#slots) {
       if (s.thread) {
-        Atomics.store(this.#i32, slotWord(s.index, FN), STOP_FN);
+        Atomics.store(this.#i32, slotWord(s.index, STOP), 1);
         Atomics.add(this.#i32, slotWord(s.index, SEQ), 1);
         Atomics.notify(this.#i32, slotWord(s.index, SEQ));
         s.thread.terminate();
@@ -188,46 +230,57 @@ export class WorkerPool {
     return s.state === 'ready' && s.thread !== undefined && s.thread.alive();
   }
 
-  #post(s: Slot, call: Job): void {
+  /** Writes job j; its STATE (the run's number: open) goes last, so a worker that can claim it sees it whole. */
+  #publish(j: number, call: Job, state: number): void {
     const [name, ...args] = call;
     const fnIndex = this.#fnIndex.get(name);
     if (fnIndex === undefined || args.length > MAX_ARGS) throw new LoRAError(`internal: cannot post ${name} to a worker`);
     const i32 = this.#i32;
-    const f64 = this.#f64;
-    const a0 = slotF64(s.index, ARGS_BYTE);
-    for (let i = 0; i < args.length; i++) f64[a0 + i] = args[i]!;
-    i32[slotWord(s.index, FN)] = fnIndex;
-    i32[slotWord(s.index, NARGS)] = args.length;
-    s.seq = Atomics.add(i32, slotWord(s.index, SEQ), 1) + 1;
-    Atomics.notify(i32, slotWord(s.index, SEQ), 1);
+    const a0 = jobF64(j, ARGS_BYTE);
+    for (let i = 0; i < args.length; i++) this.#f64[a0 + i] = args[i]!;
+    i32[jobWord(j, FN)] = fnIndex;
+    i32[jobWord(j, NARGS)] = args.length;
+    i32[jobWord(j, STATUS)] = 0;
+    Atomics.store(i32, jobWord(j, STATE), state);
   }
 
-  /** Waits until every busy slot is done or dead; returns the dead ones (marked and being respawned). */
-  #await(busy: Slot[]): Slot[] {
+  /** Job j is finished (by this thread, or withdrawn). */
+  #finish(j: number, done = true): void {
+    if (done) Atomics.store(this.#i32, jobWord(j, STATE), DONE_STATE);
+    Atomics.sub(this.#i32, PENDING, 1);
+  }
+
+  /**
+   * Waits until every job of the run is finished or its worker is dead (the one that took it, or
+   * for a job still open, the one it was meant for); returns the dead workers' [slot, job] pairs
+   * (the slots are marked and being respawned).
+   */
+  #await(n: number, prefer: readonly Slot[]): [Slot, number][] {
     const i32 = this.#i32;
-    const dead: Slot[] = [];
-    let open = busy.slice();
+    const dead: [Slot, number][] = [];
     let spins = 0;
+    if (this.#canBlock) {
+      // poll first: a caller asleep in Atomics.wait is woken late (it may have lost its core)
+      const until = performance.now() + CALLER_SPIN_MS;
+      let polls = 0;
+      while (Atomics.load(i32, PENDING) !== 0 && ((++polls & 63) !== 0 || performance.now() < until));
+    }
     for (;;) {
-      open = open.filter((s) => Atomics.load(i32, slotWord(s.index, DONE)) !== s.seq);
-      if (open.length === 0) break;
-      if (this.#canBlock) {
-        const pending = Atomics.load(i32, PENDING);
-        if (pending !== 0) Atomics.wait(i32, PENDING, pending, WAIT_SLICE_MS);
-      } else if (++spins % 4096 !== 0) {
-        continue;
+      const pending = Atomics.load(i32, PENDING);
+      if (pending === 0) break;
+      if (this.#canBlock) Atomics.wait(i32, PENDING, pending, WAIT_SLICE_MS);
+      else if (++spins % 4096 !== 0) continue;
+      for (let j = 0; j < n; j++) {
+        const state = Atomics.load(i32, jobWord(j, STATE));
+        if (state === DONE_STATE || state === taken(CALLER) || dead.some(([, k]) => k === j)) continue;
+        const s = state >= 0 ? prefer[j] : this.#slots[takerOf(state)];
+        if (!s || (s.thread && s.thread.alive())) continue;
+        // an open job is withdrawn; a taken one is re-checked (the worker may have finished it and then died)
+        if (state >= 0 ? Atomics.compareExchange(i32, jobWord(j, STATE), state, DONE_STATE) !== state : Atomics.load(i32, jobWord(j, STATE)) !== state) continue;
+        dead.push([s, j]);
+        Atomics.sub(i32, PENDING, 1);
       }
-      for (const s of open) {
-        if (!s.thread || s.thread.alive()) continue;
-        // re-check DONE: the worker may have finished its job and then died
-        if (Atomics.load(i32, slotWord(s.index, DONE)) === s.seq) continue;
-        dead.push(s);
-      }
-      if (dead.length > 0) {
-        open = open.filter((s) => !dead.includes(s));
-        Atomics.sub(i32, PENDING, dead.length);
-        for (const s of dead) this.#lost(s, 'it stopped while running a job');
-      }
+      for (const [s] of dead) this.#lost(s, 'it stopped while running a job');
     }
     return dead;
   }
@@ -249,8 +302,7 @@ export class WorkerPool {
 
   async #spawn(s: Slot): Promise<void> {
     const i32 = this.#i32;
-    for (const w of [SEQ, DONE, READY, KILL, STATUS, MSG_LEN]) Atomics.store(i32, slotWord(s.index, w), 0);
-    s.seq = 0;
+    for (const w of [SEQ, PREFER, STOP, READY, KILL, MSG_LEN]) Atomics.store(i32, slotWord(s.index, w), 0);
     s.state = 'starting';
     const thread = await startThread(WORKER_SOURCE, () => {
       // an idle worker that exits is noticed here; a busy one by #await
@@ -262,7 +314,7 @@ export class WorkerPool {
     }
     s.thread = thread;
     thread.start({
-      module: this.#module, memory: this.#memory, control: this.#control, slot: s.index, names: this.#names, layout: LAYOUT, spin: WORKER_SPIN,
+      module: this.#module, memory: this.#memory, control: this.#control, slot: s.index, names: this.#names, layout: LAYOUT, spinMs: WORKER_SPIN_MS,
     });
     try {
       await thread.ready;
