@@ -84,10 +84,12 @@ for (let r = 0; r < rounds; r++) {
 }
 const median = (a: number[]) => [...a].sort((p, q) => p - q)[a.length >> 1]!;
 const med = times.map(median);
+/** Median over rounds of time(i) / time(j) within the same round (robust to load that drifts between rounds). */
+const pairedRatio = (i: number, j: number) => median(times[i]!.map((t, r) => t / times[j]![r]!));
 const ours = cases.findIndex((c) => c.name === `lora-wasm ${builds.at(-1)}`);
-console.log(`batch-1 GEMV 1×${K} · [${M}, ${K}]ᵀ, ${rounds} interleaved rounds, medians (GB/s = W bytes / time; ratio = time / lora-wasm ${builds.at(-1)})`);
+console.log(`batch-1 GEMV 1×${K} · [${M}, ${K}]ᵀ, ${rounds} interleaved rounds, medians (GB/s = W bytes / time; ratio = median per-round time / lora-wasm ${builds.at(-1)})`);
 for (const [i, c] of cases.entries()) {
-  console.log(`  ${c.name.padEnd(52)} ${med[i]!.toFixed(3).padStart(7)} ms ${(bytes / med[i]! / 1e6).toFixed(1).padStart(6)} GB/s ${(med[i]! / med[ours]!).toFixed(2).padStart(6)}×`);
+  console.log(`  ${c.name.padEnd(52)} ${med[i]!.toFixed(3).padStart(7)} ms ${(bytes / med[i]! / 1e6).toFixed(1).padStart(6)} GB/s ${pairedRatio(i, ours).toFixed(2).padStart(6)}×`);
 }
 for (const t of [tX, tW, tWt]) t.dispose();
 process.exit(0);
