@@ -32,7 +32,8 @@ export function init(options?: InitOptions): Promise<LoRAWasm> {
 }
 
 function memoKey(o: InitOptions): string {
-  const base = `${o.build ?? o.simd ?? 'auto'}|${o.maxMemoryBytes ?? ''}|${o.threads ?? 1}`;
+  // threads left out: 'auto' for the package's own builds (the same instance as threads: 'auto'), else as the module given decides
+  const base = `${o.build ?? o.simd ?? 'auto'}|${o.maxMemoryBytes ?? ''}|${o.threads ?? (o.wasm === undefined ? 'auto' : 'default')}`;
   if (o.wasm === undefined) return base;
   if (typeof o.wasm === 'string' || o.wasm instanceof URL) return `${base}|${String(o.wasm)}`;
   return `${base}|${++uniqueKeys}`; // bytes, modules and per-build maps are not compared: a fresh instance each time

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
@@ -8,6 +9,7 @@ import { MAX_PAGES } from '../src/memory/heap.js';
 import { Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, TILE_COLS, TILE_ROWS } from '../src/kernel/kernels.js';
 import { BUILD, assertRejectsTyped, assertThrowsTyped, lwUnderTest } from './helpers.js';
 import { sharedVariant } from '../src/runtime/shared-variant.js';
+import { AUTO_THREADS_CAP } from '../src/runtime/load.js';
 
 const wasmBytes = (build: string) => readFileSync(new URL(`../build/lora-${build}.wasm`, import.meta.url));
 /** A valid module that imports memory like ours but exports no kernel. */
@@ -30,6 +32,43 @@ test('init() is memoised per options and reports the flavour that runs', async (
   const auto = await init();
   assert.is(auto, await init(), 'init() with no options is memoised too');
   assert.is(auto.build, detectFeatures().relaxed ? 'relaxed' : 'baseline', "'auto' prefers relaxed where available");
+});
+
+test("threads default to 'auto' (every core, at most 8); threads: 1 opts out; one module of the caller's runs on 1 thread", async () => {
+  const cores = Math.min(AUTO_THREADS_CAP, availableParallelism());
+  const auto = await init();
+  assert.is(auto.threads, cores, 'init() uses every core');
+  assert.is(auto, await init({ threads: 'auto' }), "the default is the same instance as threads: 'auto'");
+  assert.is((await init({ build: BUILD })).threads, cores, 'also with other options');
+  const one = await init({ build: BUILD, threads: 1 });
+  assert.is(one.threads, 1);
+  assert.is(one.workerPool, undefined, 'threads: 1 starts no worker');
+  const given = await init({ wasm: wasmBytes(BUILD), build: BUILD });
+  assert.is(given.threads, 1, 'a single module given as options.wasm runs as given (a single-thread build)');
+  const map = await init({ wasm: { [BUILD]: wasmBytes(BUILD), [`${BUILD}-threads`]: wasmBytes(`${BUILD}-threads`) }, build: BUILD });
+  assert.is(map.threads, cores, 'a map with the threads build gets every core');
+});
+
+test('without shared memory, the default falls back to 1 thread quietly; threads asked for say so once', async () => {
+  const saved = globalThis.SharedArrayBuffer;
+  const warned: string[] = [];
+  const warn = console.warn;
+  console.warn = (m: string) => void warned.push(m);
+  try {
+    // @ts-expect-error: a page that is not cross-origin isolated has no SharedArrayBuffer
+    globalThis.SharedArrayBuffer = undefined;
+    const quiet = await init({ build: BUILD, maxMemoryBytes: 2 ** 26 + 2 ** 16 });
+    assert.is(quiet.threads, 1);
+    assert.match(quiet.threadsNote ?? '', 'SharedArrayBuffer is not available');
+    assert.equal(warned, [], 'no warning for the default');
+    const asked = await init({ build: BUILD, threads: 2, maxMemoryBytes: 2 ** 26 + 2 ** 17 });
+    assert.is(asked.threads, 1);
+    assert.is(warned.length, 1, 'threads: 2 that cannot be had is said once');
+    assert.match(warned[0]!, 'running on 1 thread instead of 2');
+  } finally {
+    globalThis.SharedArrayBuffer = saved;
+    console.warn = warn;
+  }
 });
 
 test("build: 'relaxed' (and its alias simd) fails with a LoRAEnvironmentError where the engine lacks it", async () => {

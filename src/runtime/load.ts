@@ -42,11 +42,15 @@ export interface InitOptions {
   maxMemoryBytes?: number;
   /**
    * Threads that run large kernels: the calling thread plus `threads − 1`
-   * workers on shared wasm memory. 1 (the default) starts no worker. 'auto'
-   * takes the available cores (os.availableParallelism(), navigator.hardwareConcurrency),
-   * at most AUTO_THREADS_CAP. Results are bit-identical for every thread count.
+   * workers on shared wasm memory. 'auto' (the default) takes the available
+   * cores (os.availableParallelism(), navigator.hardwareConcurrency), at most
+   * AUTO_THREADS_CAP; 1 starts no worker. Small calls stay on the calling thread
+   * whatever this says. Results are bit-identical for every thread count.
    * Where memory cannot be shared (a page that is not cross-origin isolated)
-   * this falls back to 1 thread, says so once in the console, and lw.threads reports it.
+   * this falls back to 1 thread (saying so once in the console when threads were
+   * asked for explicitly), and lw.threads reports it. The default is 1 thread
+   * when options.wasm is one module of the caller's (it is a single-thread
+   * build unless the caller says otherwise with `threads`).
    */
   threads?: number | 'auto';
 }
@@ -78,14 +82,26 @@ type WasmKey = (typeof WASM_KEYS)[number];
 
 let warnedFallback = false;
 
+/**
+ * options.threads, or its default: 'auto', except for one module of the caller's (options.wasm a
+ * single source, or a map without the threads build of `build`), which runs as given on 1 thread.
+ */
+export function threadsOption(options: InitOptions, build: Build): number | 'auto' {
+  if (options.threads !== undefined) return options.threads;
+  const wasm = options.wasm;
+  if (wasm === undefined) return 'auto';
+  return !isSource(wasm) && wasm[`${build}-threads` as keyof typeof wasm] !== undefined ? 'auto' : 1;
+}
+
 /** How many threads to start: the option resolved against this machine and what this context allows. */
-async function resolveThreads(option: InitOptions['threads']): Promise<{ threads: number; note?: string }> {
-  const want = option === 'auto' ? Math.max(1, Math.min(AUTO_THREADS_CAP, await availableCores())) : (option ?? 1);
+async function resolveThreads(option: number | 'auto', explicit: boolean): Promise<{ threads: number; note?: string }> {
+  const want = option === 'auto' ? Math.max(1, Math.min(AUTO_THREADS_CAP, await availableCores())) : option;
   if (want === 1) return { threads: 1 };
   const shared = sharedMemoryAvailable();
   if (shared.ok) return { threads: want };
   const note = `lora-wasm: running on 1 thread instead of ${want}: ${shared.why}`;
-  if (!warnedFallback) {
+  // the default ('auto') falls back quietly; threads asked for are not given without a word
+  if (explicit && !warnedFallback) {
     warnedFallback = true;
     console.warn(note);
   }
@@ -162,7 +178,7 @@ export async function loadEngine(options: InitOptions): Promise<Engine> {
     );
   }
   const want: Build = requested === 'auto' ? (features.relaxed ? 'relaxed' : 'baseline') : requested;
-  const { threads, note } = await resolveThreads(options.threads);
+  const { threads, note } = await resolveThreads(threadsOption(options, want), options.threads !== undefined);
   const shared = threads > 1;
   const source = pickSource(options.wasm, shared ? `${want}-threads` : want);
 
