@@ -30,9 +30,9 @@ setWasmPaths(`${path.resolve('node_modules/@tensorflow/tfjs-backend-wasm/dist')}
 await tf.setBackend('wasm');
 await tf.ready();
 
-const ctx: Ctx = { quick, builds: [await init({ build: 'baseline' })], rows: [], notes: [] };
+const ctx: Ctx = { quick, builds: [await init({ build: 'baseline', threads: 1 })], rows: [], notes: [] };
 // --quick times the best build only (relaxed where the engine has it): half the cases
-if (detectFeatures().relaxed) ctx.builds = quick ? [await init({ build: 'relaxed' })] : [...ctx.builds, await init({ build: 'relaxed' })];
+if (detectFeatures().relaxed) ctx.builds = quick ? [await init({ build: 'relaxed', threads: 1 })] : [...ctx.builds, await init({ build: 'relaxed', threads: 1 })];
 else ctx.notes.push('relaxed SIMD is not available in this engine (Node 20 needs --experimental-wasm-relaxed-simd): baseline only');
 ctx.notes.push(`tfjs-backend-wasm ${tf.version_core}, multithreading ${tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 'on' : 'off'} (single thread)`);
 
