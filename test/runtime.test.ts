@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import http from 'node:http';
@@ -69,6 +70,19 @@ test('without shared memory, the default falls back to 1 thread quietly; threads
     globalThis.SharedArrayBuffer = saved;
     console.warn = warn;
   }
+});
+
+test('the CLI start-up (bin/launch.mjs) turns relaxed SIMD on, so init() picks the relaxed build on Node 20 without flags', () => {
+  const script = `
+    import { enableRelaxedSimd } from './bin/launch.mjs';
+    import { init } from './src/index.ts';
+    const lw = await init({ threads: 2 });
+    console.log(enableRelaxedSimd(), lw.build, lw.threads);`;
+  const run = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)), encoding: 'utf8', timeout: 30_000, env: { ...process.env, LORA_BUILD: '', NODE_OPTIONS: '', FORCE_COLOR: '0' },
+  });
+  assert.is(run.status, 0, run.stderr);
+  assert.is(run.stdout.trim(), 'true relaxed 2', 'relaxed on this thread and in the workers (the pool ran init to the end)');
 });
 
 test("build: 'relaxed' (and its alias simd) fails with a LoRAEnvironmentError where the engine lacks it", async () => {
