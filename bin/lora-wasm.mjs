@@ -19,6 +19,7 @@
 // - SIGINT, SIGTERM and SIGHUP remove the unfinished output and exit 130, 143, 129; temps left by a
 //   killed run (their pid is in the name) are removed by the next run to the same --out.
 // Exit codes: 0 done, 1 error, 2 usage.
+import './launch.mjs'; // first: turns relaxed SIMD on (Node 20) before any wasm is compiled
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';

@@ -16,7 +16,7 @@ import { LoRAFormatError } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { transpose } from '../memory/transpose.js';
 import { KOHYA } from '../io/kohya.js';
-import { PEFT_EMBEDDING, PEFT_FACTOR, PEFT_PREFIX, patternValue, readPeftConfig } from '../io/peft.js';
+import { PEFT_EMBEDDING, PEFT_FACTOR, PEFT_PREFIX, patternValue, preparePatterns, readPeftConfig } from '../io/peft.js';
 import { DTYPE_OF_ST, type SafetensorsReader, type TensorInfo, as2d, numelOf, tensorData } from '../io/safetensors.js';
 import { Adapter, type AdapterModule, type Replacement } from './adapter.js';
 
@@ -71,6 +71,7 @@ type Load = (t: TensorInfo, rows: number, cols: number, transposed?: boolean) =>
 async function readPeft(reader: SafetensorsReader, configIn: unknown, load: Load): Promise<Adapter> {
   const file = reader.file;
   if (configIn === undefined) throw new LoRAFormatError(`${file}: a PEFT adapter needs its adapter_config.json (pass { config })`);
+  await preparePatterns(configIn);
   const { config, raw } = readPeftConfig(configIn);
   const modules = new Map<string, Parts>();
   const replace: { info: TensorInfo; name: string }[] = [];

@@ -2,16 +2,19 @@
  * PEFT's adapter format, as PEFT's own source defines it: adapter_config.json's fields that change
  * the math, the key names of LoRA factors, and which module each config pattern applies to.
  */
-import { RE2JS } from 're2js';
 import { LoRAFormatError, describeValue } from '../errors.js';
 import { strictJsonProblem } from './safetensors.js';
 
 /**
  * One `rank_pattern` / `alpha_pattern` entry, compiled. PEFT (utils/other.py, get_pattern_key) takes the
  * first key, in the config's order, for which `re.match(rf"(.*\.)?({key})$", module)` matches; the group
- * matters for keys with `|`. Keys are matched by RE2 (re2js), in time linear in the module name, so a
- * hostile key such as `(a+)+b` cannot stall a load; a key RE2 cannot parse (lookarounds, backreferences,
- * or no regex at all) is a LoRAFormatError.
+ * matters for keys with `|`. A hostile key such as `(a+)+b` must not stall a load, so:
+ *   - a plain name matches as itself or as a dotted suffix;
+ *   - a key with at most one quantifier, on a single character, class or escape, and no quantified
+ *     group, backreference or lookaround, runs in JavaScript's engine: its backtracking is bounded by
+ *     (dots in the name) × (name length);
+ *   - any other key runs in RE2 (re2js, loaded only then), in time linear in the name; a key RE2 cannot
+ *     parse (lookarounds, backreferences) or no regex at all is a LoRAFormatError.
  */
 export interface PatternEntry<T> {
   readonly key: string;
@@ -21,15 +24,75 @@ export interface PatternEntry<T> {
 
 const PLAIN_KEY = /^[A-Za-z0-9_-]+$/;
 
+/** True when `key` is safe for a backtracking engine (see PatternEntry). */
+export function boundedKey(key: string): boolean {
+  if (/\[1-9kbB]|\(\?[=!<]/.test(key)) return false; // backreferences, word boundaries, lookarounds
+  let quantifiers = 0;
+  let prev: 'atom' | 'group' | 'none' = 'none';
+  for (let i = 0; i < key.length; i++) {
+    const c = key[i]!;
+    if (c === '\\') {
+      i++;
+      prev = 'atom';
+    } else if (c === '[') {
+      const end = key.indexOf(']', i + 2);
+      if (end < 0) return false;
+      i = end;
+      prev = 'atom';
+    } else if (c === '*' || c === '+' || c === '?' || c === '{') {
+      if (prev !== 'atom' || ++quantifiers > 1) return false;
+      if (c === '{') i = key.indexOf('}', i) < 0 ? key.length : key.indexOf('}', i);
+      if (key[i + 1] === '?' || key[i + 1] === '+') i++;
+      prev = 'none';
+    } else if (c === ')') prev = 'group';
+    else if (c === '(' || c === '|') prev = 'none';
+    else prev = 'atom';
+  }
+  return true;
+}
+
+/** re2js, loaded once and only for keys the bounded engine may not run. */
+let re2: typeof import('re2js') | undefined;
+
+/** Loads the RE2 matcher if any rank_pattern/alpha_pattern key of `configIn` needs it. */
+export async function preparePatterns(configIn: unknown): Promise<void> {
+  if (re2) return;
+  let c: unknown = configIn;
+  if (typeof c === 'string') {
+    try {
+      c = JSON.parse(c);
+    } catch {
+      return; // readPeftConfig says why
+    }
+  }
+  if (typeof c !== 'object' || c === null) return;
+  const keys = ['rank_pattern', 'alpha_pattern'].flatMap((f) => {
+    const v = (c as Record<string, unknown>)[f];
+    return typeof v === 'object' && v !== null ? Object.keys(v) : [];
+  });
+  if (keys.some((k) => !PLAIN_KEY.test(k) && !boundedKey(k))) re2 = await import('re2js');
+}
+
 export function compilePattern<T>(field: string, key: string, value: T): PatternEntry<T> {
   if (PLAIN_KEY.test(key)) return { key, value, test: (m) => m === key || m.endsWith(`.${key}`) };
-  let re: RE2JS;
-  try {
-    re = RE2JS.compile(`(.*\\.)?(${key})`);
-  } catch (e) {
-    throw new LoRAFormatError(`adapter_config.json: "${field}" key ${JSON.stringify(key)} is not a regular expression lora-wasm can match (${(e as Error).message})`);
+  const bad = (why: string) => new LoRAFormatError(`adapter_config.json: "${field}" key ${JSON.stringify(key)} is not a regular expression lora-wasm can match (${why})`);
+  if (boundedKey(key)) {
+    let re: RegExp;
+    try {
+      re = new RegExp(`^(?:.*\\.)?(?:${key})$`, 'u');
+    } catch (e) {
+      throw bad((e as Error).message);
+    }
+    return { key, value, test: (m) => re.test(m) };
   }
-  return { key, value, test: (m) => re.matches(m) };
+  if (!re2) throw bad('the RE2 matcher was not loaded: call preparePatterns first');
+  let r: InstanceType<typeof import('re2js').RE2JS>;
+  try {
+    r = re2.RE2JS.compile(`(.*\\.)?(${key})`);
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+  return { key, value, test: (m) => r.matches(m) };
 }
 
 /** The value of the first entry whose key matches `module`, else `dflt` (PEFT's get_pattern_key). */
