@@ -124,7 +124,7 @@ export async function main(): Promise<number> {
   mkdirSync(path.join(site, 'u/build'), { recursive: true });
   mkdirSync(path.join(site, 'u/js'), { recursive: true });
   // the README's rule for lora-wasm/url: a bundle at u/js/url.js loads u/build/lora-<flavour>.wasm
-  for (const f of ['lora-baseline.wasm', 'lora-relaxed.wasm']) copyFileSync(path.join(dir, 'node_modules/lora-wasm/build', f), path.join(site, 'u/build', f));
+  for (const f of ['lora-baseline.wasm', 'lora-relaxed.wasm', 'lora-baseline-threads.wasm', 'lora-relaxed-threads.wasm']) copyFileSync(path.join(dir, 'node_modules/lora-wasm/build', f), path.join(site, 'u/build', f));
   const page = (entry) =>
     `import { init, loraScale } from '${entry}';\ntry {\nconst lw = await init();\n${MERGE}\ndocument.title = 'done ' + result;\n} catch (e) { document.title = 'error ' + e.name + ': ' + e.message; }\n`;
   writeFileSync(path.join(dir, 'page.js'), page('lora-wasm'));
@@ -167,14 +167,14 @@ init().then((lw) => {\n${MERGE}\ndocument.title = 'done ' + result;\n});</script
         expect(title, `done ${WANT('relaxed')}`, file);
       });
     }
-    await check('lora-wasm/url with no .wasm served fails with a LoRAError that names the remedy', async () => {
+    await check('lora-wasm/url with no .wasm served fails with a LoRAEnvironmentError that names the remedy', async () => {
       const p = await browser.newPage();
       await p.goto(`${server.url}/url-unserved.html`);
       await p.waitForFunction(() => document.title.startsWith('done') || document.title.startsWith('error'), null, { timeout: 30_000 });
       const title = await p.title();
       await p.close();
-      for (const words of ['error LoRAError', '404', 'lora-relaxed.wasm', 'init({ wasm', "import 'lora-wasm'"]) {
-        if (!title.includes(words)) throw new Error(`the error "${title}" should mention "${words}"`);
+      for (const words of ['error LoRAEnvironmentError', '404', /lora-relaxed(-threads)?\.wasm/, 'init({ wasm', "import 'lora-wasm'"]) {
+        if (typeof words === 'string' ? !title.includes(words) : !words.test(title)) throw new Error(`the error "${title}" should mention "${words}"`);
       }
     });
     await check("the README's <script>-tag example in Chromium", async () => {

@@ -2,7 +2,7 @@
  * PEFT's adapter format, as PEFT's own source defines it: adapter_config.json's fields that change
  * the math, the key names of LoRA factors, and which module each config pattern applies to.
  */
-import { LoRAFormatError, describeValue } from '../errors.js';
+import { LoRAEnvironmentError, LoRAFormatError, describeValue } from '../errors.js';
 import { strictJsonProblem } from './safetensors.js';
 
 /**
@@ -70,7 +70,15 @@ export async function preparePatterns(configIn: unknown): Promise<void> {
     const v = (c as Record<string, unknown>)[f];
     return typeof v === 'object' && v !== null ? Object.keys(v) : [];
   });
-  if (keys.some((k) => !PLAIN_KEY.test(k) && !boundedKey(k))) re2 = await import('re2js');
+  const hard = keys.find((k) => !PLAIN_KEY.test(k) && !boundedKey(k));
+  if (hard === undefined) return;
+  try {
+    re2 = await import('re2js');
+  } catch (e) {
+    throw new LoRAEnvironmentError(
+      `adapter_config.json: the pattern key ${JSON.stringify(hard)} needs the RE2 matcher (the re2js package), which could not be loaded here (${(e as Error).message}); load lora-wasm through a bundler or in Node`,
+    );
+  }
 }
 
 export function compilePattern<T>(field: string, key: string, value: T): PatternEntry<T> {
