@@ -107,3 +107,24 @@ export function verify(
     }
   }
 }
+
+/**
+ * Times `cases` interleaved: `warm` warm-up calls each, then `rounds` rounds of one call per case. The
+ * machine's load drifts between seconds, so compare cases by pairedRatio (the median over rounds of
+ * the per-round ratio), not by a ratio of medians.
+ */
+export function interleaved(cases: readonly { run: () => unknown }[], rounds: number, warm = 2): {
+  times: number[][]; median: (i: number) => number; pairedRatio: (i: number, j: number) => number;
+} {
+  for (const c of cases) for (let i = 0; i < warm; i++) c.run();
+  const times = cases.map(() => [] as number[]);
+  for (let r = 0; r < rounds; r++) {
+    for (const [i, c] of cases.entries()) {
+      const s = performance.now();
+      c.run();
+      times[i]!.push(performance.now() - s);
+    }
+  }
+  const mid = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
+  return { times, median: (i) => mid(times[i]!), pairedRatio: (i, j) => mid(times[i]!.map((t, r) => t / times[j]![r]!)) };
+}

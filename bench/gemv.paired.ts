@@ -15,7 +15,7 @@ import path from 'node:path';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoRAWasm, detectFeatures, init } from '../src/index.js';
-import { random } from './common.js';
+import { interleaved, random } from './common.js';
 
 const arg = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
 const rounds = Number(arg('rounds') ?? 60);
@@ -73,19 +73,8 @@ for (const [name, run] of tfRuns) {
 const dst = new Float32Array(M * K);
 cases.push({ name: 'copy of W (Float32Array.set: 64 MiB read + written)', run: () => dst.set(w) });
 
-for (const c of cases) for (let i = 0; i < 3; i++) c.run(); // warm up
-const times = cases.map(() => [] as number[]);
-for (let r = 0; r < rounds; r++) {
-  for (const [i, c] of cases.entries()) {
-    const s = performance.now();
-    c.run();
-    times[i]!.push(performance.now() - s);
-  }
-}
-const median = (a: number[]) => [...a].sort((p, q) => p - q)[a.length >> 1]!;
-const med = times.map(median);
-/** Median over rounds of time(i) / time(j) within the same round (robust to load that drifts between rounds). */
-const pairedRatio = (i: number, j: number) => median(times[i]!.map((t, r) => t / times[j]![r]!));
+const { median, pairedRatio } = interleaved(cases, rounds, 3);
+const med = cases.map((_, i) => median(i));
 const ours = cases.findIndex((c) => c.name === `lora-wasm ${builds.at(-1)}`);
 console.log(`batch-1 GEMV 1×${K} · [${M}, ${K}]ᵀ, ${rounds} interleaved rounds, medians (GB/s = W bytes / time; ratio = median per-round time / lora-wasm ${builds.at(-1)})`);
 for (const [i, c] of cases.entries()) {

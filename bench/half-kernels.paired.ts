@@ -12,7 +12,7 @@
 import path from 'node:path';
 import { type DType, type LoRAWasm, type Matrix, detectFeatures, init } from '../src/index.js';
 import { halfUlp, rankElement, U } from '../test/reference.js';
-import { random } from './common.js';
+import { interleaved, random } from './common.js';
 
 const arg = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
 const rounds = Number(arg('rounds') ?? 30);
@@ -63,25 +63,14 @@ for (const build of builds) {
   }
 }
 
-for (const c of cases) for (let i = 0; i < 2; i++) c.run(); // warm up
-const times = cases.map(() => [] as number[]);
-for (let r = 0; r < rounds; r++) {
-  for (const [i, c] of cases.entries()) {
-    const s = performance.now();
-    c.run();
-    times[i]!.push(performance.now() - s);
-  }
-}
-const median = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
-/** Median over rounds of the per-round ratio time(i) / time(j): pairs taken in the same round. */
-const pairedRatio = (i: number, j: number) => median(times[i]!.map((t, r) => t / times[j]![r]!));
+const { median, pairedRatio } = interleaved(cases, rounds, 2);
 const at = (name: string) => cases.findIndex((c) => c.name === name);
 console.log(`half-precision kernels 4096×4096 (merge r = 16), ${rounds} interleaved rounds, medians`);
 for (const [i, c] of cases.entries()) {
   const m = c.name.match(/^(old )?merge, W (f16|bf16) \((\w+)\)$/);
   const vsF32 = m ? `  ${pairedRatio(i, at(`${m[1] ?? ''}merge, W f32 (${m[3]})`)).toFixed(2)}× the f32 merge` : '';
   const old = !c.name.startsWith('old ') && oldDir ? `  new/old ${pairedRatio(i, at(`old ${c.name}`)).toFixed(2)}` : '';
-  console.log(`  ${c.name.padEnd(34)} ${median(times[i]!).toFixed(2).padStart(8)} ms${vsF32}${old}`);
+  console.log(`  ${c.name.padEnd(34)} ${median(i).toFixed(2).padStart(8)} ms${vsF32}${old}`);
 }
 for (const m of held) m.dispose();
 process.exit(0);
