@@ -39,12 +39,16 @@ export type Job = readonly [name: string, ...args: number[]];
 
 /**
  * How long (by the clock) a worker polls for its next job after a run or a wake-up before it sleeps
- * in Atomics.wait, and how long the caller polls for the jobs still running before it sleeps.
- * Short on purpose: on a busy machine (bench/threads-idle.ts, 2 cores under load 4–7) every
- * millisecond spent polling is taken from the threads doing the work, and 2 ms of polling made
- * 2 threads slower than 1; a late worker costs little now that jobs are claimed.
+ * in Atomics.wait (OpenMP's "blocktime", 200 ms by default there), and how long the caller polls for
+ * the jobs still running before it sleeps.
+ * Workers poll long: a thread asleep in Atomics.wait on an idle machine wakes milliseconds late (its
+ * core has gone idle; in a VM the vCPU halts), so with 0.1 ms a merge after a 30 ms gap got no help
+ * from the second thread (1.0× against 1 thread, 4096² r=8) and with 50 ms it gets 1.79× (1024²
+ * r=16: 0.88× → 1.47×), measured with bench/threads-idle.ts on a quiet 2-core machine. The cost is
+ * up to 50 ms of one core per worker after the last call. On a machine oversubscribed several times
+ * over, polling takes time from the threads doing the work; the caller polls briefly for that reason.
  */
-export const WORKER_SPIN_MS = 0.1;
+export const WORKER_SPIN_MS = 50;
 export const CALLER_SPIN_MS = 0.1;
 /** How long the caller sleeps between checks that its busy workers are alive. */
 const WAIT_SLICE_MS = 10;
