@@ -206,7 +206,7 @@ async function threshold(ctx: Ctx, lws: LoRAWasm[]): Promise<void> {
     trips.push(performance.now() - t);
   }
   trips.sort((a, b) => a - b);
-  ctx.notes.push(`a pool run with one empty job on a worker: ${(trips[1000]! * 1e3).toFixed(1)} µs median round trip (the worker polls for ~20 k iterations before it sleeps; back-to-back calls find it awake)`);
+  ctx.notes.push(`a pool run with one empty job on a worker: ${(trips[1000]! * 1e3).toFixed(1)} µs median round trip (workers poll for WORKER_SPIN_MS, 50 ms, before they sleep: calls within that find them awake)`);
   const lines: string[] = [];
   splitPolicy.minMacs = 1;
   splitPolicy.minBytes = 1;
