@@ -16,7 +16,8 @@
 // - the output is written under a hidden temp name beside --out (a temp folder for a sharded base) and
 //   appears only when complete: a failed run leaves nothing at --out; without --force nothing is ever
 //   replaced, not even a file that appeared during the run (two runs to one --out: one fails);
-// - SIGINT, SIGTERM and SIGHUP remove the unfinished output and exit 130, 143, 129; temps left by a
+// - SIGINT, SIGTERM and SIGHUP remove the unfinished output and end the process by that signal (status 130,
+//   143, 129); temps left by a
 //   killed run (their pid is in the name) are removed by the next run to the same --out.
 // Exit codes: 0 done, 1 error, 2 usage.
 import './launch.mjs'; // first: turns relaxed SIMD on (Node 20) before any wasm is compiled
@@ -328,14 +329,20 @@ async function merge(values) {
   }
 }
 
-/** A signal removes every unfinished output (temp files and folders) and exits 128 + its number. */
-const SIGNALS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 };
-for (const [signal, code] of Object.entries(SIGNALS)) {
+/**
+ * A signal removes every unfinished output (temp files and folders), then ends the process by the same
+ * signal with its default action (exit status 128 + its number). Not process.exit(): that joins libuv's
+ * thread pool, and a pool thread can be stuck (fs.copyFile loops forever when its source shrinks
+ * during the copy), so the process would never end.
+ */
+const SIGNALS = ['SIGHUP', 'SIGINT', 'SIGTERM'];
+for (const signal of SIGNALS) {
   process.on(signal, () => {
     bar?.stop();
     const removed = abortOpenTempsSync();
     process.stderr.write(`lora-wasm: stopped by ${signal}${removed.length ? '; the unfinished output was removed' : ''}\n`);
-    process.exit(code);
+    process.removeAllListeners(signal);
+    process.kill(process.pid, signal);
   });
 }
 

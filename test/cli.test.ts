@@ -158,9 +158,10 @@ async function startAndFreeze(dir: string, args: string[], re: RegExp) {
   child.stderr!.on('data', (d) => (stderr += d));
   child.stdout!.resume();
   let ended = false;
-  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => {
+  // the exit status as a shell reports it: 128 + the signal's number when the CLI ends by its signal
+  const exit = new Promise<number | null>((resolve) => child.on('close', (code, sig) => {
     ended = true;
-    resolve(code);
+    resolve(code ?? (sig ? 128 + os.constants.signals[sig] : null));
   }));
   for (;;) {
     const hit = readdirSync(dir).find((e) => re.test(e));
