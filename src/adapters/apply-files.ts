@@ -157,7 +157,7 @@ async function inPlace(run: Run, reader: SafetensorsReader, f: number, order: re
       }
       if (!ring.overlap) await next; // unshared memory may move while a kernel runs: nothing in flight
       const W = ring.operand(k, t, DTYPE_OF_ST[t.dtype]!, run.plan.writes.get(t.name)!);
-      compute(run.engine, reader.file, t, W, W, run.plan.writes.get(t.name)!, run.safe);
+      compute(run.engine, t, W, W, run.plan.writes.get(t.name)!, run.safe);
       count(run, run.plan.writes.get(t.name));
       ring.using(k, handled(sink.writeAt(reader.dataStart + t.begin, ring.bytes(k, t.end - t.begin)))!);
       if (!ring.overlap) await ring.free(k);
@@ -208,19 +208,21 @@ async function streamed(
       const slot = 2 * k;
       await ring.free(slot);
       await reader.readInto(src, ring.bytes(slot, n));
+      let outSlot = slot;
       let out = ring.bytes(slot, n);
       if (write || t.dtype !== src.dtype) {
         await ring.free(slot + 1);
         const W = ring.operand(slot, src, DTYPE_OF_ST[src.dtype]!, write);
         const res = t.dtype === src.dtype ? W : ring.operand(slot + 1, t, DTYPE_OF_ST[t.dtype]!, write);
         if (!ring.overlap) await ring.drain();
-        compute(run.engine, reader.file, src, W, res, write, run.safe);
+        compute(run.engine, src, W, res, write, run.safe);
         count(run, write);
-        out = ring.bytes(res === W ? slot : slot + 1, outBytes(t));
+        if (res !== W) outSlot = slot + 1;
+        out = ring.bytes(outSlot, outBytes(t));
       }
       // positioned sinks are done with the bytes when the write resolves; others get a copy now
       const p = handled(emit(out, false))!;
-      ring.using(out.byteOffset === ring.bytes(slot, 1).byteOffset ? slot : slot + 1, p);
+      ring.using(outSlot, p);
       if (!positioned || !ring.overlap) await p;
       done(run, reader, f, t.name);
     }
@@ -313,7 +315,7 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
  *   convert    res ← W
  * With `safe`, the result is checked finite in the type written.
  */
-function compute(engine: Engine, file: string, src: TensorInfo, W: AnyMatrixInput, res: AnyMatrixInput, write: Write | undefined, safe: boolean): void {
+function compute(engine: Engine, src: TensorInfo, W: AnyMatrixInput, res: AnyMatrixInput, write: Write | undefined, safe: boolean): void {
   try {
     if (write?.merge) mergeInto(engine, res, W, write.merge.module.A, write.merge.module.B, { scale: write.merge.scale, safe });
     else if (write?.biasOf) mergeInto(engine, res, W, { rows: 1, cols: 1, data: new Float32Array([1]) }, write.biasOf.module.biasDelta!, { scale: write.biasOf.scale, safe });
@@ -333,5 +335,4 @@ function compute(engine: Engine, file: string, src: TensorInfo, W: AnyMatrixInpu
   } catch (e) {
     throw e instanceof LoRANonFiniteError && !e.message.includes(`"${src.name}"`) ? new LoRANonFiniteError(`${fn}: "${src.name}": ${e.message}`) : e;
   }
-  void file;
 }
