@@ -1,12 +1,12 @@
-// The file executor's paths (src/adapters/apply-files.ts): in place (a kernel copy of the input, then
-// the changed tensors written at their offsets), streamed through the wasm-memory ring, and streamed
+// The file executor's paths (src/adapters/apply-files.ts): in place (a reflink of the input, then
+// the changed tensors written at their offsets), streamed through wasm-memory blocks, and streamed
 // with untouched ranges referenced (a browser Blob sink). Every path writes the same bytes.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type Adapter, type FileSink, type LoRAWasm, SafetensorsReader, atomicFile, bytesSource, encodeSafetensors, fileSource } from '../src/index.js';
+import { type Adapter, type FileSink, LoRAFormatError, type LoRAWasm, SafetensorsReader, atomicFile, bytesSource, encodeSafetensors, fileSource } from '../src/index.js';
 import { lwUnderTest, randomF32, rng } from './helpers.js';
 
 const PEFT = 'base_model.model.';
@@ -56,10 +56,11 @@ test('in place: a canonical file is copied in the kernel and only changed tensor
     const parts: Uint8Array[] = [];
     const streamed = await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (b) => void parts.push(b) }));
     assert.is(streamed.inPlaceFiles, 0);
-    // in place: an atomic file (copyOf, writeAt), recording what it is asked to write
+    // in place: an atomic file whose copyOf copies (as a reflink would; ext4 has none), recording what it is asked to write
     const out = await atomicFile(path.join(dir, 'out.safetensors'));
     const writes: [number, number][] = [];
-    const sink: FileSink = { write: (b) => out.write(b), copyOf: (s) => out.copyOf(s), writeAt: (o, b) => (writes.push([o, b.length]), out.writeAt(o, b)) };
+    const copyOf = async (s: { path?: string }) => (copyFileSync(s.path!, out.tempPath), true);
+    const sink: FileSink = { write: (b) => out.write(b), copyOf, writeAt: (o, b) => (writes.push([o, b.length]), out.writeAt(o, b)) };
     const placed = await mergeWith(lw, await fileSource(input), adapter, () => sink);
     await out.commit();
     assert.is(placed.inPlaceFiles, 1, 'the in-place path ran');
@@ -68,6 +69,13 @@ test('in place: a canonical file is copied in the kernel and only changed tensor
     const reader = await SafetensorsReader.open(bytesSource(bytes));
     const at = (n: string) => [reader.dataStart + reader.get(n)!.begin, reader.get(n)!.end - reader.get(n)!.begin];
     assert.equal(writes.sort((a, b) => a[0] - b[0]), ['l.q.weight', 'l.q.bias', 'l.k.weight', 'head.weight'].map(at).sort((a, b) => a[0]! - b[0]!), 'only the changed tensors, at their offsets');
+    // the atomic file's own copyOf reflinks or does nothing (then every byte is written, front to back)
+    const own = await atomicFile(path.join(dir, 'own.safetensors'));
+    const ownWrites: number[] = [];
+    const report = await mergeWith(lw, await fileSource(input), adapter, () => ({ write: (b) => own.write(b), copyOf: (s) => own.copyOf(s), writeAt: (o, b) => (ownWrites.push(o), own.writeAt(o, b)) }));
+    await own.commit();
+    assert.ok(Buffer.from(readFileSync(own.path)).equals(Buffer.from(concat(parts))), 'byte-identical with or without a reflink');
+    if (report.inPlaceFiles === 0) assert.is(ownWrites[0], 0, 'no reflink here: the header and every tensor are written');
   } finally {
     rmSync(dir, { recursive: true, force: true });
     adapter.dispose();
@@ -128,6 +136,67 @@ test('a sink that references the input (a browser Blob) gets ranges for untouche
   await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (b) => void plain.push(b) }));
   assert.ok(Buffer.from(concat(parts)).equals(Buffer.from(concat(plain))), 'the same bytes');
   assert.equal(written, ['range 252'], 'l.untouched (7×9 f32) referenced, not read; the zero-size tensor needs nothing');
+  // a sink that declines the reference (its source is not a Blob) gets the bytes instead
+  const declined: Uint8Array[] = [];
+  await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (b) => void declined.push(b), writeRange: async () => false }));
+  assert.ok(Buffer.from(concat(declined)).equals(Buffer.from(concat(plain))), 'the same bytes when the range is declined');
+  adapter.dispose();
+});
+
+test('an untouched range longer than a block is copied in chunks, at its offsets, between merged tensors', async () => {
+  const lw = await lwUnderTest();
+  const { adapter } = await fixture(lw);
+  const g = rng(5);
+  const big = randomF32(g, 5 << 20); // 20 MiB: more than one 16 MiB copy chunk
+  const bytes = encodeSafetensors([
+    t('l.q.weight', [24, 20], randomF32(g, 480)), t('l.k.weight', [24, 20], randomF32(g, 480)), t('a.big', [5 << 10, 1 << 10], big),
+    t('l.q.bias', [24], randomF32(g, 24)), t('head.weight', [2, 20], randomF32(g, 40)),
+  ]);
+  const out = new Uint8Array(bytes.length);
+  const sizes: number[] = [];
+  await mergeWith(lw, bytesSource(bytes), adapter, () => ({
+    write: async () => assert.unreachable('positioned'),
+    writeAt: async (o, b) => {
+      sizes.push(b.length);
+      out.set(b, o);
+    },
+  }));
+  const plain: Uint8Array[] = [];
+  await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (b) => void plain.push(b) }));
+  assert.ok(Buffer.from(out).equals(Buffer.from(concat(plain))), 'the same bytes as an appending sink');
+  const reader = await SafetensorsReader.open(bytesSource(out));
+  const at = reader.dataStart + reader.get('a.big')!.begin;
+  assert.ok(Buffer.from(out.subarray(at, at + big.byteLength)).equals(Buffer.from(bytesOf(big))), 'the untouched tensor byte for byte');
+  assert.ok(Math.max(...sizes) <= 16 << 20, `no write over 16 MiB (${Math.max(...sizes)})`);
+  adapter.dispose();
+});
+
+test('a read that fails behind the loop (the base shrank) fails the merge with its error, and every block is freed', async () => {
+  const lw = await lwUnderTest();
+  const { bytes, adapter } = await fixture(lw);
+  const before = lw.memoryStats().liveBlocks;
+  let reads = 0;
+  const inner = bytesSource(bytes);
+  const shrinking = {
+    name: 'shrinking.safetensors', size: bytes.length, read: inner.read,
+    readInto: async (offset: number, target: Uint8Array) => {
+      if (++reads === 3) throw new LoRAFormatError('shrinking.safetensors: the file ended at byte 100 while reading');
+      return inner.readInto!(offset, target);
+    },
+  };
+  const reader = await SafetensorsReader.open(shrinking);
+  try {
+    for (const writeAt of [undefined, async () => {}]) {
+      reads = 0;
+      await lw.mergeAdapterFiles({ base: reader, adapter, sink: () => ({ write: async () => {}, ...(writeAt ? { writeAt } : {}) }) }).then(
+        () => assert.unreachable('the merge must fail'),
+        (e) => assert.match((e as Error).message, /the file ended/),
+      );
+    }
+  } finally {
+    await reader.close();
+  }
+  assert.is(lw.memoryStats().liveBlocks, before, 'no block left behind');
   adapter.dispose();
 });
 

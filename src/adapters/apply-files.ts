@@ -29,7 +29,7 @@ import { ANY_DTYPE, type AnyMatrixInput, operand } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { DTYPE_OF_ST, ST_OF_DTYPE, type SafetensorsReader, type TensorInfo, as2d, numelOf, planSafetensors } from '../io/safetensors.js';
 import { ITEM_BYTES } from '../memory/dtype.js';
-import type { ByteSource } from '../io/source.js';
+import { type ByteSource, readInto } from '../io/source.js';
 import { type Adapter, checkAdapter } from './adapter.js';
 import { type AdapterPlan, type ApplyOptions, type BaseTensor, type MergeStep, type ReplaceStep, planAdapter, readApplyOptions, readOutputDtype } from './plan.js';
 
@@ -109,9 +109,13 @@ export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions)
     const layout = planSafetensors(reader.tensors.map((t) => ({ ...t, dtype: outDtype(t.dtype) })), reader.metadata);
     const sameLayout = layout.dataBytes === reader.source.size - reader.dataStart && sameBytes(layout.header, await reader.headerBytes());
     if (sameLayout && sink.copyOf && sink.writeAt && (await sink.copyOf(reader.source))) {
-      await inPlace(run, reader, f, layout.order, sink as Required<Pick<FileSink, 'writeAt'>>);
+      await execute(run, reader, f, inPlaceSteps(run, reader, f, layout.order), sink);
       run.report.inPlaceFiles++;
-    } else await streamed(run, reader, f, layout, sink);
+    } else {
+      if (sink.writeAt) await sink.writeAt(0, layout.header);
+      else await sink.write(layout.header);
+      await execute(run, reader, f, streamedSteps(run, reader, layout.order, layout.header.length, sink), sink);
+    }
   }
   return run.report;
 }
@@ -140,159 +144,232 @@ function count(run: Run, write: Write | undefined): void {
   if (write?.replace) run.report.replaced++;
 }
 
-/** The output is a kernel copy of the input; only the changed tensors are read, computed in place, and written back. */
-async function inPlace(run: Run, reader: SafetensorsReader, f: number, order: readonly TensorInfo[], sink: { writeAt(offset: number, bytes: Uint8Array): Promise<void> }): Promise<void> {
-  const targets = order.filter((t) => run.plan.writes.has(t.name) && t.end > t.begin);
-  for (const t of order) if (!targets.includes(t)) done(run, reader, f, t.name); // already in the copy
-  const ring = new Ring(run.engine, Math.max(0, ...targets.map((t) => t.end - t.begin)), targets.length);
-  try {
-    const read = (k: number): Promise<void> => reader.readInto(targets[k]!, ring.bytes(k, targets[k]!.end - targets[k]!.begin));
-    let next: Promise<void> | undefined = targets.length ? handled(read(0)) : undefined;
-    for (let k = 0; k < targets.length; k++) {
-      const t = targets[k]!;
-      await next;
-      if (k + 1 < targets.length) {
-        await ring.free(k + 1);
-        next = handled(read(k + 1));
-      }
-      if (!ring.overlap) await next; // unshared memory may move while a kernel runs: nothing in flight
-      const W = ring.operand(k, t, DTYPE_OF_ST[t.dtype]!, run.plan.writes.get(t.name)!);
-      compute(run.engine, t, W, W, run.plan.writes.get(t.name)!, run.safe);
-      count(run, run.plan.writes.get(t.name));
-      ring.using(k, handled(sink.writeAt(reader.dataStart + t.begin, ring.bytes(k, t.end - t.begin)))!);
-      if (!ring.overlap) await ring.free(k);
-      done(run, reader, f, t.name);
-    }
-    await ring.drain();
-  } finally {
-    ring.dispose();
-  }
-}
+/**
+ * One piece of an output file, in the order it is written:
+ *   copy     input bytes [from, from + n) to output offset `to`, byte for byte (untouched tensors
+ *            next to each other in both files make one range, cut into block-sized chunks);
+ *   compute  tensor `src` (n input bytes) read, computed into `out`'s type (outN bytes), written at `to`;
+ *   ref      a sink that references the input (a browser Blob slice) takes [from, from + n) unread.
+ * `names` are the tensors finished when the step is written.
+ */
+type Step =
+  | { kind: 'copy' | 'ref'; from: number; to: number; n: number; names: string[] }
+  | { kind: 'compute'; from: number; to: number; n: number; outN: number; src: TensorInfo; out: TensorInfo; write: Write | undefined; names: string[] };
 
-/** The header, then every tensor in the writer's order, through the ring (or referenced, where the sink can). */
-async function streamed(
-  run: Run, reader: SafetensorsReader, f: number, layout: { header: Uint8Array; order: TensorInfo[] }, sink: FileSink,
-): Promise<void> {
-  const positioned = sink.writeAt !== undefined;
-  let pos = 0;
-  const emit = async (bytes: Uint8Array, own: boolean): Promise<void> => {
-    if (positioned) await sink.writeAt!(pos, bytes);
-    else await sink.write(own ? bytes : bytes.slice()); // a sink that keeps parts gets its own copy
-    pos += bytes.length;
-  };
-  await emit(layout.header, true);
-  // layout.order holds the input's infos with the output dtype: its begin/end are the input's
-  const outBytes = (t: TensorInfo): number => {
-    const src = reader.get(t.name)!;
-    return t.dtype === src.dtype ? src.end - src.begin : numelOf(t.shape) * ITEM_BYTES[DTYPE_OF_ST[t.dtype]!];
-  };
-  const largest = Math.max(0, ...layout.order.map((t) => Math.max(reader.get(t.name)!.end - reader.get(t.name)!.begin, outBytes(t))));
-  // slot k holds tensor k's input; a converted tensor's output goes to the slot after it
-  const ring = new Ring(run.engine, largest, layout.order.length * 2);
-  try {
-    for (let k = 0; k < layout.order.length; k++) {
-      const t = layout.order[k]!;
-      const src = reader.get(t.name)!;
-      const write = run.plan.writes.get(t.name);
-      const n = src.end - src.begin;
-      if (!write && t.dtype === src.dtype) {
-        if (n === 0 || (sink.writeRange && (await sink.writeRange(reader.source, reader.dataStart + src.begin, n)))) {
-          done(run, reader, f, t.name);
-          continue;
-        }
-      }
-      if (n === 0) {
-        done(run, reader, f, t.name);
-        continue;
-      }
-      const slot = 2 * k;
-      await ring.free(slot);
-      await reader.readInto(src, ring.bytes(slot, n));
-      let outSlot = slot;
-      let out = ring.bytes(slot, n);
-      if (write || t.dtype !== src.dtype) {
-        await ring.free(slot + 1);
-        const W = ring.operand(slot, src, DTYPE_OF_ST[src.dtype]!, write);
-        const res = t.dtype === src.dtype ? W : ring.operand(slot + 1, t, DTYPE_OF_ST[t.dtype]!, write);
-        if (!ring.overlap) await ring.drain();
-        compute(run.engine, src, W, res, write, run.safe);
-        count(run, write);
-        if (res !== W) outSlot = slot + 1;
-        out = ring.bytes(outSlot, outBytes(t));
-      }
-      // positioned sinks are done with the bytes when the write resolves; others get a copy now
-      const p = handled(emit(out, false))!;
-      ring.using(outSlot, p);
-      if (!positioned || !ring.overlap) await p;
-      done(run, reader, f, t.name);
-    }
-    await ring.drain();
-  } finally {
-    ring.dispose();
+/** The largest untouched range read at once: big enough for few syscalls, small enough to keep RSS low. */
+const COPY_CHUNK = 16 << 20;
+
+/** Reflinked output: only the changed tensors are read, computed in place, and written back at their offsets. */
+function inPlaceSteps(run: Run, reader: SafetensorsReader, f: number, order: readonly TensorInfo[]): Step[] {
+  const steps: Step[] = [];
+  for (const t of order) {
+    const write = run.plan.writes.get(t.name);
+    const n = t.end - t.begin;
+    if (!write || n === 0) done(run, reader, f, t.name); // already in the copy
+    else steps.push({ kind: 'compute', from: reader.dataStart + t.begin, to: reader.dataStart + t.begin, n, outN: n, src: t, out: t, write, names: [t.name] });
   }
+  return steps;
 }
 
 /**
- * A few wasm-memory blocks of one size, reused in turn (slot k is block k mod count), each with the
- * write that still reads it. Blocks are allocated once, before any I/O; with shared memory they never
- * move, so reads and writes may be in flight while kernels run.
+ * Every tensor in the reference writer's order (`layout.order` holds the input's infos with the output
+ * dtype), after a header of `at` bytes. Untouched tensors are copied (adjacent ones as one range) or,
+ * where the sink can, referenced; the rest are computed.
  */
-class Ring {
-  readonly overlap: boolean;
-  readonly #engine: Engine;
-  readonly #blocks: Block[] = [];
-  readonly #busy: (Promise<void> | undefined)[] = [];
+function streamedSteps(run: Run, reader: SafetensorsReader, order: readonly TensorInfo[], at: number, sink: FileSink): Step[] {
+  const steps: Step[] = [];
+  for (const t of order) {
+    const src = reader.get(t.name)!;
+    const write = run.plan.writes.get(t.name);
+    const n = src.end - src.begin;
+    const from = reader.dataStart + src.begin;
+    if (write || t.dtype !== src.dtype) {
+      const outN = t.dtype === src.dtype ? n : numelOf(t.shape) * ITEM_BYTES[DTYPE_OF_ST[t.dtype]!];
+      steps.push(n === 0 ? { kind: 'copy', from, to: at, n: 0, names: [t.name] } : { kind: 'compute', from, to: at, n, outN, src, out: t, write, names: [t.name] });
+      at += outN;
+      continue;
+    }
+    const kind = sink.writeRange ? 'ref' : 'copy';
+    const last = steps.at(-1);
+    if (last && last.kind === kind && last.from + last.n === from && last.to + last.n === at) {
+      last.n += n;
+      last.names.push(t.name);
+    } else steps.push({ kind, from, to: at, n, names: [t.name] });
+    at += n;
+  }
+  return steps;
+}
 
-  constructor(engine: Engine, bytes: number, uses: number) {
-    this.#engine = engine;
-    this.overlap = engine.heap.memory.buffer instanceof SharedArrayBuffer;
-    const count = Math.min(uses, this.overlap ? 3 : 2);
+/** Copy steps cut to at most `chunk` bytes (a tensor's name goes with the chunk that ends it). */
+function chunked(steps: Step[], chunk: number): Step[] {
+  const out: Step[] = [];
+  for (const s of steps) {
+    if (s.kind !== 'copy' || s.n <= chunk) {
+      out.push(s);
+      continue;
+    }
+    for (let k = 0; k < s.n; k += chunk) out.push({ kind: 'copy', from: s.from + k, to: s.to + k, n: Math.min(chunk, s.n - k), names: k + chunk >= s.n ? s.names : [] });
+  }
+  return out;
+}
+
+/**
+ * Carries the steps out through a few wasm-memory blocks. With shared memory (threads) the next
+ * step's input is read while this one is computed, and writes finish behind (a positioned sink takes
+ * several at once); with unshared memory, growth may move it, so no I/O is in flight while a kernel runs.
+ * A positioned sink writes each step at its offset; any other gets the bytes in order (its own copy).
+ */
+async function execute(run: Run, reader: SafetensorsReader, f: number, stepsIn: Step[], sink: FileSink): Promise<void> {
+  const engine = run.engine;
+  const overlap = engine.heap.memory.buffer instanceof SharedArrayBuffer;
+  const computeBytes = Math.max(0, ...stepsIn.map((s) => (s.kind === 'compute' ? Math.max(s.n, s.outN) : 0)));
+  const copyBytes = Math.max(0, ...stepsIn.map((s) => (s.kind === 'copy' ? Math.min(s.n, COPY_CHUNK) : 0)));
+  const size = Math.max(computeBytes, copyBytes);
+  const steps = chunked(stepsIn, Math.max(size, 1));
+  if (steps.every((s) => s.kind === 'ref' || s.n === 0)) {
+    for (const s of steps) {
+      if (s.n > 0 && !(await sink.writeRange!(reader.source, s.from, s.n))) await sink.write(await reader.source.read(s.from, s.n));
+      await finish(run, reader, f, s, undefined);
+    }
+    return;
+  }
+  const positioned = sink.writeAt !== undefined;
+  const blocks = new Blocks(engine, size, overlap ? 4 : 2);
+  const inFlight = new Set<Promise<unknown>>();
+  let failed: { error: unknown } | undefined; // the first read or write that failed behind the loop
+  const track = <T>(p: Promise<T>): Promise<T> => {
+    inFlight.add(p);
+    p.then(() => inFlight.delete(p), (error) => {
+      inFlight.delete(p);
+      failed ??= { error };
+    });
+    return handled(p)!;
+  };
+  const view = (b: Block, n: number): Uint8Array => new Uint8Array(engine.heap.memory.buffer, b.ptr, n);
+  const reads = (s: Step): boolean => s.kind !== 'ref' && s.n > 0;
+  const startRead = (s: Step): Promise<Block> => track((async () => {
+    const b = await blocks.acquire();
     try {
-      for (let i = 0; i < count; i++) this.#blocks.push(engine.heap.alloc(Math.max(bytes, 4), fn));
+      await readInto(reader.source, s.from, view(b, s.n));
+    } catch (e) {
+      blocks.release(b);
+      throw e;
+    }
+    return b;
+  })());
+  const emit = (to: number, bytes: Uint8Array): Promise<void> => (positioned ? sink.writeAt!(to, bytes) : sink.write(bytes.slice()));
+  let ahead: { i: number; block: Promise<Block> } | undefined;
+  try {
+    for (let i = 0; i < steps.length; i++) {
+      const s = steps[i]!;
+      if (failed) throw failed.error;
+      if (!reads(s)) {
+        if (s.n > 0 && !(await sink.writeRange!(reader.source, s.from, s.n))) {
+          // the sink cannot reference this source after all: the range goes through a block, in order
+          for (let k = 0; k < s.n; k += size) {
+            const b = await blocks.acquire();
+            try {
+              const bytes = view(b, Math.min(size, s.n - k));
+              await readInto(reader.source, s.from + k, bytes);
+              await sink.write(bytes.slice());
+            } finally {
+              blocks.release(b);
+            }
+          }
+        }
+        await finish(run, reader, f, s, undefined);
+        continue;
+      }
+      const input = await (ahead?.i === i ? ahead.block : startRead(s));
+      ahead = undefined;
+      const next = steps.findIndex((x, j) => j > i && reads(x));
+      if (overlap && next > 0) ahead = { i: next, block: startRead(steps[next]!) };
+      let output = input;
+      if (s.kind === 'compute') {
+        const converted = s.outN !== s.n || s.out.dtype !== s.src.dtype;
+        if (converted) output = await blocks.acquire();
+        if (!overlap) await Promise.allSettled(inFlight);
+        const W = operandIn(engine, input, s.src, s.write);
+        const res = converted ? operandIn(engine, output, s.out, s.write) : W;
+        compute(engine, s.src, W, res, s.write, run.safe);
+        count(run, s.write);
+        if (converted) blocks.release(input);
+      }
+      const written = track(emit(s.to, view(output, s.kind === 'compute' ? s.outN : s.n)));
+      blocks.release(output, written);
+      await finish(run, reader, f, s, positioned && overlap ? undefined : written);
+    }
+    await Promise.all(inFlight);
+  } finally {
+    blocks.close(); // a read still waiting for a block (after a failure) gives up
+    await Promise.allSettled(inFlight); // nothing may still read into, or write from, a block when it is freed
+    blocks.dispose();
+  }
+}
+
+async function finish(run: Run, reader: SafetensorsReader, f: number, s: Step, written: Promise<void> | undefined): Promise<void> {
+  await written;
+  for (const name of s.names) done(run, reader, f, name);
+}
+
+/** A block as a [rows, cols] operand of the tensor's dtype (a bias target is [1, n]). */
+function operandIn(engine: Engine, b: Block, t: TensorInfo, write: Write | undefined): AnyMatrixInput {
+  const [r, c] = as2d(t.shape);
+  const [rows, cols] = write?.biasOf ? [1, r * c] : [r, c];
+  const dtype = DTYPE_OF_ST[t.dtype]!;
+  return dtype === 'f32'
+    ? { rows, cols, data: engine.heap.view(b, rows * cols) }
+    : { rows, cols, dtype, data: engine.heap.viewU16(b, rows * cols) };
+}
+
+/**
+ * A few wasm-memory blocks of one size, allocated once before any I/O and handed out in request
+ * order; a block comes back when the write that reads it settles. With shared memory they never move.
+ */
+class Blocks {
+  readonly #engine: Engine;
+  readonly #all: Block[] = [];
+  readonly #free: Block[] = [];
+  readonly #waiting: { give: (b: Block) => void; fail: (e: Error) => void }[] = [];
+  #closed = false;
+
+  constructor(engine: Engine, bytes: number, count: number) {
+    this.#engine = engine;
+    try {
+      for (let i = 0; i < count; i++) this.#all.push(engine.heap.alloc(Math.max(bytes, 4), fn));
     } catch (e) {
       this.dispose();
       throw e;
     }
+    this.#free.push(...this.#all);
   }
 
-  #block(k: number): Block {
-    return this.#blocks[k % this.#blocks.length]!;
+  acquire(): Promise<Block> {
+    if (this.#closed) return Promise.reject(new Error(`${fn}: stopped`));
+    const b = this.#free.shift();
+    return b ? Promise.resolve(b) : new Promise((give, fail) => this.#waiting.push({ give, fail }));
   }
 
-  /** Slot k's first `n` bytes, as a view made now (never kept across growth). */
-  bytes(k: number, n: number): Uint8Array {
-    const b = this.#block(k);
-    return new Uint8Array(this.#engine.heap.memory.buffer, b.ptr, n);
+  /** Returns `b` now, or once `after` settles. */
+  release(b: Block, after?: Promise<unknown>): void {
+    const give = () => {
+      const w = this.#waiting.shift();
+      if (w) w.give(b);
+      else this.#free.push(b);
+    };
+    if (after) after.then(give, give);
+    else give();
   }
 
-  /** Slot k as a [rows, cols] operand of `dtype` (a bias target is [1, n]). */
-  operand(k: number, t: TensorInfo, dtype: DType, write: Write | undefined): AnyMatrixInput {
-    const [r, c] = as2d(t.shape);
-    const [rows, cols] = write?.biasOf ? [1, r * c] : [r, c];
-    const heap = this.#engine.heap;
-    return dtype === 'f32'
-      ? { rows, cols, data: heap.view(this.#block(k), rows * cols) }
-      : { rows, cols, dtype, data: heap.viewU16(this.#block(k), rows * cols) };
-  }
-
-  using(k: number, p: Promise<void>): void {
-    this.#busy[k % this.#blocks.length] = p;
-  }
-
-  async free(k: number): Promise<void> {
-    const i = k % this.#blocks.length;
-    const p = this.#busy[i];
-    this.#busy[i] = undefined;
-    await p;
-  }
-
-  async drain(): Promise<void> {
-    for (let i = 0; i < this.#blocks.length; i++) await this.free(i);
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#waiting.splice(0)) w.fail(new Error(`${fn}: stopped`));
   }
 
   dispose(): void {
-    for (const b of this.#blocks) this.#engine.heap.free(b);
-    this.#blocks.length = 0;
+    for (const b of this.#all) this.#engine.heap.free(b);
+    this.#all.length = 0;
+    this.#free.length = 0;
   }
 }
 

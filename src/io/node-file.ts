@@ -53,9 +53,9 @@ export interface AtomicFile {
   readonly tempPath: string;
   write(bytes: Uint8Array): Promise<void>;
   /**
-   * Makes the (still empty) file a copy of `source`'s file in the kernel: fs.copyFile with
-   * COPYFILE_FICLONE, a reflink where the file system has them (btrfs, XFS), else a copy that never
-   * passes through JavaScript. False (nothing done) when the source is not a file.
+   * Makes the (still empty) file a reflink of `source`'s file (fs.copyFile with COPYFILE_FICLONE_FORCE:
+   * btrfs, XFS), sharing its blocks until they are written. False, and nothing done, when the source
+   * is not a file or the file system cannot reflink (ext4): the caller then writes every byte.
    */
   copyOf(source: ByteSource): Promise<boolean>;
   /** Writes `bytes` at `offset` (after copyOf: replaces that range of the copy). */
@@ -137,6 +137,9 @@ const exists = async (path: string): Promise<boolean> => {
 };
 const appeared = (path: string) => new LoRAEnvironmentError(`${path} appeared while this output was being written; it was not replaced (pass --force, or { force: true }, to replace it)`);
 
+/** Bytes written between two background datasyncs of an atomic file. */
+const FLUSH_BEHIND = 64 << 20;
+
 /** A file that appears at `path` only on commit(); `force` allows replacing an existing file. */
 export async function atomicFile(path: string, force = false): Promise<AtomicFile> {
   const fs = await fsp();
@@ -152,7 +155,20 @@ export async function atomicFile(path: string, force = false): Promise<AtomicFil
     throw e;
   }
   let open = true;
+  // Write-behind: every FLUSH_BEHIND bytes, a datasync starts in the background (one at a time), so the
+  // disk writes while the merge goes on, instead of all at commit's fsync. Without it, 1 GiB of dirty
+  // pages also throttles the writes themselves (measured: read + write + fsync of 1 GiB took 1.9–3.1 s
+  // here, 0.96–0.98 s with it; `cp && sync` 1.0–1.1 s).
+  let flushing: Promise<void> | undefined;
+  let unflushed = 0;
+  const flushBehind = (n: number) => {
+    unflushed += n;
+    if (unflushed < FLUSH_BEHIND || flushing) return;
+    unflushed = 0;
+    flushing = handle.datasync().catch(() => {}).finally(() => { flushing = undefined; }); // commit's fsync reports errors
+  };
   const drop = async () => {
+    await flushing;
     if (open) await handle.close().catch(() => {});
     open = false;
     await fs.rm(tmp, { force: true });
@@ -166,24 +182,29 @@ export async function atomicFile(path: string, force = false): Promise<AtomicFil
       written = true;
       let done = 0;
       while (done < bytes.byteLength) done += (await handle.write(bytes, done, bytes.byteLength - done)).bytesWritten;
+      flushBehind(bytes.byteLength);
     },
     async copyOf(source) {
       if (!source.path || written) return false;
-      written = true;
       await handle.close();
       open = false;
-      await fs.copyFile(source.path, tmp, (syncFs!.constants.COPYFILE_FICLONE as number));
-      handle = await fs.open(tmp, 'r+');
+      // A reflink or nothing: one ioctl, no copy loop. (A copying fs.copyFile loops forever in libuv
+      // when its source shrinks meanwhile, and would write every byte that the merge then rewrites.)
+      const cloned = await fs.copyFile(source.path, tmp, syncFs!.constants.COPYFILE_FICLONE_FORCE).then(() => true, () => false);
+      handle = await fs.open(tmp, cloned ? 'r+' : 'w');
       open = true;
-      return true;
+      written = cloned;
+      return cloned;
     },
     async writeAt(offset, bytes) {
       written = true;
       let done = 0;
       while (done < bytes.byteLength) done += (await handle.write(bytes, done, bytes.byteLength - done, offset + done)).bytesWritten;
+      flushBehind(bytes.byteLength);
     },
     async commit() {
       try {
+        await flushing;
         await handle.sync();
         await handle.close();
         open = false;
