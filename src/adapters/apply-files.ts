@@ -6,19 +6,21 @@
  * Everything is planned and checked first by the planner (plan.ts): targets, shapes, dtypes,
  * replacements, lora_bias, duplicate writes; and a tensor stored in two shards is refused.
  *
- * Bytes do not pass through JavaScript buffers. Tensors are read straight into a ring of wasm-memory
+ * Bytes do not pass through JavaScript buffers. Tensors are read straight into a few wasm-memory
  * blocks (ByteSource.readInto: fs.read into a view of wasm memory), computed there, and written from
- * there. Two paths:
+ * there (execute()). Two plans:
  *   in place   the output's header and layout equal the input's (dtype kept, or already the output's,
- *              and the input written as the reference writer writes): the sink copies the input in the
- *              kernel (fs.copyFile, a reflink where the file system can), and only the targeted tensors
- *              are read, merged in place on every thread, and written back at their offsets;
- *   streamed   otherwise: the header, then every tensor in the reference writer's order. Untouched
- *              tensors go through a ring block (or, where the sink can reference the input — a browser
- *              Blob — are not read at all); changed ones are computed from a ring block into one.
- * With shared memory (threads) the next tensor is read while one is merged and the last one written;
- * with unshared memory, growth may move it, so no I/O is in flight while a kernel runs.
- * Memory stays near a few tensors (the ring), not the model.
+ *              and the input written as the reference writer writes) and the sink can reflink the
+ *              input (btrfs, XFS): only the targeted tensors are read, merged in place on every
+ *              thread, and written back at their offsets;
+ *   streamed   otherwise (ext4 included): the header, then every tensor in the reference writer's
+ *              order. Untouched tensors next to each other are one range, copied through the blocks in
+ *              chunks of at most 16 MiB (or, where the sink can reference the input — a browser Blob —
+ *              not read at all); changed ones are computed from one block into another.
+ * With shared memory (threads) the next step is read while one is merged and earlier ones are still
+ * being written; with unshared memory, growth may move it, so no I/O is in flight while a kernel runs.
+ * A file read that comes up short (the base shrank) is a LoRAFormatError. Memory stays near a few
+ * tensors (the blocks), not the model.
  */
 import { LoRAFormatError, LoRANonFiniteError } from '../errors.js';
 import type { Block } from '../memory/heap.js';
