@@ -127,10 +127,10 @@ export function gemv(c: usize, x: usize, y: usize, m: i32, k: i32, window: usize
 }`;
 const compiled = await asc.compileString(PROBE, {
   enable: ['simd', 'threads'], runtime: 'stub', importMemory: true, sharedMemory: true, initialMemory: 1100, maximumMemory: 1100,
-  optimizeLevel: 3, shrinkLevel: 0, noAssert: true, uncheckedBehavior: 'always',
+  optimizeLevel: 3, shrinkLevel: 0, noAssert: true,
 });
 if (!compiled.binary) throw new Error(`bandwidth: the probe module did not compile:\n${compiled.stderr.toString()}`);
-const probeModule = await WebAssembly.compile(compiled.binary);
+const probeModule = await WebAssembly.compile(new Uint8Array(compiled.binary));
 const memory = new WebAssembly.Memory({ initial: 1100, maximum: 1100, shared: true });
 const PX = 1 << 20, PC = 2 << 20, PW = 4 << 20; // x, y, W in the probe memory (W 64-byte aligned)
 new Float32Array(memory.buffer, PX, K).set(x);
