@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { type DType, LoRANonFiniteError, LoRATypeError, type Matrix } from '../src/index.js';
 import { BUILD, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
-import { U, halfUlp, rankReference, roundTo } from './reference.js';
+import { U, bf16Bits, f16Bits, f32Bits, halfUlp, rankReference, roundTo } from './reference.js';
 import { SHAPES } from './shapes.js';
 
 const DTYPES: DType[] = ['f32', 'f16', 'bf16'];
@@ -66,6 +66,59 @@ test(`mergeInto, merge and unmerge in all 81 dtype combinations equal round_out(
     }
   });
   assert.ok(checked >= 600, `${checked} cases`);
+});
+
+/**
+ * The bits a merge writes for a NaN W0 element: the f32 sum is W0's NaN made quiet (x64 and arm64 add
+ * return their one NaN operand, quieted), then out's encoder: f16 keeps the sign only (0x7e00), bf16
+ * keeps the upper 16 bits. Pinned so that a faster encoder cannot change a file's bytes.
+ */
+function nanOut(w0Bits32: number, out: DType): number {
+  const q = (w0Bits32 | 0x00400000) >>> 0;
+  return out === 'f32' ? q : out === 'f16' ? ((q >>> 16) & 0x8000) | 0x7e00 : q >>> 16;
+}
+
+test(`every f16 and bf16 W0 bit pattern (NaN payloads, ±Inf, subnormals, ±0) merges to round_out(f32(W0) + Δ̂) through the full and edge tiles (${BUILD})`, async () => {
+  const lw = await lwUnderTest();
+  const g = rng(4242);
+  // 256×256 W0 holds all 65,536 patterns; row i of A is 0 for every fourth row (W0 passes through
+  // decode and encode untouched), else random at scale 2^k, k from -30 to 17 (sums that round
+  // at every binade, cross halfway points, underflow and overflow f16)
+  const n = 256, r = 3;
+  const a = new Float32Array(n * r);
+  for (let i = 0; i < n; i++) for (let k = 0; k < r; k++) a[i * r + k] = i % 4 === 0 ? 0 : (2 * g() - 1) * 2 ** ((i % 48) - 30);
+  const bIn = randomF32(g, r * n);
+  const patterns = Uint16Array.from({ length: n * n }, (_, h) => h);
+  // a second W0 of 255 columns: every row ends in an edge tile (7 columns, element by element)
+  for (const cols of [n, n - 1]) {
+    using A = lw.matrix(n, r, a);
+    using B = lw.matrix(r, cols, bIn.subarray(0, r * cols));
+    using D = lw.delta(A, B);
+    const d = D.toArray();
+    for (const w0Type of ['f16', 'bf16'] as const) {
+      using W0 = lw.matrix(n, cols, patterns.subarray(0, n * cols), { dtype: w0Type });
+      const w0 = W0.toFloat32();
+      // NaN W0's exact f32 bits (toFloat32 in JS may not keep a NaN's payload)
+      const nanBits = (h: number): number => (w0Type === 'bf16' ? h << 16 : ((h & 0x8000) << 16) | 0x7f800000 | ((h & 0x3ff) << 13)) >>> 0;
+      for (const outType of DTYPES) {
+        using out = lw.matrix(n, cols, undefined, { dtype: outType as 'f16' });
+        lw.mergeInto(out, W0, A, B);
+        const got = bits(out);
+        for (let q = 0; q < n * cols; q++) {
+          const sum = Math.fround(w0[q]! + d[q]!);
+          const want = Number.isNaN(w0[q]!) ? nanOut(nanBits(patterns[q]!), outType) : outType === 'f32' ? f32Bits(sum) : outType === 'f16' ? f16Bits(sum) : bf16Bits(sum);
+          if (got[q] !== want) {
+            assert.unreachable(`${cols} cols, W0 ${w0Type} 0x${patterns[q]!.toString(16)} + ${d[q]} → out ${outType} 0x${got[q]!.toString(16)}, want 0x${want.toString(16)}`);
+          }
+        }
+        if (outType === w0Type) {
+          using W = lw.matrix(n, cols, patterns.subarray(0, n * cols), { dtype: w0Type });
+          lw.merge(W, A, B);
+          assert.equal(bits(W), got, `${cols} cols, ${w0Type}: merge(W) == mergeInto(out, W0)`);
+        }
+      }
+    }
+  }
 });
 
 test('a half W0 gives zero-drift adapter swaps through mergeInto', async () => {
