@@ -188,7 +188,7 @@ async function runScenario(ctx: Ctx, dir: string, sc: Scenario, pattern: Uint16A
   const row = { group: 'cli merge', shape: sc.label, flops: 0, bytes: 2 * size };
   ctx.rows.push({ ...row, name: 'cp && sync <file> (fsync\'d, as the merge)', by: 'copy', ms: cpSync });
   ctx.rows.push({ ...row, name: 'cp (left in the page cache)', by: 'cp', ms: cp });
-  ctx.rows.push({ ...row, name: 'lora-wasm merge (CLI)', by: 'lora-wasm', build: lw.build, ms: merge, flops });
+  ctx.rows.push({ ...row, name: 'lora-wasm merge (CLI)', by: 'lora-wasm', build: lw.build, ms: merge, flops, rssMiB: rssKb / 1024 });
   ctx.notes.push(`cli merge, ${sc.label}: ${(merge / 1e3).toFixed(2)} s = ${(merge / cpSync).toFixed(2)}× cp && sync (${(cpSync / 1e3).toFixed(2)} s), ${(merge / cp).toFixed(2)}× cp (${(cp / 1e3).toFixed(2)} s); `
     + `${mb(size, merge)} of ${(size / 1e6).toFixed(0)} MB (cp && sync ${mb(size, cpSync)}, cp ${mb(size, cp)}); `
     + `peak RSS of the merge process ${(rssKb / 1024).toFixed(0)} MiB; ${ctx.quick ? 'one run of each' : `medians of ${times.merge.length} interleaved runs after a warm-up`}`);

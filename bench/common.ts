@@ -23,6 +23,8 @@ export interface Row {
   flops: number;
   /** Bytes of W (or C) moved per call, for GB/s. */
   bytes: number;
+  /** Peak resident memory of the process (CLI runs). */
+  rssMiB?: number;
 }
 
 /** A paired, interleaved comparison of 1 thread against 2 (bench/threads.bench.ts pairedRatio). */

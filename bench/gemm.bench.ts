@@ -40,6 +40,29 @@ export async function benchGemm(ctx: Ctx): Promise<void> {
   for (const t of [tX, tW, tWt]) t.dispose();
   for (const h of held) h.dispose();
 
+  // Batch-1 GEMV y = x·Wᵀ (nn.Linear at batch 1): memory-bound, 64 MiB of W read per call. tfjs's
+  // batch-1 fast path is matMul(x, Wt) with Wt [in, out]; onnxruntime's Gemm is in its own group.
+  const gx = x.subarray(0, k);
+  const gemv: Case[] = [];
+  held.length = 0;
+  for (const lw of ctx.builds) {
+    const X1 = lw.matrix(1, k, gx), W = lw.matrix(m, k, w), Y1 = lw.matrix(1, m);
+    held.push(X1, W, Y1);
+    lw.gemm(Y1, X1, W, { transY: true });
+    verify(`gemv ${lw.build}`, Y1.data, 1, m, k, linearElement(gx, w, 1, m, k));
+    gemv.push({ name: `gemm(Y, x, W, { transY }) (${lw.build})`, by: 'lora-wasm', build: lw.build, fn: () => () => lw.gemm(Y1, X1, W, { transY: true }) });
+  }
+  const tx1 = tf.tensor2d(gx, [1, k]), tWt1 = tf.tensor2d(wt, [k, m]);
+  const tfGemv = () => tf.matMul(tx1, tWt1);
+  const tv = tfGemv();
+  verify('tfjs gemv', tv.dataSync() as Float32Array, 1, m, k, linearElement(gx, w, 1, m, k));
+  tv.dispose();
+  gemv.push({ name: 'tfjs-wasm matMul(x, Wt)', by: 'tfjs-wasm', fn: () => () => tfGemv().dispose() });
+  await suite(ctx, 'gemv', `1×${k} · (${m}×${k})ᵀ`, 2 * m * k, 4 * m * k, gemv);
+  for (const t of [tx1, tWt1]) t.dispose();
+  for (const h of held) h.dispose();
+  held.length = 0;
+
   // In-cache micro-kernel: 64×256×256, X 64 KB and W 256 KB stay in L2 across calls.
   const mn = 64, mk = 256, mm = 256;
   const mx = random(mn * mk, 13), mw = random(mm * mk, 14);

@@ -277,6 +277,46 @@ function numpyPeers(ctx: Ctx): void {
   ctx.notes.push(`numpy ${runs[0]!.res.numpy} in the threads tables: OPENBLAS_NUM_THREADS 1 and 2, the faster kept (numpy's elementwise W + … is single-threaded either way)`);
 }
 
+/**
+ * The merge after an idle gap: each call alone, `gap` ms after the last call of either side (the event
+ * loop sleeps, so the pool's workers go back to waiting), 1 thread against 2, paired and alternated.
+ * Users' calls are rarely back to back; a pool that is fast only while its workers spin gains nothing.
+ */
+async function afterIdle(ctx: Ctx, lws: LoRAWasm[], d: number, r: number, gap: number): Promise<void> {
+  const w0 = random(d * d, 71 + r, 0.05), a = random(d * r, 72, 0.02), bm = random(r * d, 73, 0.05);
+  const sides = lws.slice(0, 2).map((lw) => {
+    const W = lw.matrix(d, d, w0), A = lw.matrix(d, r, a), B = lw.matrix(r, d, bm);
+    let sign = 1;
+    return {
+      held: [W, A, B],
+      call: () => {
+        lw.merge(W, A, B, { scale: 0.5 * sign });
+        sign = -sign;
+      },
+    };
+  });
+  const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+  const time = async (f: () => void): Promise<number> => {
+    await sleep(gap);
+    const t = performance.now();
+    f();
+    return performance.now() - t;
+  };
+  const pairs = ctx.quick ? 10 : 40;
+  const t1: number[] = [];
+  const t2: number[] = [];
+  for (let i = 0; i < pairs + 1; i++) {
+    const [x, y] = i % 2 ? [await time(sides[1]!.call), await time(sides[0]!.call)] : [await time(sides[0]!.call), await time(sides[1]!.call)];
+    if (i === 0) continue; // the first call of each side compiles and warms
+    t1.push(i % 2 ? y : x);
+    t2.push(i % 2 ? x : y);
+  }
+  const median = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
+  const shape = `${d}×${d} r=${r}`;
+  (ctx.paired ??= []).push({ group: `threads: merge after ${gap} ms idle`, shape, pairs, ratio: median(t1.map((v, i) => v / t2[i]!)), msOne: median(t1), msTwo: median(t2) });
+  for (const side of sides) side.held.forEach((m) => m.dispose());
+}
+
 export async function benchThreads(ctx: Ctx): Promise<void> {
   const lws = await instances(ctx);
   if (lws.some((lw, i) => lw.threads !== threadCounts(ctx)[i])) throw new Error(`asked for ${threadCounts(ctx)} threads, got ${lws.map((lw) => lw.threads)}`);
@@ -286,6 +326,8 @@ export async function benchThreads(ctx: Ctx): Promise<void> {
   if (!ctx.quick) await mergeShape(ctx, lws, 4096, 16);
   await gemmShape(ctx, lws, 256, 4096);
   if (!ctx.quick) await trainingStep(ctx, lws);
+  await afterIdle(ctx, lws, 4096, 8, 30);
+  await afterIdle(ctx, lws, 1024, 16, 30);
   await overhead(ctx, lws);
   if (!ctx.quick) await threshold(ctx, lws);
   numpyPeers(ctx);

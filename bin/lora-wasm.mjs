@@ -41,7 +41,8 @@ const USAGE = `usage:
   --multiplier   a finite number whose f32 is not 0 or ±Inf; negative as --multiplier -1 or --multiplier=-1;
                  0 is allowed (with a note): the LoRA modules then change nothing
   --out          never an input; the output appears only when complete (a sharded base: a folder, all at once)
-  --force        replace an existing --out (a folder only if it holds nothing but .safetensors files and an index)`;
+  --force        replace an existing --out (a folder only if it holds nothing but .safetensors files and an index)
+  --quiet        no progress bar and no notes on stderr; the one-line summary still goes to stdout`;
 
 class UsageError extends Error {}
 /** A mistake in the command (a path, --out): exit 1, one line. */
