@@ -18,3 +18,5 @@ export { orthonormalize } from './orthonormalize';
 export function heapBase(): usize {
   return __heap_base;
 }
+export { quantize, dequantize } from './quants';
+export { QUANT_TMP_BYTES } from './quant-math';

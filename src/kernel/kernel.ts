@@ -28,7 +28,7 @@ import type { MatrixDesc } from './descriptor.js';
 import { F32, fits, pointer } from './guards.js';
 import {
   DTYPE_CODE, Epilogue, GEMM_KC, GEMM_MC, GEMM_NC, type KernelCall, type Kernels, TILE_COLS, TILE_ROWS, TILE_TMP_BYTES, packedABytes,
-  packedBBytes,
+  packedBBytes, QUANT_TMP_BYTES,
 } from './kernels.js';
 import { Scheduler, type Split, firstIndex, splitPolicy, splitRange } from './scheduler.js';
 import { Scratch } from './scratch.js';
@@ -386,5 +386,35 @@ export class KernelLayer {
     this.#sched.stream(fn, p.rows * p.cols, 28, (e0, n) => [
       'adamwStep', pp + e0 * 4, pg + e0 * 4, pm + e0 * 4, pv + e0 * 4, n, lr, beta1, beta2, eps, weightDecay, bc1, bc2,
     ]);
+  }
+
+  // ------------------------------------------------------------ ggml blocks (src/gguf/quant.ts)
+
+  /**
+   * ggml block (de)quantization between raw wasm pointers (assembly/quants.ts, quants-k.ts): n f32
+   * values at src → ggml blocks of ggml_type `type` at dst (quantize), or the reverse (dequantize).
+   * F32, F16 and BF16 (ggml ids 0, 1, 30) go through the convert kernel. The caller (src/gguf/quant.ts)
+   * has checked the type, that n is whole blocks and that both ranges lie in wasm memory. Split over
+   * threads by whole blocks (every block is computed alone, so any split gives the same bytes);
+   * `cost` is the work per f32 value in streamed bytes (a quantizer's search weighs more than a copy).
+   */
+  ggmlBlocks(fn: string, op: 'quantize' | 'dequantize', type: number, dst: number, src: number, n: number, blockValues: number, blockBytes: number, cost: number): void {
+    const blocks = n / blockValues;
+    const parts = this.#sched.parts(n * cost, splitPolicy.minBytes, blocks);
+    const ranges = splitRange(blocks, 1, parts);
+    const half = type === 1 ? DTYPE_CODE.f16 : type === 30 ? DTYPE_CODE.bf16 : type === 0 ? DTYPE_CODE.f32 : -1;
+    const { threads } = this.#scratch.layout(fn, [], [half >= 0 || op === 'dequantize' ? 0 : QUANT_TMP_BYTES], ranges.length);
+    const results = this.#sched.run(fn, ranges.map(([b0, b1], t): KernelCall => {
+      const [f32At, blockAt, count] = [b0 * blockValues * 4, b0 * blockBytes, (b1 - b0) * blockValues];
+      if (half >= 0) {
+        return op === 'quantize'
+          ? ['convert', dst + blockAt, half, src + f32At, DTYPE_CODE.f32, count]
+          : ['convert', dst + f32At, DTYPE_CODE.f32, src + blockAt, half, count];
+      }
+      return op === 'quantize'
+        ? ['quantize', dst + blockAt, src + f32At, count, type, threads[t]![0]]
+        : ['dequantize', dst + f32At, src + blockAt, count, type];
+    }));
+    if (results.some((r) => r < 0)) throw new LoRAError(`${fn}: internal error, the ${op} kernel has no ggml type ${type}`);
   }
 }

@@ -63,6 +63,8 @@ export interface Kernels {
   ): void;
   difference(dst: number, a: number, aDt: number, b: number, bDt: number, rows: number, cols: number, rowSums: number): void;
   orthonormalize(q: number, m: number, l: number, dots: number): number;
+  quantize(dst: number, src: number, n: number, type: number, tmp: number): number;
+  dequantize(dst: number, src: number, n: number, type: number): number;
 }
 
 /** A kernel's name. */
@@ -92,6 +94,7 @@ export const KERNEL_NAMES: readonly (keyof Kernels)[] = [
   'heapBase', 'buildIsRelaxed', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'convert', 'firstDifference',
   'rankUpdate', 'gemm', 'gemvT', 'broadcastRows', 'columnSums', 'reluForward', 'reluBackward', 'mseLoss',
   'softmaxCrossEntropy', 'sgdStep', 'adamwStep', 'difference', 'orthonormalize',
+  'quantize', 'dequantize',
 ];
 
 /** Bytes of packed A for `rows` rows and kc: whole 4-row blocks. */
@@ -100,3 +103,6 @@ export const packedABytes = (rows: number, kc: number): number => Math.ceil(rows
 export const packedBBytes = (cols: number, kc: number): number => Math.ceil(cols / TILE_COLS) * TILE_COLS * kc * 4;
 /** Bytes of the edge-tile spill area. */
 export const TILE_TMP_BYTES = TILE_ROWS * TILE_COLS * 4;
+
+/** Per-thread scratch of the ggml block quantizers (assembly/quants-k.ts). Twin: QUANT_TMP_BYTES in assembly/quant-math.ts. */
+export const QUANT_TMP_BYTES = 1024;
