@@ -21,6 +21,7 @@
  * Every case runs twice back to back and the second call is timed (thread pools hot), with a 60 ms
  * gap between cases so one case's spinning workers do not steal the next case's core. Each product is
  * checked against float64 before it is timed. GB/s counts the 64 MiB of W read per call.
+ * A busy machine (load above the core count) makes every figure meaningless: check /proc/loadavg first.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -69,7 +70,7 @@ if (!arg('child')) {
     const get = (n: string) => r.cases.find((c) => c.name === n);
     const ours = get('lora-wasm gemv (relaxed)'), ort = get('onnxruntime-web Gemm'), read = get('wasm read (8 × f32x4 accumulators)');
     if (ours && ort && read) {
-      console.log(`${r.threads} thread(s): onnxruntime-web / lora-wasm = ${(ort.ratio / ours.ratio).toFixed(2)}× (paired medians); the wasm read ceiling would be ${(ort.ms / read.ms).toFixed(2)}× onnxruntime-web (the issue asks 1.2×)`);
+      console.log(`${r.threads} thread(s): onnxruntime-web / lora-wasm = ${(ort.ratio / ours.ratio).toFixed(2)}× (quotient of their paired ratios to the wasm read); the wasm read ceiling would be ${(ort.ms / read.ms).toFixed(2)}× onnxruntime-web (the issue asks 1.2×)`);
     }
   }
   process.exit(0);
