@@ -435,14 +435,16 @@ let llama: Promise<Llama> | undefined;
 const dir = mkdtempSync(join(tmpdir(), 'lora-wasm-gguf-'));
 
 /** Loads `bytes` in llama.cpp, evaluates a few tokens, returns the full next-token distribution. */
-async function nextTokenDistribution(bytes: Uint8Array, name: string): Promise<Map<number, number>> {
+async function nextTokenDistribution(bytes: Uint8Array, name: string, adapter?: Uint8Array): Promise<Map<number, number>> {
   const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
   llama ??= getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
   const path = join(dir, name);
   writeFileSync(path, bytes);
   const model = await (await llama).loadModel({ modelPath: path });
   try {
-    const context = await model.createContext({ contextSize: 64 });
+    const lora = adapter && { adapters: [{ filePath: join(dir, `${name}.lora.gguf`), scale: 1 }] };
+    if (adapter) writeFileSync(lora!.adapters[0]!.filePath, adapter);
+    const context = await model.createContext({ contextSize: 64, ...(lora && { lora }) });
     try {
       const tokens = model.tokenize('the a');
       const out = await context.getSequence().controlledEvaluate([
@@ -509,6 +511,38 @@ test('a model re-typed by a plan (F32 matrices → F16) still loads and runs in 
   assert.is(back.value('general.name'), 'retyped');
   assert.equal(back.tensors.map((t) => t.typeName), f16Reader.tensors.map((t) => t.typeName));
   assertDistribution(await nextTokenDistribution(out, 'retyped.gguf'), m.config.vocab, 'retyped');
+});
+
+test('llama.cpp applies a LoRA adapter written by our writer: B = 0 leaves the distribution exactly, B ≠ 0 changes it', async () => {
+  const m = await tinyLlama({ seed: 5 });
+  const base = await nextTokenDistribution(m.bytes, 'adapter-base.gguf');
+  const random = rng(6);
+  const r = 4;
+  const adapter = (zeroB: boolean) => {
+    const tensors = [];
+    for (const name of ['blk.0.attn_q.weight', 'blk.1.ffn_down.weight']) {
+      const [out, inn] = m.tensors.find((t) => t.gguf === name)!.shape as [number, number];
+      const a = Float32Array.from({ length: r * inn }, () => random() - 0.5);
+      const b = Float32Array.from({ length: out * r }, () => (zeroB ? 0 : random() - 0.5));
+      // lora_a ne [in, r] (shape [r, in]), lora_b ne [r, out] (shape [out, r])
+      tensors.push({ name: `${name.slice(0, -'.weight'.length)}.weight.lora_a`, type: 'F32' as const, shape: [r, inn], data: a });
+      tensors.push({ name: `${name.slice(0, -'.weight'.length)}.weight.lora_b`, type: 'F32' as const, shape: [out, r], data: b });
+    }
+    return encodeGguf({
+      metadata: [
+        { key: 'general.architecture', type: 'STRING', value: 'llama' },
+        { key: 'general.type', type: 'STRING', value: 'adapter' },
+        { key: 'adapter.type', type: 'STRING', value: 'lora' },
+        { key: 'adapter.lora.alpha', type: 'FLOAT32', value: r },
+      ],
+      tensors,
+    });
+  };
+  const zero = await nextTokenDistribution(m.bytes, 'adapter-zero.gguf', await adapter(true));
+  assert.equal([...zero], [...base], 'B = 0: the same distribution');
+  const moved = await nextTokenDistribution(m.bytes, 'adapter-moved.gguf', await adapter(false));
+  assertDistribution(moved, m.config.vocab, 'adapter');
+  assert.ok([...moved].some(([k, v]) => Math.abs(v - base.get(k)!) > 1e-6), 'B ≠ 0 changes the distribution');
 });
 
 test.after(async () => {
