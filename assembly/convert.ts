@@ -26,7 +26,7 @@
 //      XNNPACK src/f32-f16-vcvt/wasmsimd.c.in (the same encode on wasm SIMD);
 //      F. Giesen, "float->half variants" (https://gist.github.com/rygorous/2156668)
 
-import { select } from './simd';
+import { madd, select } from './simd';
 
 /** Element types. Twin: DTYPE_CODE in src/kernel/kernels.ts. */
 export const DTYPE_F32: i32 = 0;
@@ -86,6 +86,51 @@ export function f16HiToF32x4(h: v128): v128 {
   return v128.or(v, interleaveHi(i16x8.splat(0), f16Top(h)));
 }
 
+/**
+ * The upper 16 bits, before the rebias, of the f32 lanes of f16 halves h that feed a sum (f16LoSum,
+ * f16HiSum): sign | m >> 3, with bits 12–14 set where h is Inf/NaN, so that the pattern is already
+ * f32's ±Inf/NaN (exponent 255, the 10 payload bits on top), which the ·2¹¹² keeps.
+ */
+// @ts-ignore: decorator
+@inline
+function f16SumTop(h: v128): v128 {
+  const infNaN = v128.and(i16x8.gt_s(f16Mag(h), i16x8.splat(0x7bff)), i16x8.splat(0x7000));
+  return v128.or(v128.and(i16x8.shr_s(h, 3), i16x8.splat(<i16>0x8fff)), infNaN);
+}
+
+/**
+ * c + f32(f16 lanes 0–3 of h), as fl(c + f32(h)): bits(sign | m << 13 | Inf/NaN exponent) · 2¹¹² + c
+ * in one madd. The product is exact (a power of two times a value that f16 holds, or ±Inf/NaN), so
+ * fused or not the sum is rounded once, as c + f16LoToF32x4(h). A signalling NaN is made quiet by the
+ * product rather than by the add: the sum's bits are the same (only for sums, hence not in convert).
+ */
+// @ts-ignore: decorator
+@inline
+export function f16LoSum(h: v128, c: v128): v128 {
+  return madd(interleaveLo(i16x8.shl(h, 13), f16SumTop(h)), f32x4.splat(reinterpret<f32>(0x77800000)), c);
+}
+
+/** c + f32(f16 lanes 4–7 of h), as f16LoSum. */
+// @ts-ignore: decorator
+@inline
+export function f16HiSum(h: v128, c: v128): v128 {
+  return madd(interleaveHi(i16x8.shl(h, 13), f16SumTop(h)), f32x4.splat(reinterpret<f32>(0x77800000)), c);
+}
+
+/** c + halves 0–3 of h (dt F16 or BF16) as f32x4: fl(c + decodeLo(h, dt)) bit for bit. */
+// @ts-ignore: decorator
+@inline
+export function addLo(h: v128, c: v128, dt: i32): v128 {
+  return dt == DTYPE_F16 ? f16LoSum(h, c) : f32x4.add(interleaveLo(i16x8.splat(0), h), c);
+}
+
+/** c + halves 4–7 of h, as addLo. */
+// @ts-ignore: decorator
+@inline
+export function addHi(h: v128, c: v128, dt: i32): v128 {
+  return dt == DTYPE_F16 ? f16HiSum(h, c) : f32x4.add(interleaveHi(i16x8.splat(0), h), c);
+}
+
 /** One f32 half of an f16 encode: |f| rounded at f16's spacing, as the 32-bit lanes (exp << 10) + mantissa. */
 // @ts-ignore: decorator
 @inline
@@ -93,9 +138,12 @@ function f16Nonsign(a: v128): v128 {
   // bias: 2^(e + 15) from |f|'s own exponent e (clamped below: subnormal halves round at 2⁻²⁴)
   let bias = v128.and(i32x4.add(a, i32x4.splat(0x07800000)), i32x4.splat(0x7f800000));
   bias = i16x8.max_s(bias, i32x4.splat(0x40008000)); // high 16 bits ≥ 0x4000; low 16 bits stay 0
-  const base = f32x4.mul(f32x4.mul(a, f32x4.splat(reinterpret<f32>(0x77800000))), f32x4.splat(reinterpret<f32>(0x08800000))); // ·2¹¹²·2⁻¹¹⁰
-  const r = f32x4.add(base, bias);
-  return i32x4.add(v128.and(i32x4.shr_u(r, 13), i32x4.splat(0x7c00)), v128.and(r, i32x4.splat(0x0fff)));
+  // (|f|·2¹¹²)·2⁻¹¹⁰ + bias: the second product is exact (a power of two on 4|f| or +Inf), so a
+  // fused or unfused madd gives the same r, rounded once by the add
+  const r = madd(f32x4.mul(a, f32x4.splat(reinterpret<f32>(0x77800000))), f32x4.splat(reinterpret<f32>(0x08800000)), bias);
+  // NaN lanes: r is NaN, whose quiet bit 22 (wasm's arithmetic NaNs have it) lands in the result as
+  // 0x400000, which the caller's narrowing saturates; other lanes have r's bits 12–22 zero
+  return i32x4.add(v128.and(i32x4.shr_u(r, 13), i32x4.splat(0x7c00)), v128.and(r, i32x4.splat(0x400fff)));
 }
 
 /** f16 bit patterns of eight f32 lanes (lo: 0–3, hi: 4–7), as an i16x8. */
@@ -103,11 +151,11 @@ function f16Nonsign(a: v128): v128 {
 @inline
 export function f32ToF16x8(lo: v128, hi: v128): v128 {
   const absMask = i32x4.splat(0x7fffffff);
-  const aLo = v128.and(lo, absMask), aHi = v128.and(hi, absMask);
-  const sign = i16x8.narrow_i32x4_s(v128.xor(lo, aLo), v128.xor(hi, aHi)); // 0x80000000 saturates to 0x8000
-  const nan = i16x8.narrow_i32x4_s(i32x4.gt_s(aLo, i32x4.splat(0x7f800000)), i32x4.gt_s(aHi, i32x4.splat(0x7f800000)));
-  const h = i16x8.narrow_i32x4_s(f16Nonsign(aLo), f16Nonsign(aHi));
-  return v128.or(select(i16x8.splat(0x7e00), h, nan), sign);
+  // nonsign halves ≤ 0x7c00, NaN lanes saturated to 0x7fff: min makes them the quiet NaN 0x7e00
+  const h = i16x8.narrow_i32x4_s(f16Nonsign(v128.and(lo, absMask)), f16Nonsign(v128.and(hi, absMask)));
+  // the sign: a negative i32 narrows (saturating) to a negative i16, a positive one to a positive
+  const sign = v128.and(i16x8.narrow_i32x4_s(lo, hi), i16x8.splat(<i16>0x8000));
+  return v128.or(i16x8.min_u(h, i16x8.splat(0x7e00)), sign);
 }
 
 /** bf16 bit patterns of eight f32 lanes (lo: 0–3, hi: 4–7), as an i16x8. */

@@ -22,7 +22,7 @@
 // see: https://github.com/google/XNNPACK/tree/master/src/f32-gemm (4x8-wasmsimd-splat)
 // Unrolling the k loop by 2 measured ~30 % slower in V8, so it stays simple.
 
-import { DTYPE_BF16, DTYPE_F16, DTYPE_F32, decodeHi, decodeLo, itemBytes, load1, nonFiniteAs, store1, store8 } from './convert';
+import { DTYPE_BF16, DTYPE_F16, DTYPE_F32, addHi, addLo, decodeHi, decodeLo, itemBytes, load1, nonFiniteAs, store1, store8 } from './convert';
 import { madd } from './simd';
 
 /** Epilogues: what a finished tile does with `out`. Twin: Epilogue in src/kernel/kernels.ts. */
@@ -244,8 +244,8 @@ function rowStore<S>(out: usize, src: usize, c0: v128, c1: v128, add: bool, srcD
       c1 = f32x4.add(v128.load(src, 16), c1);
     } else {
       const h = v128.load(src);
-      c0 = f32x4.add(decodeLo(h, srcDt), c0);
-      c1 = f32x4.add(decodeHi(h, srcDt), c1);
+      c0 = addLo(h, c0, srcDt);
+      c1 = addHi(h, c1, srcDt);
     }
   }
   store8(out, c0, c1, outDt);
