@@ -108,6 +108,7 @@ const fail = (file: string, what: string): LoRAFormatError => new LoRAFormatErro
 const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const utf8Lossy = new TextDecoder('utf-8', { ignoreBOM: true });
+const utf8 = new TextEncoder();
 
 /**
  * The header, read forward through a window of the file that is refilled in chunks. `need(n)` makes
@@ -185,6 +186,14 @@ class Cursor {
   i64(): bigint {
     return this.#view.getBigInt64(this.#take(8), true);
   }
+  /** Whether n bytes at pos are buffered (then no need() is required to read them). */
+  has(n: number): boolean {
+    return this.pos + n <= this.#at + this.#len;
+  }
+  /** The u64 at pos without taking it (has(8) must hold). */
+  peekU64(): bigint {
+    return this.#view.getBigUint64(this.pos - this.#at, true);
+  }
   /** n bytes at pos: a view valid until the next need(). */
   bytes(n: number): Uint8Array {
     const k = this.#take(n);
@@ -200,17 +209,37 @@ function fits(c: Cursor, n: bigint, perItem: number, what: () => string, unit: s
   return Number(n);
 }
 
-async function readString(c: Cursor, what: () => string, strict: boolean): Promise<string> {
-  await c.need(8, what);
-  const n = fits(c, c.u64(), 1, what, 'bytes of string');
-  await c.need(n, what);
-  const b = c.bytes(n);
+/** UTF-8 bytes as text: short ASCII directly (most vocabulary entries), else TextDecoder. */
+function decode(c: Cursor, b: Uint8Array, what: () => string, strict: boolean): string {
+  if (b.length <= 64) {
+    let ascii = true;
+    for (let k = 0; k < b.length; k++) if (b[k]! >= 0x80) ascii = false;
+    if (ascii) return String.fromCharCode.apply(null, b as unknown as number[]);
+  }
   if (!strict) return utf8Lossy.decode(b);
   try {
     return utf8Strict.decode(b);
   } catch {
     throw fail(c.file, `${what()}: not valid UTF-8`);
   }
+}
+
+/** The string at pos when it is wholly buffered (no await: a vocabulary has ~10^5 of them), else undefined. */
+function bufferedString(c: Cursor, what: () => string, strict: boolean): string | undefined {
+  if (!c.has(8)) return undefined;
+  const n = c.peekU64();
+  if (n > 0xffffffffn || !c.has(8 + Number(n))) return undefined;
+  c.u64();
+  return decode(c, c.bytes(Number(n)), what, strict);
+}
+
+async function readString(c: Cursor, what: () => string, strict: boolean): Promise<string> {
+  const now = bufferedString(c, what, strict);
+  if (now !== undefined) return now;
+  await c.need(8, what);
+  const n = fits(c, c.u64(), 1, what, 'bytes of string');
+  await c.need(n, what);
+  return decode(c, c.bytes(n), what, strict);
 }
 
 function valueType(c: Cursor, id: number, what: () => string): GgufType {
@@ -286,7 +315,7 @@ async function readValue(c: Cursor, type: GgufType, depth: number, what: () => s
   if (itemType === 'STRING') {
     const n = fits(c, count, 8, () => `${what()}: array count`, 'strings');
     const values: string[] = [];
-    for (let i = 0; i < n; i++) values.push(await readString(c, item(i), false));
+    for (let i = 0; i < n; i++) values.push(bufferedString(c, item(i), false) ?? (await readString(c, item(i), false)));
     return { type: 'STRING', values };
   }
   const n = fits(c, count, 12, () => `${what()}: array count`, 'arrays');
@@ -397,7 +426,7 @@ export class GgufReader {
       let where = () => `tensor ${i}: name`;
       const name = await readString(c, where, true);
       where = () => `tensor ${i} (${quoteName(name)})`;
-      const nameBytes = new TextEncoder().encode(name).length;
+      const nameBytes = utf8.encode(name).length;
       if (nameBytes > MAX_TENSOR_NAME_BYTES) throw fail(file, `${where()}: the name has ${nameBytes} bytes; ggml allows at most ${MAX_TENSOR_NAME_BYTES}`);
       if (byIndex.has(name)) throw fail(file, `${where()}: the name appears twice (first as tensor ${byIndex.get(name)})`);
       byIndex.set(name, i);
