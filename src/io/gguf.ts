@@ -19,7 +19,9 @@
  * present, is a u32 power of two (as gguf.cpp checks); tensor names are UTF-8, shorter than 64 bytes
  * (GGML_MAX_NAME) and unique; n_dims ≤ 4; every ne ≥ 0 and within 2^53, the element count within
  * 2^53, ne[0] a multiple of the type's block size; offsets multiples of the alignment, every tensor
- * inside the file and no two overlapping. String values that are not UTF-8 are read with U+FFFD in
+ * inside the file and no two overlapping (gguf.cpp of llama.cpp's current release also requires each
+ * offset to be the previous tensor's padded end, in file order: the layout gguf-write.ts always writes;
+ * this reader accepts any aligned layout without overlaps). String values that are not UTF-8 are read with U+FFFD in
  * place of bad bytes (llama.cpp reads any bytes; a verbatim copy keeps them): keys and names are not.
  * see: ggml docs/gguf.md; ggml/src/gguf.cpp (gguf_init_from_reader) for what llama.cpp checks.
  */
