@@ -260,7 +260,7 @@ export class LoRAWasm {
     return saveTensors(set);
   }
 
-  readonly #make = (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType): Matrix<DType> =>
+  readonly #make = (rows: number, cols: number, data: Float32Array | Uint16Array | undefined, dtype: DType): Matrix<DType> =>
     createMatrix(this.#engine, rows, cols, data, { dtype });
 
   /** mean((pred − target)²); writes 2·(pred − target)/count into grad when given. */

@@ -21,8 +21,8 @@ import { DTYPE_OF_ST, type SafetensorsReader, type TensorInfo, as2d, numelOf, te
 import { Adapter, type AdapterModule, type Replacement } from './adapter.js';
 
 
-/** Makes a resident matrix from file data (raw bits for half types), optionally transposed. */
-export type MakeMatrix = (rows: number, cols: number, data: Float32Array | Uint16Array, dtype: DType) => Matrix<DType>;
+/** Makes a resident matrix from file data (raw bits for half types), or a zeroed one without data. */
+export type MakeMatrix = (rows: number, cols: number, data: Float32Array | Uint16Array | undefined, dtype: DType) => Matrix<DType>;
 
 
 interface Parts {
@@ -45,10 +45,20 @@ export async function readAdapter(
     const dtype = DTYPE_OF_ST[t.dtype];
     if (!dtype) throw new LoRAFormatError(`safetensors: ${file}: "${t.name}" is ${t.dtype}, which lora-wasm does not support (it reads F32, F16 and BF16)`);
     if (rows === 0 || cols === 0) throw new LoRAFormatError(`safetensors: ${file}: "${t.name}" has shape ${JSON.stringify(t.shape)}, no elements; an adapter tensor needs at least one`);
-    let data = tensorData(file, await reader.read(t.name));
-    if (transposed) data = transpose(data, cols, rows);
-    const m = make(rows, cols, data, dtype);
+    if (transposed) {
+      const m = make(rows, cols, transpose(tensorData(file, await reader.read(t.name)), cols, rows), dtype);
+      made.push(m);
+      return m;
+    }
+    // stored as resident: the bytes go straight into the matrix's wasm memory (little-endian both)
+    const m = make(rows, cols, undefined, dtype);
     made.push(m);
+    const bytes = () => new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    if (m.data.buffer instanceof SharedArrayBuffer) await reader.readInto(t, bytes());
+    else {
+      const read = await reader.read(t.name); // unshared memory may move while a read is in flight
+      bytes().set(read.bytes);
+    }
     return m;
   };
   try {
