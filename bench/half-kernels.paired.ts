@@ -37,8 +37,8 @@ interface Case { name: string; run: () => unknown }
 const cases: Case[] = [];
 const held: Matrix<DType>[] = [];
 for (const build of builds) {
-  const variants: [string, LoRAWasm][] = [['', await init({ build })]];
-  if (oldDir) variants.push(['old ', await init({ build, wasm: path.resolve(oldDir, `lora-${build}.wasm`) })]);
+  const variants: [string, LoRAWasm][] = [['', await init({ build, threads: 1 })]];
+  if (oldDir) variants.push(['old ', await init({ build, threads: 1, wasm: path.resolve(oldDir, `lora-${build}.wasm`) })]);
   for (const [tag, lw] of variants) {
     const A = lw.matrix(D, R, a), B = lw.matrix(R, D, b);
     held.push(A, B);
