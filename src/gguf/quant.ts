@@ -51,14 +51,16 @@ const SIZES: readonly [GgmlTypeName, number, number][] = [
 ];
 
 /**
- * The types quantize and dequantize take, with the work per f32 value (in streamed bytes, the unit
- * of the scheduler's split threshold): measured by bench/quants.paired.ts, a K-quant's search costs
- * about as much per value as streaming a few hundred bytes.
+ * The types quantize and dequantize take, with the work per f32 value in streamed bytes (the unit of
+ * the scheduler's split threshold, MIN_BYTES_PER_THREAD), from single-thread speeds of
+ * bench/quants.paired.ts: dequantizing runs at 5–17 GB/s of f32 (about a stream's cost per byte), the
+ * legacy quantizers at 0.25–1 GB/s and the K-quants' searches at 30–250 MB/s, so a value costs tens
+ * to hundreds of streamed bytes.
  */
 const KERNEL_COST: Partial<Record<GgmlTypeName, { quantize: number; dequantize: number }>> = {
   F32: { quantize: 8, dequantize: 8 }, F16: { quantize: 6, dequantize: 6 }, BF16: { quantize: 6, dequantize: 6 },
   Q4_0: { quantize: 48, dequantize: 6 }, Q4_1: { quantize: 48, dequantize: 6 }, Q5_0: { quantize: 48, dequantize: 6 },
-  Q5_1: { quantize: 48, dequantize: 6 }, Q8_0: { quantize: 48, dequantize: 6 },
+  Q5_1: { quantize: 48, dequantize: 6 }, Q8_0: { quantize: 96, dequantize: 6 },
   Q2_K: { quantize: 512, dequantize: 6 }, Q3_K: { quantize: 256, dequantize: 6 }, Q4_K: { quantize: 512, dequantize: 6 },
   Q5_K: { quantize: 512, dequantize: 6 }, Q6_K: { quantize: 256, dequantize: 6 },
 };
