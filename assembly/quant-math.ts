@@ -4,7 +4,7 @@
 
 import { DTYPE_F16, load1, store1 } from './convert';
 
-/** ggml_type ids of the types with kernels here. Twin: GGML_TYPES in src/gguf/quant.ts (from ggml.h). */
+/** ggml_type ids of the types with kernels here. Twin: GGML_TYPE in src/io/gguf-types.ts (from ggml.h). */
 export const GGML_Q4_0: i32 = 2;
 export const GGML_Q4_1: i32 = 3;
 export const GGML_Q5_0: i32 = 6;

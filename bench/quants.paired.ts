@@ -20,7 +20,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { detectFeatures } from '../src/index.js';
-import { GGML_TYPE, QUANT_TYPES, type GgmlTypeName, dequantize, ggmlBytes, quantize } from '../src/gguf/quant.js';
+import { QUANT_TYPES, dequantize, quantize, quantizedBytes } from '../src/gguf/quant.js';
+import { GGML_TYPE, type GgmlTypeName } from '../src/io/gguf-types.js';
 import type { Engine } from '../src/runtime/engine.js';
 import { loadEngine } from '../src/runtime/load.js';
 import { interleaved } from './common.js';
@@ -65,7 +66,7 @@ function peer(type: GgmlTypeName, msQ: number, msD: number): string {
 interface Side { e: Engine; src: number; q: number; back: number }
 function side(e: Engine, type: GgmlTypeName): Side {
   const src = e.heap.alloc(N * 4, 'bench x').ptr;
-  const q = e.heap.alloc(ggmlBytes(type, N), 'bench q').ptr;
+  const q = e.heap.alloc(quantizedBytes(type, N), 'bench q').ptr;
   const back = e.heap.alloc(N * 4, 'bench back').ptr;
   e.heap.f32At(src, N).set(x);
   return { e, src, q, back };
@@ -82,8 +83,8 @@ for (const build of builds) {
     // checks: identical bytes on 2 threads, and a sane round trip
     quantize(one, type, a.q, a.src, N);
     quantize(two, type, b.q, b.src, N);
-    const qa = new Uint8Array(one.heap.memory.buffer, a.q, ggmlBytes(type, N));
-    const qb = new Uint8Array(two.heap.memory.buffer, b.q, ggmlBytes(type, N));
+    const qa = new Uint8Array(one.heap.memory.buffer, a.q, quantizedBytes(type, N));
+    const qb = new Uint8Array(two.heap.memory.buffer, b.q, quantizedBytes(type, N));
     if (qa.some((v, i) => v !== qb[i])) throw new Error(`${type}: 2 threads gave other bytes than 1; refusing to time`);
     dequantize(one, type, a.back, a.q, N);
     const y = one.heap.f32At(a.back, N);

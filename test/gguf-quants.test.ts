@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LoRAFormatError, LoRARangeError } from '../src/errors.js';
-import { GGML_TYPE, GGML_TYPES, type GgmlTypeName, QUANT_TYPES, dequantize, ggmlBytes, ggmlTypeInfo, quantize } from '../src/gguf/quant.js';
+import { QUANT_TYPES, dequantize, quantize, quantizedBytes } from '../src/gguf/quant.js';
+import { GGML_TYPE, type GgmlType, type GgmlTypeName, ggmlType } from '../src/io/gguf-types.js';
 import { QUANT_TMP_BYTES } from '../src/kernel/kernels.js';
 import { splitPolicy } from '../src/kernel/scheduler.js';
 import type { Engine } from '../src/runtime/engine.js';
@@ -23,7 +24,8 @@ import { BUILD, assertThrowsTyped, rng } from './helpers.js';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const LIB_DIR = path.join(root, 'node_modules/@node-llama-cpp/linux-x64/bins/linux-x64');
 const BLOCK_TYPES: GgmlTypeName[] = ['Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'];
-const ROW = 512; // values per row: two K-quant super-blocks, sixteen 32-value blocks
+const ROW = 512;
+const info = (name: GgmlTypeName): GgmlType => ggmlType(name)!; // values per row: two K-quant super-blocks, sixteen 32-value blocks
 
 // ------------------------------------------------------------ the oracle
 
@@ -110,7 +112,7 @@ const engine = (threads: 1 | 2): Promise<Engine> => (engines[threads === 1 ? 'on
 
 /** Runs our quantize on x, returning the bytes. */
 function ours(e: Engine, type: GgmlTypeName, x: Float32Array): Uint8Array {
-  const bytes = ggmlBytes(type, x.length);
+  const bytes = quantizedBytes(type, x.length);
   const src = e.heap.alloc(x.length * 4, 'test src');
   const dst = e.heap.alloc(bytes, 'test dst');
   try {
@@ -163,25 +165,18 @@ const hex = (q: Uint8Array, block: number, size: number): string => Buffer.from(
 
 // ------------------------------------------------------------ tests
 
-test('the ggml type table matches libggml-base: every id, block size and bytes per block', () => {
+test('QUANT_TYPES are the block types with kernels and F32/F16/BF16, sized as libggml-base sizes them', () => {
   const { exe } = ggmlRef();
-  const lines = execFileSync(exe, ['traits']).toString().trim().split('\n');
-  let compared = 0;
-  for (const line of lines) {
-    const [id, blck, size, ...name] = line.split(' ');
-    const ours = GGML_TYPES.get(Number(id));
-    if (Number(blck) === 0) {
-      assert.is(ours, undefined, `ggml has removed type ${id} (${name.join(' ')}); the table must not size it`);
-      continue;
-    }
-    assert.ok(ours, `ggml type ${id} (${name.join(' ')}) is missing from GGML_TYPES`);
-    assert.is(ours!.name.toLowerCase(), name.join(' ').toLowerCase(), `name of type ${id}`);
-    assert.is(ours!.blockSize, Number(blck), `block size of ${ours!.name}`);
-    assert.is(ours!.typeSize, Number(size), `bytes per block of ${ours!.name}`);
-    compared++;
-  }
-  assert.is(compared, GGML_TYPES.size, 'every type in GGML_TYPES is one libggml-base knows');
+  const lib = new Map(execFileSync(exe, ['traits']).toString().trim().split('\n').map((l) => {
+    const [id, blck, size] = l.split(' ');
+    return [Number(id), [Number(blck), Number(size)]] as const;
+  }));
   assert.equal([...QUANT_TYPES], ['F32', 'F16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'BF16']);
+  for (const name of QUANT_TYPES) {
+    const t = info(name);
+    assert.equal([t.blockSize, t.typeSize], lib.get(t.id), `${name}: block size and bytes per block`);
+    assert.is(quantizedBytes(name, 4 * t.blockSize), 4 * t.typeSize, `${name}: quantizedBytes`);
+  }
 });
 
 test(`quantize gives ggml's bytes exactly, for every block type and data shape (${BUILD})`, async () => {
@@ -189,7 +184,7 @@ test(`quantize gives ggml's bytes exactly, for every block type and data shape (
   const dists = distributions();
   const report: string[] = [];
   for (const name of BLOCK_TYPES) {
-    const t = ggmlTypeInfo(name);
+    const t = info(name);
     const x = new Float32Array(dists.length * dists[0]![1].length);
     dists.forEach(([, v], i) => x.set(v, i * v.length));
     const ref = ggmlQuantize(t.id, x);
@@ -212,7 +207,7 @@ test(`dequantize gives ggml's values bit for bit, on ggml's blocks and on random
   dists.forEach(([, v], i) => x.set(v, i * v.length));
   const r = rng(99);
   for (const name of BLOCK_TYPES) {
-    const t = ggmlTypeInfo(name);
+    const t = info(name);
     const ref = ggmlQuantize(t.id, x);
     const got = oursBack(e, name, ref.bytes, x.length);
     const i = firstValueDifference(got, ref.values);
@@ -234,7 +229,7 @@ test(`F32, F16 and BF16 go through the convert kernel and match ggml_quantize_ch
   const n = Math.floor(xs.length / ROW) * ROW;
   const input = xs.subarray(0, n);
   for (const name of ['F32', 'F16', 'BF16'] as const) {
-    const t = ggmlTypeInfo(name);
+    const t = info(name);
     const ref = ggmlQuantize(t.id, input);
     const got = ours(e, name, input);
     assert.equal(differingBlocks(got, ref.bytes, t.typeSize).length, 0, `${name}: bytes`);
@@ -266,7 +261,7 @@ test('a length that is not whole blocks throws LoRARangeError naming the type an
   try {
     assertThrowsTyped(() => quantize(e, 'Q4_K', block.ptr, block.ptr + 2048, 100), LoRARangeError, ['Q4_K', '256', '100']);
     assertThrowsTyped(() => dequantize(e, GGML_TYPE.Q8_0, block.ptr, block.ptr + 2048, 33), LoRARangeError, ['Q8_0', '32', '33']);
-    assertThrowsTyped(() => ggmlBytes('Q6_K', 255), LoRARangeError, ['Q6_K', '255']);
+    assertThrowsTyped(() => quantizedBytes('Q6_K', 255), LoRARangeError, ['Q6_K', '255']);
     assertThrowsTyped(() => quantize(e, 'Q8_0', block.ptr, block.ptr + 64, 64), LoRARangeError, ['overlap']);
     assertThrowsTyped(() => quantize(e, 'Q8_0', e.heap.memory.buffer.byteLength - 10, block.ptr, 32), LoRARangeError, ['dst', 'wasm memory']);
   } finally {
@@ -279,10 +274,9 @@ test('a type without a kernel, an unknown or a removed type throws LoRAFormatErr
   assertThrowsTyped(() => quantize(e, 'IQ2_XXS', 0, 0, 256), LoRAFormatError, ['IQ2_XXS']);
   assertThrowsTyped(() => dequantize(e, GGML_TYPE.MXFP4, 0, 0, 32), LoRAFormatError, ['MXFP4']);
   assertThrowsTyped(() => quantize(e, 99, 0, 0, 32), LoRAFormatError, ['99']);
-  assertThrowsTyped(() => ggmlTypeInfo(32), LoRAFormatError, ['Q4_0_4_8', 'removed']);
-  assertThrowsTyped(() => ggmlTypeInfo('Q9_9'), LoRAFormatError, ['Q9_9']);
-  assert.is(ggmlTypeInfo('q4_K').id, 12, "ggml_type_name's spelling is accepted");
-  assert.is(ggmlBytes('Q4_K', 4096), 16 * 144);
+  assertThrowsTyped(() => quantize(e, 32, 0, 0, 32), LoRAFormatError, ['32', 'Q4_0_4_8', 'removed']);
+  assertThrowsTyped(() => quantizedBytes('Q9_9' as GgmlTypeName, 32), LoRAFormatError, ['Q9_9']);
+  assert.is(quantizedBytes('q4_K' as GgmlTypeName, 4096), 16 * 144, "ggml_type_name's spelling is accepted");
 });
 
 test('QUANT_TMP_BYTES agrees with its twin in the wasm module', async () => {
