@@ -6,21 +6,17 @@
  * Everything is planned and checked first by the planner (plan.ts): targets, shapes, dtypes,
  * replacements, lora_bias, duplicate writes; and a tensor stored in two shards is refused.
  *
- * Bytes do not pass through JavaScript buffers. Tensors are read straight into a few wasm-memory
- * blocks (ByteSource.readInto: fs.read into a view of wasm memory), computed there, and written from
- * there (execute()). Two plans:
+ * The steps are carried out by pipeline.ts (bytes straight between the files and wasm memory, the next
+ * step read while one is merged, writes behind). Two plans:
  *   in place   the output's header and layout equal the input's (dtype kept, or already the output's,
  *              and the input written as the reference writer writes) and the sink can reflink the
  *              input (btrfs, XFS): only the targeted tensors are read, merged in place on every
  *              thread, and written back at their offsets;
  *   streamed   otherwise (ext4 included): the header, then every tensor in the reference writer's
- *              order. Untouched tensors next to each other are one range, copied through the blocks in
- *              chunks of at most 16 MiB (or, where the sink can reference the input — a browser Blob —
- *              not read at all); changed ones are computed from one block into another.
- * With shared memory (threads) the next step is read while one is merged and earlier ones are still
- * being written; with unshared memory, growth may move it, so no I/O is in flight while a kernel runs.
- * A file read that comes up short (the base shrank) is a LoRAFormatError. Memory stays near a few
- * tensors (the blocks), not the model.
+ *              order. Untouched tensors next to each other are one range, copied through the blocks
+ *              (or, where the sink can reference the input — a browser Blob — not read at all);
+ *              changed ones are computed from one block into another.
+ * Memory stays near a few tensors (the blocks), not the model.
  */
 import { LoRAFormatError, LoRANonFiniteError } from '../errors.js';
 import type { Block } from '../memory/heap.js';
@@ -31,20 +27,11 @@ import { ANY_DTYPE, type AnyMatrixInput, operand } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { DTYPE_OF_ST, ST_OF_DTYPE, type SafetensorsReader, type TensorInfo, as2d, numelOf, planSafetensors } from '../io/safetensors.js';
 import { ITEM_BYTES } from '../memory/dtype.js';
-import { type ByteSource, readInto } from '../io/source.js';
 import { type Adapter, checkAdapter } from './adapter.js';
+import { type FileSink, type Step, execute, pushUntouched } from './pipeline.js';
 import { type AdapterPlan, type ApplyOptions, type BaseTensor, type MergeStep, type ReplaceStep, planAdapter, readApplyOptions, readOutputDtype } from './plan.js';
 
-export interface FileSink {
-  /** Appends bytes. The sink may keep `bytes` (they are its own). */
-  write(bytes: Uint8Array): Promise<void>;
-  /** Node files: makes the empty output a copy of `source`'s file in the kernel; false if it cannot. */
-  copyOf?(source: ByteSource): Promise<boolean>;
-  /** Writes `bytes` at `offset`; the sink is done with them when the promise resolves (they are wasm memory). */
-  writeAt?(offset: number, bytes: Uint8Array): Promise<void>;
-  /** Browsers: appends bytes [offset, offset + length) of `source` without reading them (a Blob slice); false if it cannot. */
-  writeRange?(source: ByteSource, offset: number, length: number): Promise<boolean>;
-}
+export type { FileSink } from './pipeline.js';
 
 export interface MergeFilesOptions extends ApplyOptions {
   /** The base model: one reader, or one per shard. A tensor stored in two of them is refused. */
@@ -110,14 +97,10 @@ export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions)
     const sink = opts.sink(f);
     const layout = planSafetensors(reader.tensors.map((t) => ({ ...t, dtype: outDtype(t.dtype) })), reader.metadata);
     const sameLayout = layout.dataBytes === reader.source.size - reader.dataStart && sameBytes(layout.header, await reader.headerBytes());
-    if (sameLayout && sink.copyOf && sink.writeAt && (await sink.copyOf(reader.source))) {
-      await execute(run, reader, f, inPlaceSteps(run, reader, f, layout.order), sink);
-      run.report.inPlaceFiles++;
-    } else {
-      if (sink.writeAt) await sink.writeAt(0, layout.header);
-      else await sink.write(layout.header);
-      await execute(run, reader, f, streamedSteps(run, reader, layout.order, layout.header.length, sink), sink);
-    }
+    const inPlace = sameLayout && sink.copyOf && sink.writeAt && (await sink.copyOf(reader.source));
+    const steps = inPlace ? inPlaceSteps(run, reader, f, layout.order) : streamedSteps(run, reader, layout.header, layout.order, sink);
+    await execute(engine, fn, reader.source, steps, sink, (name) => done(run, reader, f, name));
+    if (inPlace) run.report.inPlaceFiles++;
   }
   return run.report;
 }
@@ -146,21 +129,6 @@ function count(run: Run, write: Write | undefined): void {
   if (write?.replace) run.report.replaced++;
 }
 
-/**
- * One piece of an output file, in the order it is written:
- *   copy     input bytes [from, from + n) to output offset `to`, byte for byte (untouched tensors
- *            next to each other in both files make one range, cut into block-sized chunks);
- *   compute  tensor `src` (n input bytes) read, computed into `out`'s type (outN bytes), written at `to`;
- *   ref      a sink that references the input (a browser Blob slice) takes [from, from + n) unread.
- * `names` are the tensors finished when the step is written.
- */
-type Step =
-  | { kind: 'copy' | 'ref'; from: number; to: number; n: number; names: string[] }
-  | { kind: 'compute'; from: number; to: number; n: number; outN: number; src: TensorInfo; out: TensorInfo; write: Write | undefined; names: string[] };
-
-/** The largest untouched range read at once: big enough for few syscalls, small enough to keep RSS low. */
-const COPY_CHUNK = 16 << 20;
-
 /** Reflinked output: only the changed tensors are read, computed in place, and written back at their offsets. */
 function inPlaceSteps(run: Run, reader: SafetensorsReader, f: number, order: readonly TensorInfo[]): Step[] {
   const steps: Step[] = [];
@@ -168,150 +136,49 @@ function inPlaceSteps(run: Run, reader: SafetensorsReader, f: number, order: rea
     const write = run.plan.writes.get(t.name);
     const n = t.end - t.begin;
     if (!write || n === 0) done(run, reader, f, t.name); // already in the copy
-    else steps.push({ kind: 'compute', from: reader.dataStart + t.begin, to: reader.dataStart + t.begin, n, outN: n, src: t, out: t, write, names: [t.name] });
+    else steps.push(computeStep(run, reader.dataStart + t.begin, reader.dataStart + t.begin, t, t, write));
   }
   return steps;
 }
 
 /**
- * Every tensor in the reference writer's order (`layout.order` holds the input's infos with the output
- * dtype), after a header of `at` bytes. Untouched tensors are copied (adjacent ones as one range) or,
- * where the sink can, referenced; the rest are computed.
+ * The header, then every tensor in the reference writer's order (`order` holds the input's infos with
+ * the output dtype). Untouched tensors are copied (adjacent ones as one range) or, where the sink can,
+ * referenced; the rest are computed.
  */
-function streamedSteps(run: Run, reader: SafetensorsReader, order: readonly TensorInfo[], at: number, sink: FileSink): Step[] {
-  const steps: Step[] = [];
+function streamedSteps(run: Run, reader: SafetensorsReader, header: Uint8Array, order: readonly TensorInfo[], sink: FileSink): Step[] {
+  const steps: Step[] = [{ kind: 'bytes', to: 0, bytes: header, names: [] }];
+  let at = header.length;
   for (const t of order) {
     const src = reader.get(t.name)!;
     const write = run.plan.writes.get(t.name);
     const n = src.end - src.begin;
     const from = reader.dataStart + src.begin;
     if (write || t.dtype !== src.dtype) {
-      const outN = t.dtype === src.dtype ? n : numelOf(t.shape) * ITEM_BYTES[DTYPE_OF_ST[t.dtype]!];
-      steps.push(n === 0 ? { kind: 'copy', from, to: at, n: 0, names: [t.name] } : { kind: 'compute', from, to: at, n, outN, src, out: t, write, names: [t.name] });
-      at += outN;
-      continue;
+      const step = n === 0 ? { kind: 'copy' as const, from, to: at, n: 0, names: [t.name] } : computeStep(run, from, at, src, t, write);
+      steps.push(step);
+      at += step.kind === 'compute' ? step.outN : 0;
+    } else {
+      pushUntouched(steps, sink, from, at, n, t.name);
+      at += n;
     }
-    const kind = sink.writeRange ? 'ref' : 'copy';
-    const last = steps.at(-1);
-    if (last && last.kind === kind && last.from + last.n === from && last.to + last.n === at) {
-      last.n += n;
-      last.names.push(t.name);
-    } else steps.push({ kind, from, to: at, n, names: [t.name] });
-    at += n;
   }
   return steps;
 }
 
-/** Copy steps cut to at most `chunk` bytes (a tensor's name goes with the chunk that ends it). */
-function chunked(steps: Step[], chunk: number): Step[] {
-  const out: Step[] = [];
-  for (const s of steps) {
-    if (s.kind !== 'copy' || s.n <= chunk) {
-      out.push(s);
-      continue;
-    }
-    for (let k = 0; k < s.n; k += chunk) out.push({ kind: 'copy', from: s.from + k, to: s.to + k, n: Math.min(chunk, s.n - k), names: k + chunk >= s.n ? s.names : [] });
-  }
-  return out;
-}
-
-/**
- * Carries the steps out through a few wasm-memory blocks. With shared memory (threads) the next
- * step's input is read while this one is computed, and writes finish behind (a positioned sink takes
- * several at once); with unshared memory, growth may move it, so no I/O is in flight while a kernel runs.
- * A positioned sink writes each step at its offset; any other gets the bytes in order (its own copy).
- */
-async function execute(run: Run, reader: SafetensorsReader, f: number, stepsIn: Step[], sink: FileSink): Promise<void> {
-  const engine = run.engine;
-  const overlap = engine.heap.memory.buffer instanceof SharedArrayBuffer;
-  const computeBytes = Math.max(0, ...stepsIn.map((s) => (s.kind === 'compute' ? Math.max(s.n, s.outN) : 0)));
-  const copyBytes = Math.max(0, ...stepsIn.map((s) => (s.kind === 'copy' ? Math.min(s.n, COPY_CHUNK) : 0)));
-  const size = Math.max(computeBytes, copyBytes);
-  const steps = chunked(stepsIn, Math.max(size, 1));
-  if (steps.every((s) => s.kind === 'ref' || s.n === 0)) {
-    for (const s of steps) {
-      if (s.n > 0 && !(await sink.writeRange!(reader.source, s.from, s.n))) await sink.write(await reader.source.read(s.from, s.n));
-      await finish(run, reader, f, s, undefined);
-    }
-    return;
-  }
-  const positioned = sink.writeAt !== undefined;
-  const blocks = new Blocks(engine, size, overlap ? 4 : 2);
-  const inFlight = new Set<Promise<unknown>>();
-  let failed: { error: unknown } | undefined; // the first read or write that failed behind the loop
-  const track = <T>(p: Promise<T>): Promise<T> => {
-    inFlight.add(p);
-    p.then(() => inFlight.delete(p), (error) => {
-      inFlight.delete(p);
-      failed ??= { error };
-    });
-    return handled(p)!;
+/** Tensor `src` (as stored) → `out` (its output dtype) through the plan's write, on the blocks. */
+function computeStep(run: Run, from: number, to: number, src: TensorInfo, out: TensorInfo, write: Write | undefined): Step {
+  const n = src.end - src.begin;
+  const outN = out.dtype === src.dtype ? n : numelOf(out.shape) * ITEM_BYTES[DTYPE_OF_ST[out.dtype]!];
+  const inPlace = out.dtype === src.dtype;
+  return {
+    kind: 'compute', from, to, n, outN, inPlace, names: [src.name],
+    compute: (input, output) => {
+      const W = operandIn(run.engine, input, src, write);
+      compute(run.engine, src, W, inPlace ? W : operandIn(run.engine, output, out, write), write, run.safe);
+      count(run, write);
+    },
   };
-  const view = (b: Block, n: number): Uint8Array => new Uint8Array(engine.heap.memory.buffer, b.ptr, n);
-  const reads = (s: Step): boolean => s.kind !== 'ref' && s.n > 0;
-  const startRead = (s: Step): Promise<Block> => track((async () => {
-    const b = await blocks.acquire();
-    try {
-      await readInto(reader.source, s.from, view(b, s.n));
-    } catch (e) {
-      blocks.release(b);
-      throw e;
-    }
-    return b;
-  })());
-  const emit = (to: number, bytes: Uint8Array): Promise<void> => (positioned ? sink.writeAt!(to, bytes) : sink.write(bytes.slice()));
-  let ahead: { i: number; block: Promise<Block> } | undefined;
-  try {
-    for (let i = 0; i < steps.length; i++) {
-      const s = steps[i]!;
-      if (failed) throw failed.error;
-      if (!reads(s)) {
-        if (s.n > 0 && !(await sink.writeRange!(reader.source, s.from, s.n))) {
-          // the sink cannot reference this source after all: the range goes through a block, in order
-          for (let k = 0; k < s.n; k += size) {
-            const b = await blocks.acquire();
-            try {
-              const bytes = view(b, Math.min(size, s.n - k));
-              await readInto(reader.source, s.from + k, bytes);
-              await sink.write(bytes.slice());
-            } finally {
-              blocks.release(b);
-            }
-          }
-        }
-        await finish(run, reader, f, s, undefined);
-        continue;
-      }
-      const input = await (ahead?.i === i ? ahead.block : startRead(s));
-      ahead = undefined;
-      const next = steps.findIndex((x, j) => j > i && reads(x));
-      if (overlap && next > 0) ahead = { i: next, block: startRead(steps[next]!) };
-      let output = input;
-      if (s.kind === 'compute') {
-        const converted = s.outN !== s.n || s.out.dtype !== s.src.dtype;
-        if (converted) output = await blocks.acquire();
-        if (!overlap) await Promise.allSettled(inFlight);
-        const W = operandIn(engine, input, s.src, s.write);
-        const res = converted ? operandIn(engine, output, s.out, s.write) : W;
-        compute(engine, s.src, W, res, s.write, run.safe);
-        count(run, s.write);
-        if (converted) blocks.release(input);
-      }
-      const written = track(emit(s.to, view(output, s.kind === 'compute' ? s.outN : s.n)));
-      blocks.release(output, written);
-      await finish(run, reader, f, s, positioned && overlap ? undefined : written);
-    }
-    await Promise.all(inFlight);
-  } finally {
-    blocks.close(); // a read still waiting for a block (after a failure) gives up
-    await Promise.allSettled(inFlight); // nothing may still read into, or write from, a block when it is freed
-    blocks.dispose();
-  }
-}
-
-async function finish(run: Run, reader: SafetensorsReader, f: number, s: Step, written: Promise<void> | undefined): Promise<void> {
-  await written;
-  for (const name of s.names) done(run, reader, f, name);
 }
 
 /** A block as a [rows, cols] operand of the tensor's dtype (a bias target is [1, n]). */
@@ -323,62 +190,6 @@ function operandIn(engine: Engine, b: Block, t: TensorInfo, write: Write | undef
     ? { rows, cols, data: engine.heap.view(b, rows * cols) }
     : { rows, cols, dtype, data: engine.heap.viewU16(b, rows * cols) };
 }
-
-/**
- * A few wasm-memory blocks of one size, allocated once before any I/O and handed out in request
- * order; a block comes back when the write that reads it settles. With shared memory they never move.
- */
-class Blocks {
-  readonly #engine: Engine;
-  readonly #all: Block[] = [];
-  readonly #free: Block[] = [];
-  readonly #waiting: { give: (b: Block) => void; fail: (e: Error) => void }[] = [];
-  #closed = false;
-
-  constructor(engine: Engine, bytes: number, count: number) {
-    this.#engine = engine;
-    try {
-      for (let i = 0; i < count; i++) this.#all.push(engine.heap.alloc(Math.max(bytes, 4), fn));
-    } catch (e) {
-      this.dispose();
-      throw e;
-    }
-    this.#free.push(...this.#all);
-  }
-
-  acquire(): Promise<Block> {
-    if (this.#closed) return Promise.reject(new Error(`${fn}: stopped`));
-    const b = this.#free.shift();
-    return b ? Promise.resolve(b) : new Promise((give, fail) => this.#waiting.push({ give, fail }));
-  }
-
-  /** Returns `b` now, or once `after` settles. */
-  release(b: Block, after?: Promise<unknown>): void {
-    const give = () => {
-      const w = this.#waiting.shift();
-      if (w) w.give(b);
-      else this.#free.push(b);
-    };
-    if (after) after.then(give, give);
-    else give();
-  }
-
-  close(): void {
-    this.#closed = true;
-    for (const w of this.#waiting.splice(0)) w.fail(new Error(`${fn}: stopped`));
-  }
-
-  dispose(): void {
-    for (const b of this.#all) this.#engine.heap.free(b);
-    this.#all.length = 0;
-    this.#free.length = 0;
-  }
-}
-
-const handled = <T>(p: Promise<T> | undefined): Promise<T> | undefined => {
-  p?.catch(() => {}); // a failed run must not leave an unhandled rejection behind; awaiting p still throws
-  return p;
-};
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
