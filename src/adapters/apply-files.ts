@@ -18,18 +18,17 @@
  *              changed ones are computed from one block into another.
  * Memory stays near a few tensors (the blocks), not the model.
  */
-import { LoRAFormatError, LoRANonFiniteError } from '../errors.js';
+import { LoRAFormatError } from '../errors.js';
 import type { Block } from '../memory/heap.js';
 import type { DType } from '../memory/matrix.js';
-import { convert } from '../ops/convert.js';
-import { mergeInto } from '../ops/merge.js';
-import { ANY_DTYPE, type AnyMatrixInput, operand } from '../ops/operands.js';
+import type { AnyMatrixInput } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { DTYPE_OF_ST, ST_OF_DTYPE, type SafetensorsReader, type TensorInfo, as2d, numelOf, planSafetensors } from '../io/safetensors.js';
 import { ITEM_BYTES } from '../memory/dtype.js';
 import { type Adapter, checkAdapter } from './adapter.js';
+import { type Write, compute } from './apply-step.js';
 import { type FileSink, type Step, execute, pushUntouched } from './pipeline.js';
-import { type AdapterPlan, type ApplyOptions, type BaseTensor, type MergeStep, type ReplaceStep, planAdapter, readApplyOptions, readOutputDtype } from './plan.js';
+import { type AdapterPlan, type ApplyOptions, type BaseTensor, planAdapter, readApplyOptions, readOutputDtype } from './plan.js';
 
 export type { FileSink } from './pipeline.js';
 
@@ -62,7 +61,6 @@ export interface MergeFilesReport {
 }
 
 const fn = 'mergeAdapterFiles';
-type Write = { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceStep };
 
 export async function mergeAdapterFiles(engine: Engine, opts: MergeFilesOptions): Promise<MergeFilesReport> {
   const readers: SafetensorsReader[] = Array.isArray(opts.base) ? [...(opts.base as readonly SafetensorsReader[])] : [opts.base as SafetensorsReader];
@@ -175,7 +173,7 @@ function computeStep(run: Run, from: number, to: number, src: TensorInfo, out: T
     kind: 'compute', from, to, n, outN, inPlace, names: [src.name],
     compute: (input, output) => {
       const W = operandIn(run.engine, input, src, write);
-      compute(run.engine, src, W, inPlace ? W : operandIn(run.engine, output, out, write), write, run.safe);
+      compute(run.engine, fn, src.name, W, inPlace ? W : operandIn(run.engine, output, out, write), write, run.safe);
       count(run, write);
     },
   };
@@ -197,32 +195,3 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-/**
- * One tensor in wasm memory: W (as stored) → res in the output type, rounding once (res may be W):
- *   merge      res ← W + s·A·B              (mergeInto: W decoded in the tile, res encoded once)
- *   bias       res ← bias + s·lora_B.bias   (a rank-1 mergeInto)
- *   replace    res ← the adapter's values
- *   convert    res ← W
- * With `safe`, the result is checked finite in the type written.
- */
-function compute(engine: Engine, src: TensorInfo, W: AnyMatrixInput, res: AnyMatrixInput, write: Write | undefined, safe: boolean): void {
-  try {
-    if (write?.merge) mergeInto(engine, res, W, write.merge.module.A, write.merge.module.B, { scale: write.merge.scale, safe });
-    else if (write?.biasOf) mergeInto(engine, res, W, { rows: 1, cols: 1, data: new Float32Array([1]) }, write.biasOf.module.biasDelta!, { scale: write.biasOf.scale, safe });
-    else if (write?.replace) convert(engine, res, write.replace.replacement.tensor);
-    else if (res !== W) convert(engine, res, W);
-    if (safe) {
-      const out = res as { rows: number; cols: number; dtype?: DType };
-      const i = engine.kernel.firstNonFinite(fn, operand(engine.heap, fn, src.name, res, ANY_DTYPE).desc!);
-      if (i >= 0) {
-        const outType = out.dtype ?? 'f32';
-        throw new LoRANonFiniteError(
-          `${fn}: "${src.name}" would be written with a NaN or ±Infinity at [${Math.floor(i / out.cols)}, ${i % out.cols}] in ${outType}${
-            outType === 'f16' ? ' (past 65504)' : ''}; with safe: true nothing is written`,
-        );
-      }
-    }
-  } catch (e) {
-    throw e instanceof LoRANonFiniteError && !e.message.includes(`"${src.name}"`) ? new LoRANonFiniteError(`${fn}: "${src.name}": ${e.message}`) : e;
-  }
-}

@@ -32,6 +32,8 @@ export interface BaseTensor {
   readonly typeName: string;
   /** Where it lives, for messages: a file, or 'base'. */
   readonly where: string;
+  /** The types this base can compute on, for messages (default 'an F32, F16 or BF16 tensor'). */
+  readonly computable?: string;
 }
 
 /** The options every executor reads, read in one place. */
@@ -77,6 +79,11 @@ export function readOutputDtype(fn: string, v: unknown): 'keep' | DType {
 
 export interface MergeStep {
   readonly target: string;
+  /**
+   * The order the base stores the target's rows in, when it is not the adapter's: W_base[i] = W[rows[i]]
+   * (llama.cpp's converter permutes q/k rows), so ΔW's rows — A's rows, and a lora_bias — follow it.
+   */
+  readonly rows?: Int32Array;
   readonly module: AdapterModule;
   /** fround(multiplier · module.scale). */
   readonly scale: number;
@@ -97,11 +104,22 @@ export interface AdapterPlan {
 }
 
 /**
+ * How an adapter's names find base tensors when the base names them otherwise (GGUF): the tensor a
+ * module changes (and its row order there), and the tensor an adapter tensor name (a replacement)
+ * stands for. Both throw a LoRAShapeError naming the module and close base names when there is none.
+ */
+export interface Naming {
+  module(module: AdapterModule): { target: string; rows?: Int32Array };
+  tensor(name: string): string;
+}
+
+/**
  * Plans `adapter` on a base model whose tensor names are `names`; `lookup(name)` describes one of them
- * (called only for tensors the plan touches). Throws before returning if any rule is broken.
+ * (called only for tensors the plan touches). `naming` maps adapter names to base names (default:
+ * PEFT `<prefix><module>.weight`, kohya underscores). Throws before returning if any rule is broken.
  */
 export function planAdapter(
-  fn: string, names: ReadonlySet<string>, lookup: (name: string) => BaseTensor, adapter: Adapter, opts: ReadApplyOptions,
+  fn: string, names: ReadonlySet<string>, lookup: (name: string) => BaseTensor, adapter: Adapter, opts: ReadApplyOptions, naming?: Naming,
 ): AdapterPlan {
   const writes = new Map<string, { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceStep }>();
   const claim = (name: string, what: string, entry: { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceStep }): void => {
@@ -112,12 +130,12 @@ export function planAdapter(
     writes.set(name, entry);
   };
   const float = (name: string, t: BaseTensor, what: string): DType => {
-    if (!t.dtype) throw new LoRAFormatError(`${t.where}: "${name}" is ${t.typeName}; ${what} needs an F32, F16 or BF16 tensor`);
+    if (!t.dtype) throw new LoRAFormatError(`${t.where}: "${name}" is ${t.typeName}; ${what} needs ${t.computable ?? 'an F32, F16 or BF16 tensor'}`);
     return t.dtype;
   };
 
   const merges: MergeStep[] = adapter.modules.map((module) => {
-    const target = targetOf(fn, module, adapter.format, names, opts.prefix);
+    const { target, rows } = naming ? naming.module(module) : { target: targetOf(fn, module, adapter.format, names, opts.prefix), rows: undefined };
     const t = lookup(target);
     float(target, t, `module "${module.name}"`);
     checkTargetShape(fn, module, target, t.shape);
@@ -137,14 +155,14 @@ export function planAdapter(
         throw new LoRAShapeError(`${fn}: "${bias}" has ${b.shape[0] * b.shape[1]} values but module "${module.name}"'s lora_B.bias has ${module.biasDelta.cols}`);
       }
     }
-    const step: MergeStep = { target, module, scale, bias };
+    const step: MergeStep = { target, module, scale, bias, ...(rows ? { rows } : {}) };
     claim(target, `module "${module.name}"`, { merge: step });
     if (bias) claim(bias, `module "${module.name}"'s lora_B.bias`, { biasOf: step });
     return step;
   });
 
   const replacements: ReplaceStep[] = adapter.replacements.map((replacement) => {
-    const target = opts.prefix + replacement.name;
+    const target = naming ? naming.tensor(replacement.name) : opts.prefix + replacement.name;
     if (!names.has(target)) throw new LoRAShapeError(`${fn}: the adapter replaces "${target}" but the base model has no such tensor${closeNames(target, names)}`);
     const t = lookup(target);
     float(target, t, 'a replacement');
