@@ -10,6 +10,7 @@
  *   fan_in_fan_out   W [in, out]   A = lora_Aᵀ [in, r]            B = lora_Bᵀ [r, out]     (ΔW = (lora_B·lora_A)ᵀ)
  *   Embedding        W [num, dim]  A = lora_embedding_Aᵀ [num, r] B = lora_embedding_Bᵀ [r, dim]
  *   kohya 1×1 conv   W [out, in, 1, 1] treated as [out, in]; A = lora_up, B = lora_down
+ *   GGUF (llama.cpp) W ne [in, out]  A = lora_b (ne [r, out])     B = lora_a (ne [in, r])  (load-gguf.ts; token_embd differs)
  */
 import { LoRATypeError, describeValue } from '../errors.js';
 import { type DType, type Matrix, disposeSymbol } from '../memory/matrix.js';
@@ -38,8 +39,11 @@ export interface Replacement {
   readonly tensor: Matrix<DType>;
 }
 
+/** The file format an adapter came from: PEFT, kohya, or llama.cpp's GGUF LoRA. */
+export type AdapterFormat = 'peft' | 'kohya' | 'gguf';
+
 export class Adapter {
-  readonly format: 'peft' | 'kohya';
+  readonly format: AdapterFormat;
   readonly modules: readonly AdapterModule[];
   /** Tensors that replace the base tensor of the same name (PEFT modules_to_save, trained biases). */
   readonly replacements: readonly Replacement[];
@@ -47,7 +51,7 @@ export class Adapter {
   readonly config: Readonly<Record<string, unknown>>;
 
   /** @internal use lw.loadAdapter */
-  constructor(format: 'peft' | 'kohya', modules: AdapterModule[], replacements: Replacement[], config: Record<string, unknown>) {
+  constructor(format: AdapterFormat, modules: AdapterModule[], replacements: Replacement[], config: Record<string, unknown>) {
     this.format = format;
     this.modules = modules;
     this.replacements = replacements;
