@@ -12,6 +12,7 @@ export { reluForward, reluBackward } from './activation';
 export { mseLoss, softmaxCrossEntropy } from './loss';
 export { sgdStep, adamwStep } from './optim';
 export { difference } from './difference';
+export { mergeExact } from './merge-exact';
 export { orthonormalize } from './orthonormalize';
 
 /** First byte after static data: the JS heap starts at or above this. */

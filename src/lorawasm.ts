@@ -28,6 +28,9 @@ import { type ExtractOptions, type TruncateOptions, type TruncateResult, extract
 import { AdapterSet, type AdapterSetOptions, type ServedAdapter } from './adapters/adapter-set.js';
 import { type MergeAdapterOptions, type MergeAdapterReport, mergeAdapter } from './adapters/apply-resident.js';
 import { type MergeFilesOptions, type MergeFilesReport, mergeAdapterFiles } from './adapters/apply-files.js';
+import { type MergeGgufOptions, type MergeGgufReport, mergeAdapterGguf } from './adapters/apply-gguf.js';
+import { GgufReader } from './io/gguf.js';
+import { openGgufAdapter, readGgufAdapter } from './adapters/load-gguf.js';
 import { type TensorSource, openTensorSource } from './io/tensor-source.js';
 import { type TensorSet, loadTensors, saveTensors } from './io/tensors.js';
 
@@ -185,9 +188,18 @@ export class LoRAWasm {
    * object or text) or kohya (no config). `weights` is a TensorSource: bytes, a Blob/File, a ByteSource,
    * an open SafetensorsReader, or in Node a path. Factors stay in their file dtype. Dispose the Adapter when done.
    */
-  async loadAdapter(opts: { weights: TensorSource; config?: string | Record<string, unknown> }): Promise<Adapter> {
+  async loadAdapter(opts: { weights: TensorSource | GgufReader; config?: string | Record<string, unknown> }): Promise<Adapter> {
     if (typeof opts !== 'object' || opts === null) throw new LoRATypeError(`loadAdapter: options must be { weights, config }, got ${describeValue(opts)}`);
     rejectUnknownKeys('loadAdapter', opts, ['weights', 'config']);
+    const gguf = await openGgufAdapter(opts.weights);
+    if (gguf) {
+      try {
+        if (opts.config !== undefined) throw new LoRATypeError('loadAdapter: a llama.cpp adapter (.gguf) carries its own alpha and names; it takes no config');
+        return await readGgufAdapter(gguf, this.#make, this.#engine);
+      } finally {
+        if (gguf !== opts.weights) await gguf.close();
+      }
+    }
     const reader = await openTensorSource(opts.weights, 'loadAdapter: weights');
     try {
       return await readAdapter(reader, opts.config, this.#make);
@@ -209,8 +221,12 @@ export class LoRAWasm {
    * Merges an adapter into base model files, streaming tensor by tensor (the CLI's engine; also runs
    * in a browser worker over Files). Every target is checked before the first byte is written.
    */
-  mergeAdapterFiles(opts: MergeFilesOptions): Promise<MergeFilesReport> {
-    return mergeAdapterFiles(this.#engine, opts);
+  mergeAdapterFiles(opts: MergeFilesOptions): Promise<MergeFilesReport>;
+  /** A GGUF model (one file): quantized tensors are dequantized, merged and requantized (see apply-gguf.ts). */
+  mergeAdapterFiles(opts: MergeGgufOptions): Promise<MergeGgufReport>;
+  mergeAdapterFiles(opts: MergeFilesOptions | MergeGgufOptions): Promise<MergeFilesReport | MergeGgufReport> {
+    if (typeof opts === 'object' && opts !== null && opts.base instanceof GgufReader) return mergeAdapterGguf(this.#engine, opts as MergeGgufOptions);
+    return mergeAdapterFiles(this.#engine, opts as MergeFilesOptions);
   }
 
   /** A PEFT adapter (config object + safetensors bytes) from LoRALinear layers keyed by module name, or from an Adapter. */

@@ -15,27 +15,9 @@ import { GgufReader } from '../src/io/gguf.js';
 import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
 import { encodeSafetensors } from '../src/io/safetensors.js';
 import { bytesSource } from '../src/io/source.js';
+import { type PeftCase, PEFT, closeLlama, distribution, f32bytes, ggufName, ggufRows, makePeft, mergedModel, naiveAdapter, open, tv } from './fixtures/peft-llama.js';
 import { type TinyLlama, permuteRows, tinyLlama } from './fixtures/tiny-llama.js';
 import { assertRejectsTyped, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
-
-const PEFT = 'base_model.model.';
-const f32bytes = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-const open = (bytes: Uint8Array, name = 'base.gguf') => GgufReader.open(bytesSource(bytes, name));
-const MODULES = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
-const GGUF_OF: Record<string, string> = {
-  'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k', 'self_attn.v_proj': 'attn_v', 'self_attn.o_proj': 'attn_output',
-  'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up', 'mlp.down_proj': 'ffn_down',
-};
-
-interface PeftCase {
-  readonly name: string;
-  readonly config: Record<string, unknown>;
-  /** Each module's (r, alpha) as the test reads the config (independently of the loader). */
-  readonly rank: (module: string) => number;
-  readonly alpha: (module: string) => number;
-  /** Also LoRAs on embed_tokens (lora_embedding_A/B → token_embd) and lm_head (→ output). */
-  readonly ends?: boolean;
-}
 
 const CASES: PeftCase[] = [
   { name: 'plain alpha/r', config: { r: 8, lora_alpha: 16 }, rank: () => 8, alpha: () => 16 },
@@ -60,151 +42,6 @@ const CASES: PeftCase[] = [
     ends: true,
   },
 ];
-
-interface PeftAdapter {
-  readonly weights: Uint8Array;
-  readonly config: Record<string, unknown>;
-  /** HF module → lora_A [r, in], lora_B [out, r], s. */
-  readonly modules: Map<string, { r: number; alpha: number; s: number; loraA: Float32Array; loraB: Float32Array; out: number; inn: number; embedding: boolean }>;
-}
-
-function makePeft(m: TinyLlama, c: PeftCase, seed: number): PeftAdapter {
-  const g = rng(seed);
-  const tensors = [];
-  const modules: PeftAdapter['modules'] = new Map();
-  const names = [...(c.ends ? ['model.embed_tokens', 'lm_head'] : []), ...Array.from({ length: m.config.layers }, (_, l) => MODULES.map((mod) => `model.layers.${l}.${mod}`)).flat()];
-  for (const name of names) {
-    const embedding = name === 'model.embed_tokens';
-    const [out, inn] = m.hf.get(`${name}.weight`)!.shape as [number, number];
-    const r = c.rank(name);
-    const alpha = c.alpha(name);
-    const s = c.config.use_rslora ? alpha / Math.sqrt(r) : alpha / r;
-    if (embedding) {
-      // lora_embedding_A [r, num], lora_embedding_B [dim, r]: ΔW [num, dim] = s·(lora_embedding_B·lora_embedding_A)ᵀ
-      const loraA = randomF32(g, r * out, 1);
-      const loraB = randomF32(g, inn * r, 0.3 / Math.sqrt(r));
-      modules.set(name, { r, alpha, s, loraA, loraB, out, inn, embedding });
-      tensors.push({ name: `${PEFT}${name}.lora_embedding_A`, dtype: 'F32', shape: [r, out], data: f32bytes(loraA) });
-      tensors.push({ name: `${PEFT}${name}.lora_embedding_B`, dtype: 'F32', shape: [inn, r], data: f32bytes(loraB) });
-      continue;
-    }
-    const loraA = randomF32(g, r * inn, 0.5 / Math.sqrt(inn));
-    const loraB = randomF32(g, out * r, 0.4 / Math.sqrt(r));
-    modules.set(name, { r, alpha, s, loraA, loraB, out, inn, embedding });
-    tensors.push({ name: `${PEFT}${name}.lora_A.weight`, dtype: 'F32', shape: [r, inn], data: f32bytes(loraA) });
-    tensors.push({ name: `${PEFT}${name}.lora_B.weight`, dtype: 'F32', shape: [out, r], data: f32bytes(loraB) });
-  }
-  const config = { peft_type: 'LORA', target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], use_rslora: false, fan_in_fan_out: false, bias: 'none', ...c.config };
-  return { weights: encodeSafetensors(tensors), config, modules };
-}
-
-/** Rows of lora_B in the base GGUF's order (q/k permuted as llama.cpp's converter permutes W). */
-function ggufRows(m: TinyLlama, module: string, loraB: Float32Array, out: number, r: number): Float32Array {
-  if (module.endsWith('q_proj')) return permuteRows(loraB, out, r, m.config.heads);
-  if (module.endsWith('k_proj')) return permuteRows(loraB, out, r, m.config.headsKv);
-  return loraB;
-}
-const ggufName = (module: string) => module === 'model.embed_tokens' ? 'token_embd.weight' : module === 'lm_head' ? 'output.weight' : `blk.${/layers\.(\d+)\./.exec(module)![1]}.${GGUF_OF[module.replace(/^model\.layers\.\d+\./, '')]}.weight`;
-
-/** The base with W + s·lora_B·lora_A merged in float64 (W as the base stores it), as an F32 GGUF. */
-async function mergedModel(m: TinyLlama, p: PeftAdapter): Promise<Uint8Array> {
-  const merged = new Map<string, Float32Array>();
-  for (const [module, { s, loraA, loraB, out, inn, r, embedding }] of p.modules) {
-    const name = ggufName(module);
-    const w = m.tensors.find((t) => t.gguf === name)!.values;
-    const b = ggufRows(m, module, loraB, out, r);
-    const res = new Float32Array(out * inn);
-    for (let i = 0; i < out; i++) {
-      for (let j = 0; j < inn; j++) {
-        let d = 0;
-        if (embedding) for (let k = 0; k < r; k++) d += loraB[j * r + k]! * loraA[k * out + i]!;
-        else for (let k = 0; k < r; k++) d += b[i * r + k]! * loraA[k * inn + j]!;
-        res[i * inn + j] = w[i * inn + j]! + s * d;
-      }
-    }
-    merged.set(name, res);
-  }
-  const reader = await open(m.bytes);
-  const plan = await planGgufFrom(reader);
-  const outBytes = new Uint8Array(plan.fileSize);
-  let at = 0;
-  await writeGguf(plan, { write: (b) => { outBytes.set(b, at); at += b.length; } }, (t) => {
-    const x = merged.get(t.name);
-    return x ? f32bytes(x) : reader.read(t.from!);
-  });
-  return outBytes;
-}
-
-/** What convert_lora_to_gguf.py writes: lora_alpha from the config, factors as stored (q/k rows permuted). */
-function naiveAdapter(m: TinyLlama, p: PeftAdapter): Promise<Uint8Array> {
-  const tensors = [];
-  for (const [module, { loraA, loraB, out, inn, r, embedding }] of p.modules) {
-    const name = ggufName(module);
-    if (embedding) {
-      // convert_lora_to_gguf.py: token_embd's lora_a is lora_embedding_Aᵀ [num, r], lora_b lora_embedding_B [dim, r]
-      const aT = new Float32Array(out * r);
-      for (let k = 0; k < r; k++) for (let v = 0; v < out; v++) aT[v * r + k] = loraA[k * out + v]!;
-      tensors.push({ name: `${name}.lora_a`, type: 'F32' as const, shape: [out, r], data: aT });
-      tensors.push({ name: `${name}.lora_b`, type: 'F32' as const, shape: [inn, r], data: loraB });
-      continue;
-    }
-    tensors.push({ name: `${name}.lora_a`, type: 'F32' as const, shape: [r, inn], data: loraA });
-    tensors.push({ name: `${name}.lora_b`, type: 'F32' as const, shape: [out, r], data: ggufRows(m, module, loraB, out, r) });
-  }
-  return encodeGguf({
-    metadata: [
-      { key: 'general.architecture', type: 'STRING', value: 'llama' },
-      { key: 'general.type', type: 'STRING', value: 'adapter' },
-      { key: 'adapter.type', type: 'STRING', value: 'lora' },
-      { key: 'adapter.lora.alpha', type: 'FLOAT32', value: p.config.lora_alpha as number },
-    ],
-    tensors,
-  });
-}
-
-// ---- llama.cpp --------------------------------------------------------------------------------
-
-type Llama = Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>;
-let llama: Promise<Llama> | undefined;
-const dir = mkdtempSync(join(tmpdir(), 'lora-wasm-gguf-convert-'));
-let files = 0;
-
-/** llama.cpp's full next-token distribution after a short prompt, for `model` (+ `adapter` at scale 1). */
-async function distribution(model: Uint8Array, adapter?: Uint8Array): Promise<Float64Array> {
-  const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
-  llama ??= getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
-  const path = join(dir, `m${files++}.gguf`);
-  writeFileSync(path, model);
-  const loaded = await (await llama).loadModel({ modelPath: path });
-  try {
-    const lora = adapter && { adapters: [{ filePath: join(dir, `a${files++}.gguf`), scale: 1 }] };
-    if (lora) writeFileSync(lora.adapters[0]!.filePath, adapter!);
-    const context = await loaded.createContext({ contextSize: 64, ...(lora && { lora }) });
-    try {
-      const tokens = loaded.tokenize('the a is to');
-      const out = await context.getSequence().controlledEvaluate([
-        ...tokens.slice(0, -1),
-        [tokens.at(-1)!, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }],
-      ]);
-      const p = out.at(-1)!.next.probabilities! as Map<number, number>;
-      const dist = new Float64Array(p.size);
-      for (const [k, v] of p) dist[k] = v;
-      return dist;
-    } finally {
-      await context.dispose();
-    }
-  } finally {
-    await loaded.dispose();
-  }
-}
-
-/** Total variation distance ½·Σ|p − q|. */
-function tv(p: Float64Array, q: Float64Array): number {
-  assert.is(p.length, q.length);
-  let d = 0;
-  for (let i = 0; i < p.length; i++) d += Math.abs(p[i]! - q[i]!);
-  return d / 2;
-}
 
 const BOUND = 2e-3;
 const measured: string[] = [];
@@ -389,8 +226,7 @@ test('refuses what a llama.cpp adapter cannot carry (lora_bias, modules_to_save,
 
 test.after(async () => {
   if (measured.length) console.log(`\n  ${measured.join('\n  ')}`);
-  if (llama) await (await llama).dispose();
-  rmSync(dir, { recursive: true, force: true });
+  await closeLlama();
 });
 
 test.run();

@@ -24,7 +24,10 @@
  */
 import { LoRAFormatError } from '../errors.js';
 import { dequantize, QUANT_TYPES } from '../gguf/quant.js';
-import type { GgufReader, GgufTensorInfo } from '../io/gguf.js';
+import { GgufReader, type GgufTensorInfo } from '../io/gguf.js';
+import { fileSource } from '../io/node-file.js';
+import { SafetensorsReader } from '../io/safetensors.js';
+import { type ByteSource, toSource } from '../io/source.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { transpose } from '../memory/transpose.js';
 import type { Engine } from '../runtime/engine.js';
@@ -191,5 +194,31 @@ async function dequantized(engine: Engine, reader: GgufReader, t: GgufTensorInfo
     throw e;
   } finally {
     if (block) engine.heap.free(block);
+  }
+}
+
+/**
+ * `x` opened as a GGUF file when it is one (a GgufReader, or bytes, a Blob, a ByteSource or a Node
+ * path whose first bytes are "GGUF"); undefined otherwise, with nothing left open.
+ */
+export async function openGgufAdapter(x: unknown): Promise<GgufReader | undefined> {
+  if (x instanceof GgufReader) return x;
+  if (x instanceof SafetensorsReader) return undefined;
+  let source: ByteSource;
+  try {
+    source = typeof x === 'string' ? await fileSource(x) : toSource(x, 'loadAdapter: weights');
+  } catch {
+    return undefined; // not a source at all: openTensorSource says why
+  }
+  const magic = source.size >= 4 ? await source.read(0, 4) : new Uint8Array(0);
+  if (!isGguf(magic)) {
+    await source.close?.();
+    return undefined;
+  }
+  try {
+    return await GgufReader.open(source);
+  } catch (e) {
+    await source.close?.();
+    throw e;
   }
 }

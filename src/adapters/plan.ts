@@ -20,7 +20,7 @@
 import { LoRAFormatError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { DTYPES, type DType } from '../memory/dtype.js';
 import { boolOption, f32Option, optionsObject, rejectUnknownKeys } from '../ops/operands.js';
-import type { Adapter, AdapterModule, Replacement } from './adapter.js';
+import type { Adapter, AdapterFormat, AdapterModule, Replacement } from './adapter.js';
 
 /** What the planner needs to know of one base tensor. */
 export interface BaseTensor {
@@ -184,8 +184,8 @@ function describeWrite(w: { merge?: MergeStep; biasOf?: MergeStep; replace?: Rep
 }
 
 /** The base tensor a module changes, found among `names` (PEFT: `<prefix><module>.weight`; kohya: by its underscored name). */
-export function targetOf(fn: string, module: AdapterModule, format: 'peft' | 'kohya', names: ReadonlySet<string>, prefix = ''): string {
-  if (format === 'peft') {
+export function targetOf(fn: string, module: AdapterModule, format: AdapterFormat, names: ReadonlySet<string>, prefix = ''): string {
+  if (format !== 'kohya') {
     const want = `${prefix}${module.name}.weight`;
     if (names.has(want)) return want;
     throw new LoRAShapeError(`${fn}: the base model has no tensor "${want}" for module "${module.name}"${closeNames(want, names)}`);

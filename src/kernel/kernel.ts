@@ -388,6 +388,19 @@ export class KernelLayer {
     ]);
   }
 
+  // ------------------------------------------------------------ the merge in float64 (GGUF, quantized outputs)
+
+  /**
+   * W ← f32(f64(W) + s·A·B) with the sum over k in float64 (assembly/merge-exact.ts): W [rows, cols],
+   * A [rows, r], B [r, cols], all f32 at raw wasm pointers the caller allocated; s a float64. For
+   * tensors re-quantized after the merge, whose quantizers' searches amplify a last-bit difference.
+   * Split over threads by rows (the bits do not depend on the split).
+   */
+  mergeExact(fn: string, w: number, a: number, b: number, rows: number, cols: number, r: number, s: number): void {
+    const parts = this.#sched.parts(rows * cols * r, splitPolicy.minMacs, rows);
+    this.#sched.run(fn, splitRange(rows, 1, parts).map(([i0, i1]): KernelCall => ['mergeExact', w + i0 * cols * 4, a + i0 * r * 4, b, i1 - i0, cols, r, s]));
+  }
+
   // ------------------------------------------------------------ ggml blocks (src/gguf/quant.ts)
 
   /**

@@ -65,6 +65,7 @@ export interface Kernels {
   orthonormalize(q: number, m: number, l: number, dots: number): number;
   quantize(dst: number, src: number, n: number, type: number, tmp: number): number;
   dequantize(dst: number, src: number, n: number, type: number): number;
+  mergeExact(w: number, a: number, b: number, rows: number, cols: number, r: number, s: number): void;
 }
 
 /** A kernel's name. */
@@ -94,7 +95,7 @@ export const KERNEL_NAMES: readonly (keyof Kernels)[] = [
   'heapBase', 'buildIsRelaxed', 'packA', 'packB', 'firstNonFinite', 'absMax', 'maxRowAbsSum', 'convert', 'firstDifference',
   'rankUpdate', 'gemm', 'gemvT', 'broadcastRows', 'columnSums', 'reluForward', 'reluBackward', 'mseLoss',
   'softmaxCrossEntropy', 'sgdStep', 'adamwStep', 'difference', 'orthonormalize',
-  'quantize', 'dequantize',
+  'quantize', 'dequantize', 'mergeExact',
 ];
 
 /** Bytes of packed A for `rows` rows and kc: whole 4-row blocks. */
