@@ -111,16 +111,16 @@ export async function execute(engine: Engine, fn: string, source: ByteSource, st
     return handled(p);
   };
   const view = (b: Block, n: number): Uint8Array => new Uint8Array(engine.heap.memory.buffer, b.ptr, n);
-  const startRead = (s: { from: number; n: number }): Promise<Block> => track((async () => {
-    const b = await blocks.acquire();
-    try {
-      await readInto(source, s.from, view(b, s.n));
-    } catch (e) {
+  // The read is issued now when a block is free (not after an await: that would wait for the
+  // synchronous kernel call that follows, and the read would never overlap it).
+  const startRead = (s: { from: number; n: number }): Promise<Block> => {
+    const go = (b: Block): Promise<Block> => readInto(source, s.from, view(b, s.n)).then(() => b, (e: unknown) => {
       blocks.release(b);
       throw e;
-    }
-    return b;
-  })());
+    });
+    const free = blocks.take();
+    return track(free ? go(free) : blocks.acquire().then(go));
+  };
   let ahead: { i: number; block: Promise<Block> } | undefined;
   try {
     for (let i = 0; i < steps.length; i++) {
@@ -202,6 +202,11 @@ class Blocks {
       throw e;
     }
     this.#free.push(...this.#all);
+  }
+
+  /** A free block now, or undefined. */
+  take(): Block | undefined {
+    return this.#closed ? undefined : this.#free.shift();
   }
 
   acquire(): Promise<Block> {
