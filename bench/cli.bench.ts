@@ -8,6 +8,7 @@
  *   - 604 MB GPT-NeoX-shaped (Pythia-410m's 24 layers: query_key_value [3072, 1024], dense [1024, 1024],
  *     dense_h_to_4h [4096, 1024], dense_4h_to_h [1024, 4096], plus f16 biases and layer norms), with a
  *     rank-1 adapter on the 24 query_key_value tensors; reported in MB/s.
+ *   - GGUF models (runGgufScenario): F16 and Q4_K, 8 × [4096, 4096], r=16 on attn_q and attn_v.
  * Timed runs are interleaved (cp, cp && sync, merge; repeated) and medians kept. Peak memory is the
  * merge process's max RSS (/usr/bin/time -f %M; without it, VmHWM polled from /proc/<pid>/status).
  * Every merge's output is checked: adapted tensors sampled against float64 (rounded once to f16),
@@ -18,7 +19,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SafetensorsReader, encodeSafetensors, fileSource, planSafetensors } from '../src/index.js';
+import { GgufReader, SafetensorsReader, encodeSafetensors, fileSource, planGguf, planSafetensors, writeGguf } from '../src/index.js';
 import { halfUlp, rankElement } from '../test/reference.js';
 import type { Ctx } from './common.js';
 import { random } from './common.js';
@@ -195,6 +196,83 @@ async function runScenario(ctx: Ctx, dir: string, sc: Scenario, pattern: Uint16A
   if (!process.env.LORA_BENCH_CLI_KEEP) for (const f of [basePath, out, adapterDir]) rmSync(f, { recursive: true, force: true });
 }
 
+/**
+ * A llama-shaped GGUF model (2 layers × attn_q, attn_k, attn_v, attn_output [4096, 4096]) in F16 (268 MB)
+ * or Q4_K (75 MB: blocks of random nibbles and sub-scales under finite f16 super-scales), a rank-16 PEFT
+ * adapter on q_proj and v_proj (4 tensors: F16 merged and rounded once; Q4_K dequantized, merged in
+ * float64 and requantized with ggml's reference quantizer), merged by the CLI against cp and cp && sync.
+ */
+async function runGgufScenario(ctx: Ctx, dir: string, type: 'F16' | 'Q4_K', pattern: Uint16Array): Promise<void> {
+  const d = 4096, layers = 2, r = 16;
+  const names = Array.from({ length: layers }, (_, l) => ['attn_q', 'attn_k', 'attn_v', 'attn_output'].map((m) => `blk.${l}.${m}.weight`)).flat();
+  const metadata = [
+    { key: 'general.architecture', type: 'STRING' as const, value: 'llama' }, { key: 'llama.block_count', type: 'UINT32' as const, value: layers },
+    { key: 'llama.embedding_length', type: 'UINT32' as const, value: d }, { key: 'llama.attention.head_count', type: 'UINT32' as const, value: 32 },
+    { key: 'llama.attention.head_count_kv', type: 'UINT32' as const, value: 32 },
+  ];
+  const plan = planGguf({ metadata, tensors: names.map((name) => ({ name, type, shape: [d, d] })) });
+  const basePath = path.join(dir, `${type}.gguf`);
+  const fd = openSync(basePath, 'w');
+  let at = 0;
+  const q4k = new Uint8Array(d * d / 256 * 144);
+  for (let b = 0; b < q4k.length; b += 144) {
+    q4k[b] = 0x19; q4k[b + 1] = 0x14; // d = 0.001 (f16 0x1419)
+    q4k[b + 2] = 0x19; q4k[b + 3] = 0x10; // dmin
+    for (let i = 4; i < 144; i++) q4k[b + i] = (b * 31 + i * 7) & 0xff;
+  }
+  await writeGguf(plan, { write: (bytes) => { writeSync(fd, bytes, 0, bytes.length, at); at += bytes.length; } }, () => (type === 'F16' ? pattern : q4k));
+  closeSync(fd);
+  const size = statSync(basePath).size;
+  const tensors: { name: string; dtype: string; shape: number[]; data: Uint8Array }[] = [];
+  for (let l = 0; l < layers; l++) {
+    for (const m of ['q_proj', 'v_proj']) {
+      const la = random(r * d, 300 + l, 0.02), lb = random(d * r, 400 + l, 0.02);
+      tensors.push({ name: `base_model.model.model.layers.${l}.self_attn.${m}.lora_A.weight`, dtype: 'F32', shape: [r, d], data: new Uint8Array(la.buffer) });
+      tensors.push({ name: `base_model.model.model.layers.${l}.self_attn.${m}.lora_B.weight`, dtype: 'F32', shape: [d, r], data: new Uint8Array(lb.buffer) });
+    }
+  }
+  const adapterDir = path.join(dir, `${type}-adapter`);
+  mkdirSync(adapterDir);
+  writeFileSync(path.join(adapterDir, 'adapter_model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
+  writeFileSync(path.join(adapterDir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r, lora_alpha: 32, target_modules: ['q_proj', 'v_proj'] }));
+  const out = path.join(dir, `${type}-out.gguf`);
+  const cli = path.resolve('bin/lora-wasm.mjs');
+  const runs = {
+    cp: () => timed(['cp', basePath, out]),
+    cpSync: () => timed(['sh', '-c', 'cp "$0" "$1" && sync "$1"', basePath, out]),
+    merge: () => timed([process.execPath, '--experimental-wasm-relaxed-simd', cli, 'merge', '--base', basePath, '--adapter', adapterDir, '--out', out, '--quiet']),
+  };
+  const times: Record<keyof typeof runs, number[]> = { cp: [], cpSync: [], merge: [] };
+  let rssKb = 0;
+  rmSync(out, { force: true });
+  if (!ctx.quick) await runs.merge();
+  for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
+    for (const k of ['cp', 'cpSync', 'merge'] as const) {
+      rmSync(out, { force: true });
+      spawnSync('sync', [dir]);
+      const res = await runs[k]();
+      times[k].push(res.ms);
+      if (k === 'merge') rssKb = Math.max(rssKb, res.rssKb);
+    }
+  }
+  // the last run was a merge: its header and untouched tensors are the input's, its targets changed and kept their type
+  const [a, b] = [await GgufReader.open(await fileSource(basePath)), await GgufReader.open(await fileSource(out))];
+  const same = async (n: string) => Buffer.from(await a.read(n)).equals(Buffer.from(await b.read(n)));
+  if (!Buffer.from(await a.headerBytes()).equals(Buffer.from(await b.headerBytes())) || !(await same('blk.0.attn_k.weight')) || (await same('blk.1.attn_v.weight')) || b.get('blk.1.attn_v.weight')!.typeName !== type) {
+    throw new Error(`cli merge (GGUF ${type}): the output's header, untouched or merged tensors are not as they should be; refusing to report its speed`);
+  }
+  await a.close();
+  await b.close();
+  const [cp, cpSync, merge] = [median(times.cp), median(times.cpSync), median(times.merge)];
+  const label = `GGUF ${type}, ${(size / 1e6).toFixed(0)} MB, 8 × [4096, 4096], r=16 on attn_q, attn_v (4)`;
+  const row = { group: 'cli merge', shape: label, flops: 0, bytes: 2 * size };
+  ctx.rows.push({ ...row, name: 'cp && sync <file> (fsync\'d, as the merge)', by: 'copy', ms: cpSync });
+  ctx.rows.push({ ...row, name: 'cp (left in the page cache)', by: 'cp', ms: cp });
+  ctx.rows.push({ ...row, name: 'lora-wasm merge (CLI)', by: 'lora-wasm', build: ctx.builds.at(-1)!.build, ms: merge, flops: 4 * 2 * r * d * d, rssMiB: rssKb / 1024 });
+  ctx.notes.push(`cli merge, ${label}: ${(merge / 1e3).toFixed(2)} s, ${mb(size, merge)} of ${(size / 1e6).toFixed(0)} MB = ${(merge / cpSync).toFixed(2)}× cp && sync (${(cpSync / 1e3).toFixed(2)} s, ${mb(size, cpSync)}), ${(merge / cp).toFixed(2)}× cp (${(cp / 1e3).toFixed(2)} s); peak RSS ${(rssKb / 1024).toFixed(0)} MiB`);
+  if (!process.env.LORA_BENCH_CLI_KEEP) for (const f of [basePath, out, adapterDir]) rmSync(f, { recursive: true, force: true });
+}
+
 export async function benchCli(ctx: Ctx): Promise<void> {
   const lw = ctx.builds.at(-1)!;
   const dir = mkdtempSync(path.join(os.tmpdir(), 'lora-wasm-cli-bench-'));
@@ -203,6 +281,7 @@ export async function benchCli(ctx: Ctx): Promise<void> {
     const pattern = m.toArray();
     m.dispose();
     for (const sc of scenarios(ctx.quick)) await runScenario(ctx, dir, sc, pattern);
+    for (const type of ctx.quick ? (['Q4_K'] as const) : (['F16', 'Q4_K'] as const)) await runGgufScenario(ctx, dir, type, pattern);
   } finally {
     // LORA_BENCH_CLI_KEEP=1 keeps the generated base and adapter, to profile the CLI on them
     if (process.env.LORA_BENCH_CLI_KEEP) console.log(`kept ${dir}`);

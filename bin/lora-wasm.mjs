@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // lora-wasm command line: inspect adapters and models, merge an adapter into a base model.
 //
-//   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
-//   lora-wasm merge --base <model.safetensors | model.safetensors.index.json | model dir>
-//                   --adapter <adapter dir | .safetensors> --out <file | dir for a sharded base>
-//                   [--multiplier 1] [--dtype keep|f32|f16|bf16] [--prefix P] [--safe] [--force] [--quiet]
+//   lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors | model or adapter .gguf>
+//   lora-wasm merge --base <model.safetensors | model.safetensors.index.json | model dir | model.gguf>
+//                   --adapter <adapter dir | .safetensors | llama.cpp adapter .gguf> --out <file | dir for a sharded base>
+//                   [--multiplier 1] [--dtype keep|f32|f16|bf16 (GGUF: also q8_0)] [--prefix P] [--safe] [--force] [--quiet]
+//   lora-wasm convert --adapter <PEFT adapter dir> --base <model.gguf> --out <adapter.gguf> [--dtype f32|f16] [--prefix P] [--force]
 //
 // merge streams tensor by tensor: each base tensor is read at its offset, merged in wasm memory (or
 // copied byte for byte when the adapter does not touch it and its dtype stays), and written; peak
@@ -21,11 +22,11 @@
 //   killed run (their pid is in the name) are removed by the next run to the same --out.
 // Exit codes: 0 done, 1 error, 2 usage.
 import './launch.mjs'; // first: turns relaxed SIMD on (Node 20) before any wasm is compiled
-import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
-import { LoRAError, LoRAFormatError, LoRARangeError, SafetensorsReader, fileSource, init } from '../dist/index.js';
+import { GgufReader, LoRAError, LoRAFormatError, LoRARangeError, SafetensorsReader, fileSource, init, planGgufAdapter, writeGgufAdapter } from '../dist/index.js';
 // the atomic writers (the folder writer and the temp bookkeeping are not in the public API)
 import { abortOpenTempsSync, atomicFile, atomicFolder, clearStaleTemps } from '../dist/io/node-file.js';
 import { DTYPE_OF_ST } from '../dist/io/safetensors.js';
@@ -33,11 +34,15 @@ import { ITEM_BYTES } from '../dist/memory/dtype.js';
 import { formatBytes } from '../dist/memory/heap.js';
 
 const USAGE = `usage:
-  lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors>
-  lora-wasm merge --base <model.safetensors | model.safetensors.index.json | model dir>
-                  --adapter <adapter dir | .safetensors> --out <file | dir>
+  lora-wasm inspect <adapter dir | adapter .safetensors | model .safetensors | model or adapter .gguf>
+  lora-wasm merge --base <model.safetensors | model.safetensors.index.json | model dir | model.gguf>
+                  --adapter <adapter dir | .safetensors | llama.cpp adapter .gguf> --out <file | dir>
                   [--multiplier 1] [--dtype keep|f32|f16|bf16] [--prefix P] [--safe] [--force] [--quiet]
                   [--threads auto|N]   (default auto: every core, at most 8)
+  lora-wasm convert --adapter <PEFT adapter dir> --base <model.gguf> --out <adapter.gguf>
+                  [--dtype f32|f16] [--prefix P] [--force] [--quiet]
+  --dtype        merge: the output type of float tensors (safetensors) or of merged 2-D tensors (GGUF,
+                 which also takes q8_0; keep requantizes each to its own type); convert: the factors' type
   --multiplier   a finite number whose f32 is not 0 or ±Inf; negative as --multiplier -1 or --multiplier=-1;
                  0 is allowed (with a note): the LoRA modules then change nothing
   --out          never an input; the output appears only when complete (a sharded base: a folder, all at once)
@@ -49,6 +54,11 @@ class UsageError extends Error {}
 class CliError extends Error {}
 /** Control characters from hostile names (ESC sequences, NUL, newlines) are shown escaped, never sent to the terminal. */
 const printable = (s) => String(s).replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+// a reader that stops early (\`| head\`) ends the output, not the process with a stack trace
+process.stdout.on('error', (e) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 const say = (line) => process.stdout.write(`${printable(line).replaceAll('\\u000a', '\n')}\n`);
 const note = (line) => process.stderr.write(`lora-wasm: ${printable(line)}\n`);
 /** A text file that must be UTF-8 (invalid bytes are a LoRAFormatError, not replaced silently). */
@@ -72,9 +82,22 @@ function checkPath(flag, p) {
   return p;
 }
 
-/** The adapter's files: { weights: path, configPath, config?: its text }. */
+/** True when p is a file whose first four bytes are GGUF's magic. */
+function isGgufFile(p) {
+  if (!isFile(p)) return false;
+  const fd = openSync(p, 'r');
+  try {
+    const b = Buffer.alloc(4);
+    return readSync(fd, b, 0, 4, 0) === 4 && b.toString('latin1') === 'GGUF';
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The adapter's files: { weights: path, configPath, config?: its text } (a llama.cpp adapter .gguf: no config). */
 function adapterFiles(p) {
   if (!exists(p)) throw new UsageError(`--adapter ${p}: no such file or folder`);
+  if (isGgufFile(p)) return { weights: p, configPath: undefined, config: undefined, gguf: true };
   const weights = isDir(p) ? path.join(p, 'adapter_model.safetensors') : p;
   if (isDir(p) && !exists(weights)) throw new LoRAFormatError(`${p}: no adapter_model.safetensors in this folder (a PEFT adapter folder has it beside adapter_config.json)`);
   const configPath = path.join(path.dirname(weights), 'adapter_config.json');
@@ -220,10 +243,43 @@ async function openAll(files) {
   return readers;
 }
 
+/** A GGUF model (architecture, tensors by type, size, each tensor) or a llama.cpp adapter (its modules). */
+async function inspectGguf(lw, target) {
+  const reader = await GgufReader.open(await fileSource(target));
+  try {
+    const v = (k) => reader.value(k);
+    const arch = v('general.architecture');
+    const bytes = reader.tensors.reduce((a, t) => a + t.size, 0);
+    const byType = new Map();
+    for (const t of reader.tensors) byType.set(t.typeName, (byType.get(t.typeName) ?? 0) + 1);
+    const types = [...byType].sort((a, b) => b[1] - a[1]).map(([t, n]) => `${t} ×${n}`).join(', ');
+    say(`${target}: GGUF v${reader.version}, ${reader.tensors.length} tensors, ${formatBytes(bytes)}, types ${types}; ${reader.metadata.length} metadata keys, alignment ${reader.alignment}`);
+    if (v('general.type') === 'adapter') {
+      const adapter = await lw.loadAdapter({ weights: reader });
+      try {
+        say(`llama.cpp ${v('adapter.type') ?? 'LoRA'} adapter for architecture ${arch ?? '(not named)'}; adapter.lora.alpha ${v('adapter.lora.alpha') ?? '(none: scale 1)'}`);
+        say(`${adapter.modules.length} modules, ${adapter.parameters.toLocaleString('en-US')} parameters`);
+        say('  module  kind  r  alpha  scale  ΔW shape  dtype');
+        for (const m of adapter.modules) say(`  ${m.name}  ${m.kind}  ${m.r}  ${m.alpha}  ${+m.scale.toPrecision(6)}  [${m.A.rows}, ${m.B.cols}]  ${m.A.dtype}`);
+      } finally {
+        adapter.dispose();
+      }
+      return;
+    }
+    const hp = ['block_count', 'context_length', 'embedding_length', 'feed_forward_length', 'attention.head_count', 'attention.head_count_kv', 'vocab_size']
+      .map((k) => [k, v(`${arch}.${k}`)]).filter(([, x]) => x !== undefined).map(([k, x]) => `${k} ${x}`);
+    say(`model: ${v('general.name') ?? '(unnamed)'}, architecture ${arch ?? '(not named)'}${hp.length ? `; ${hp.join(', ')}` : ''}`);
+    for (const t of reader.tensors) say(`  ${t.name}  ${t.typeName}  [${t.shape.join(', ')}]`);
+  } finally {
+    await reader.close();
+  }
+}
+
 async function inspect(target) {
   if (!target) throw new UsageError('inspect needs a path');
   checkPath('inspect', target);
   const lw = await init();
+  if (isGgufFile(target)) return inspectGguf(lw, target);
   const isAdapter = isDir(target) || exists(path.join(path.dirname(target), 'adapter_config.json'));
   const [reader] = await openAll([isDir(target) ? adapterFiles(target).weights : target]);
   const kindOf = (names) => (names.some((n) => /lora_(down|up)\.weight$/.test(n)) ? 'kohya' : names.some((n) => /\.lora_(A|B|embedding_A|embedding_B)/.test(n)) ? 'peft' : 'model');
@@ -257,19 +313,21 @@ async function merge(values) {
   for (const k of ['base', 'adapter', 'out']) if (values[k] === undefined) throw new UsageError(`merge needs --${k}`);
   for (const k of ['base', 'adapter', 'out']) checkPath(`--${k}`, values[k]);
   const multiplier = parseMultiplier(values.multiplier);
+  const gguf = isGgufFile(values.base);
   const dtype = values.dtype ?? 'keep';
-  if (!['keep', 'f32', 'f16', 'bf16'].includes(dtype)) throw new UsageError(`--dtype must be keep, f32, f16 or bf16, got ${dtype}`);
+  const dtypes = gguf ? ['keep', 'f32', 'f16', 'bf16', 'q8_0'] : ['keep', 'f32', 'f16', 'bf16'];
+  if (!dtypes.includes(dtype)) throw new UsageError(`--dtype must be ${dtypes.slice(0, -1).join(', ')} or ${dtypes.at(-1)}${gguf ? '' : ' (q8_0 is for GGUF bases)'}, got ${dtype}`);
   const threadsArg = values.threads ?? 'auto';
   const threads = threadsArg === 'auto' ? 'auto' : Number(threadsArg);
   if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1)) throw new UsageError(`--threads must be auto or a whole number ≥ 1, got ${threadsArg}`);
-  const { files, index } = baseFiles(values.base);
+  const { files, index } = gguf ? { files: [values.base], index: undefined } : baseFiles(values.base);
   const af = adapterFiles(values.adapter);
   const sharded = index !== undefined;
   const out = values.out;
   const force = Boolean(values.force);
   const inputs = [
     { what: 'the adapter\'s weights', file: af.weights },
-    { what: 'the adapter\'s adapter_config.json', file: af.configPath },
+    ...(af.configPath ? [{ what: 'the adapter\'s adapter_config.json', file: af.configPath }] : []),
     ...files.map((f) => ({ what: sharded ? `the base shard ${path.basename(f)}` : 'the base model', file: f })),
     ...(index ? [{ what: 'the base model\'s index', file: index.path }] : []),
   ];
@@ -289,7 +347,7 @@ async function merge(values) {
       const s = Math.fround(multiplier * m.scale);
       if (multiplier !== 0 && (s === 0 || !Number.isFinite(s))) throw new LoRARangeError(`--multiplier ${values.multiplier ?? 1} times the scale ${m.scale} of module "${m.name}" rounds to ${s} in f32`);
     }
-    readers = await openAll(files);
+    readers = gguf ? [await GgufReader.open(await fileSource(files[0]))] : await openAll(files);
     if (sharded) checkIndex(index, readers);
     const totalTensors = readers.reduce((s, r) => s + r.tensors.length, 0);
     if (sharded) {
@@ -302,7 +360,7 @@ async function merge(values) {
     }, cliProgress.Presets.shades_classic);
     bar?.start(totalTensors, 0, { done: formatBytes(0), size: '' });
     const report = await lw.mergeAdapterFiles({
-      base: readers, adapter, sink: (f) => opened[f], dtype, multiplier, prefix: values.prefix ?? '', safe: Boolean(values.safe),
+      base: gguf ? readers[0] : readers, adapter, sink: (f) => opened[f], dtype, multiplier, prefix: values.prefix ?? '', safe: Boolean(values.safe),
       onProgress: (p) => bar?.update(p.tensors, { done: formatBytes(p.bytes), size: formatBytes(p.totalBytes) }),
     });
     if (sharded) {
@@ -326,6 +384,43 @@ async function merge(values) {
     throw e;
   } finally {
     for (const r of readers) await r.close();
+    adapter.dispose();
+  }
+}
+
+/** A PEFT adapter as a llama.cpp LoRA adapter for the GGUF model --base (names, row order and scales folded). */
+async function convert(values) {
+  for (const k of ['base', 'adapter', 'out']) if (values[k] === undefined) throw new UsageError(`convert needs --${k}`);
+  for (const k of ['base', 'adapter', 'out']) checkPath(`--${k}`, values[k]);
+  const dtype = values.dtype ?? 'f32';
+  if (!['f32', 'f16'].includes(dtype)) throw new UsageError(`--dtype for convert must be f32 or f16, got ${dtype}`);
+  if (!isGgufFile(values.base)) throw new CliError(`--base ${values.base}: not a GGUF model; convert writes a llama.cpp adapter for the GGUF model it will run on`);
+  const af = adapterFiles(values.adapter);
+  if (af.gguf) throw new CliError(`--adapter ${values.adapter} is already a llama.cpp adapter`);
+  const force = Boolean(values.force);
+  const target = path.resolve(values.out);
+  await clearStaleTemps(target);
+  checkOut(values.out, {
+    sharded: false, force,
+    inputs: [{ what: 'the adapter\'s weights', file: af.weights }, ...(af.configPath ? [{ what: 'the adapter\'s adapter_config.json', file: af.configPath }] : []), { what: 'the base model', file: values.base }],
+  });
+  const lw = await init();
+  const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
+  const base = await GgufReader.open(await fileSource(values.base));
+  let file;
+  try {
+    const plan = planGgufAdapter(adapter, base, { dtype, prefix: values.prefix ?? '' });
+    file = await atomicFile(target, force);
+    await writeGgufAdapter(plan, file, lw);
+    await file.commit();
+    file = undefined;
+    const folded = plan.modules.filter((m) => m.fold !== 1);
+    say(`converted ${plan.modules.length} modules into ${values.out} (adapter.lora.alpha ${plan.alpha}, ${dtype}${folded.length ? `; ${folded.length} modules' scales folded into lora_b: ${folded.slice(0, 3).map((m) => m.module.name).join(', ')}${folded.length > 3 ? ', …' : ''}` : ''})`);
+  } catch (e) {
+    await file?.abort();
+    throw e;
+  } finally {
+    await base.close();
     adapter.dispose();
   }
 }
@@ -369,6 +464,19 @@ async function main() {
       throw new UsageError(e.message);
     }
     await merge(parsed.values);
+    return 0;
+  }
+  if (command === 'convert') {
+    let parsed;
+    try {
+      parsed = parseArgs({ args: joinNumbers(rest), options: {
+        base: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string' }, prefix: { type: 'string' },
+        force: { type: 'boolean' }, quiet: { type: 'boolean' },
+      } });
+    } catch (e) {
+      throw new UsageError(e.message);
+    }
+    await convert(parsed.values);
     return 0;
   }
   throw new UsageError(`unknown command "${command}"`);

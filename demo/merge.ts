@@ -49,7 +49,7 @@ $('merge').addEventListener('click', () => {
   if (!baseFile) return;
   setStatus('working', 'merging…');
   refresh();
-  send({ type: 'merge', files: adapterFiles, base: baseFile, dtype: $<HTMLSelectElement>('dtype').value as 'keep' });
+  send({ type: 'merge', files: adapterFiles, base: baseFile, dtype: $<HTMLSelectElement>('dtype').value as 'keep' | 'q8_0' });
 });
 
 worker.onmessage = (e: MessageEvent<MergePageMessage>) => {
@@ -59,7 +59,7 @@ worker.onmessage = (e: MessageEvent<MergePageMessage>) => {
     $('status').dataset.threads = String(m.threads);
     setStatus('ready', 'pick an adapter and a base model');
   } else if (m.type === 'adapter') {
-    $('summary').textContent = `${m.format === 'peft' ? 'PEFT' : 'kohya'} adapter${m.base ? ` for ${m.base}` : ''}: ${m.modules.length} modules, ${m.params.toLocaleString('en-US')} parameters, ${m.replacements} tensors to replace`;
+    $('summary').textContent = `${m.format === 'peft' ? 'PEFT' : m.format === 'gguf' ? 'llama.cpp' : 'kohya'} adapter${m.base ? ` for ${m.base}` : ''}: ${m.modules.length} modules, ${m.params.toLocaleString('en-US')} parameters, ${m.replacements} tensors to replace`;
     const rows = m.modules.map((x) => `<tr><td>${x.name}</td><td>${x.kind}</td><td>${x.r}</td><td>${x.alpha}</td><td>${+x.scale.toPrecision(6)}</td><td>${x.shape}</td><td>${x.dtype}</td></tr>`);
     $('modules').innerHTML = `<tr><th>module</th><th>kind</th><th>r</th><th>alpha</th><th>scale</th><th>ΔW</th><th>dtype</th></tr>${rows.join('')}`;
     setStatus('ready', 'adapter read; pick a base model and merge');
@@ -72,9 +72,10 @@ worker.onmessage = (e: MessageEvent<MergePageMessage>) => {
   } else if (m.type === 'done') {
     const a = $<HTMLAnchorElement>('download');
     a.href = URL.createObjectURL(m.blob);
-    a.download = 'merged.safetensors';
+    const name = `merged.${m.gguf ? 'gguf' : 'safetensors'}`;
+    a.download = name;
     a.hidden = false;
-    a.textContent = `download merged.safetensors (${fmt(m.blob.size)})`;
+    a.textContent = `download ${name} (${fmt(m.blob.size)})`;
     status.dataset.merged = String(m.merged);
     status.dataset.replaced = String(m.replaced);
     setStatus('done', `merged ${m.merged} modules and replaced ${m.replaced} tensors in ${m.seconds.toFixed(2)} s (wasm memory peaked at ${fmt(m.peakWasmBytes)})`);

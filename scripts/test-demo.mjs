@@ -53,7 +53,7 @@ try {
 
   // The merge page: a generated PEFT adapter and f16 base, picked through the file inputs, merged in the
   // worker, downloaded; the download must equal the same merge run in Node, byte for byte.
-  const { init, encodeSafetensors, SafetensorsReader, bytesSource } = await import('../dist/index.js');
+  const { init, encodeSafetensors, encodeGguf, GgufReader, SafetensorsReader, bytesSource } = await import('../dist/index.js');
   const lw = await init();
   const rnd = (n, seed) => { let a = seed; return Float32Array.from({ length: n }, () => { a = (a * 1103515245 + 12345) % 2 ** 31; return (a / 2 ** 31 - 0.5) * 0.2; }); };
   const f16 = (x, rows, cols) => { const m = lw.matrix(rows, cols, x, { dtype: 'f16' }); const b = new Uint8Array(m.toArray().buffer); m.dispose(); return b; };
@@ -98,6 +98,31 @@ try {
   check('merge page: the downloaded file equals the same merge in Node, byte for byte', Buffer.compare(got, want) === 0, `${got.length} bytes`);
   const r = await SafetensorsReader.open(bytesSource(new Uint8Array(got)));
   check('merge page: the download is a valid safetensors file with every tensor', r.tensors.length === 4, r.tensors.map((t) => t.name).join(', '));
+  // a GGUF model (Q8_0) and a llama.cpp adapter: the same page, the GGUF path, the same bytes as Node
+  const arch = { key: 'general.architecture', type: 'STRING', value: 'llama' };
+  const q8 = new Uint8Array(2 * 3 * 34); // [2, 96] in Q8_0: 3 blocks a row, f16 scale + 32 int8 each
+  for (let b = 0; b < 6; b++) { q8[b * 34 + 1] = 0x20; for (let i = 2; i < 34; i++) q8[b * 34 + i] = (b * 7 + i * 13) & 0xff; }
+  const ggufModel = await encodeGguf({ metadata: [arch], tensors: [{ name: 'blk.0.attn_v.weight', type: 'Q8_0', shape: [2, 96], data: q8 }] });
+  const ggufAdapter = await encodeGguf({
+    metadata: [arch, { key: 'general.type', type: 'STRING', value: 'adapter' }, { key: 'adapter.type', type: 'STRING', value: 'lora' }, { key: 'adapter.lora.alpha', type: 'FLOAT32', value: 2 }],
+    tensors: [
+      { name: 'blk.0.attn_v.weight.lora_a', type: 'F32', shape: [2, 96], data: rnd(2 * 96, 50) },
+      { name: 'blk.0.attn_v.weight.lora_b', type: 'F32', shape: [2, 2], data: rnd(4, 51) },
+    ],
+  });
+  const ga = await lw.loadAdapter({ weights: ggufAdapter });
+  const gparts = [];
+  await lw.mergeAdapterFiles({ base: await GgufReader.open(bytesSource(ggufModel)), adapter: ga, sink: () => ({ write: async (b) => void gparts.push(b) }) });
+  ga.dispose();
+  await mp.setInputFiles('#adapter', [{ name: 'adapter.gguf', mimeType: 'application/octet-stream', buffer: Buffer.from(ggufAdapter) }]);
+  await mp.waitForFunction(() => /llama\.cpp adapter/.test(document.querySelector('#summary')?.textContent ?? ''), null, { timeout: 30_000 });
+  await mp.setInputFiles('#base', [{ name: 'model.gguf', mimeType: 'application/octet-stream', buffer: Buffer.from(ggufModel) }]);
+  await mp.click('#merge');
+  await mp.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 60_000 });
+  const [gdownload] = await Promise.all([mp.waitForEvent('download'), mp.click('#download')]);
+  const ggot = (await import('node:fs')).readFileSync(await gdownload.path());
+  check('merge page: a llama.cpp adapter merged into a Q8_0 GGUF model downloads as merged.gguf, equal to Node\'s merge byte for byte',
+    gdownload.suggestedFilename() === 'merged.gguf' && Buffer.compare(ggot, Buffer.concat(gparts)) === 0, `${await mp.textContent('#status')}; ${ggot.length} bytes`);
   await mp.screenshot({ path: `${root}build/merge-screenshot.png`, fullPage: true });
   check('merge page: no page errors', merrors.length === 0, merrors.join('; '));
   console.log(`screenshot: build/merge-screenshot.png`);

@@ -16,30 +16,8 @@ import { LoRAEnvironmentError, LoRAError, SafetensorsReader, bytesSource, encode
 import { atomicFile, atomicFolder, clearStaleTemps } from '../src/io/node-file.js';
 import { FIXTURE_ADAPTER, FIXTURE_CONFIG, readFixture } from './fixtures.js';
 import { BUILD, assertRejectsTyped, assertResolves, lwUnderTest, randomF32, rng } from './helpers.js';
+import { cli, env, expectFail, flags, hidden, root, run, workdir } from './fixtures/cli.js';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
-const cli = path.join(root, 'bin/lora-wasm.mjs');
-// the CLI in this run's flavour (init() picks relaxed where the engine has it), so results compare bit for bit
-const flags = BUILD === 'relaxed' ? ['--experimental-wasm-relaxed-simd'] : [];
-const env = { ...process.env, FORCE_COLOR: '0' };
-const run = (cwd: string, ...args: string[]) => spawnSync(process.execPath, [...flags, cli, ...args], { cwd, encoding: 'utf8', env });
-/** A fresh temp folder for one test; `done()` removes it. */
-function workdir() {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'lora-wasm-cli-'));
-  return { dir, at: (p: string) => path.join(dir, p), done: () => rmSync(dir, { recursive: true, force: true }) };
-}
-/** The hidden entries of a folder (temps, and the .old of a forced replace). */
-const hidden = (dir: string) => readdirSync(dir).filter((e) => e.startsWith('.'));
-/** Runs the CLI expecting failure: the exit code, one line "lora-wasm: ..." with every word, and no stack trace. */
-function expectFail(cwd: string, args: string[], code: number, words: string[]): string {
-  const r = run(cwd, ...args);
-  assert.is(r.status, code, `${args.join(' ')}: ${r.stderr}`);
-  const first = r.stderr.split('\n')[0]!;
-  assert.ok(first.startsWith('lora-wasm: '), first);
-  assert.not.match(r.stderr, /\n\s+at /, `no stack trace: ${r.stderr}`);
-  for (const w of words) assert.ok(first.includes(w), `"${first}" should mention "${w}"`);
-  return first;
-}
 const readST = (file: string) => SafetensorsReader.open(bytesSource(new Uint8Array(readFileSync(file)), file));
 /** The real PEFT adapter of ../shared/fixtures: a test that needs it fails (never passes) without it. */
 async function realAdapter(dir: string): Promise<void> {

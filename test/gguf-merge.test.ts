@@ -11,12 +11,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Adapter } from '../src/adapters/adapter.js';
-import { LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/errors.js';
+import { LoRAFormatError, LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/errors.js';
 import { dequantize, quantize, quantizedBytes } from '../src/gguf/quant.js';
 import { encodeGgufAdapter } from '../src/gguf/convert-adapter.js';
 import { GgufReader } from '../src/io/gguf.js';
 import { GGML_TYPE, type GgmlTypeName, ggmlType } from '../src/io/gguf-types.js';
-import { planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
+import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
 import { bytesSource } from '../src/io/source.js';
 import type { FileSink, LoRAWasm } from '../src/index.js';
 import type { Engine } from '../src/runtime/engine.js';
@@ -243,7 +243,7 @@ test('dtype: merged 2-D tensors written as f16 or q8_0, 1-D tensors and untouche
   }
 });
 
-test('refusals: a module the model lacks (closest names), an unknown dtype, a block scale that overflows with safe', async () => {
+test('refusals: a module the model lacks (closest names), an unknown dtype, a block scale that overflows with safe, an adapter for another architecture', async () => {
   const lw = await lwUnderTest();
   const m = await model('Q8_0');
   const peft = makePeft(m, CASE, 61);
@@ -254,6 +254,22 @@ test('refusals: a module the model lacks (closest names), an unknown dtype, a bl
     await assertRejectsTyped(() => merge(lw, m.bytes, adapter, { prefix: 'x.' }), LoRAShapeError, ['closest GGUF names']);
   } finally {
     adapter.dispose();
+  }
+  // a llama.cpp adapter for another architecture (llama.cpp refuses it too: "model arch and LoRA arch mismatch")
+  const [out, inn] = (await open(m.bytes)).get('blk.0.attn_v.weight')!.shape as [number, number];
+  const other = await lw.loadAdapter({
+    weights: await encodeGguf({
+      metadata: [{ key: 'general.architecture', type: 'STRING', value: 'qwen2' }, { key: 'general.type', type: 'STRING', value: 'adapter' }, { key: 'adapter.type', type: 'STRING', value: 'lora' }],
+      tensors: [
+        { name: 'blk.0.attn_v.weight.lora_a', type: 'F32', shape: [1, inn], data: new Float32Array(inn) },
+        { name: 'blk.0.attn_v.weight.lora_b', type: 'F32', shape: [out, 1], data: new Float32Array(out) },
+      ],
+    }),
+  });
+  try {
+    await assertRejectsTyped(() => merge(lw, m.bytes, other), LoRAFormatError, ['architecture "qwen2"', '"llama"']);
+  } finally {
+    other.dispose();
   }
 });
 

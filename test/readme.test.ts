@@ -75,6 +75,10 @@ test('the extraction example runs as written and prints what its comments say', 
   assert.equal(runBlock('Adapters as values: combine, extract, resize', 1), ['3 true', 'layers.0.q_proj 64 48']);
 });
 
+test('the GGUF example runs as written and prints what its comments say', () => {
+  assert.equal(runBlock('GGUF: llama.cpp models, quantized too'), ['gguf blk.0.attn_v r=1 scale=1', '1 Q8_0']);
+});
+
 test('the serving example runs as written and prints what its comments say', () => {
   assert.equal(runBlock('Serving many adapters in one batch'), ['4 8', 'true']);
 });

@@ -80,7 +80,9 @@ function ggufNaming(reader: GgufReader, adapter: Adapter, prefix: string): Namin
     return new LoRAShapeError(`${fn}: ${what} has no tensor "${want}" in ${reader.file}${close.length ? `; closest GGUF names: ${close.map((n) => `"${n}"`).join(', ')}` : ''}`);
   };
   if (adapter.format === 'gguf') {
-    // a llama.cpp adapter names the base tensors itself
+    // a llama.cpp adapter names the base tensors itself; like llama.cpp, its architecture must be the model's
+    const [mine, theirs] = [adapter.config['general.architecture'], reader.value('general.architecture')];
+    if (mine !== theirs) throw new LoRAFormatError(`${fn}: the llama.cpp adapter is for architecture ${JSON.stringify(mine)} but ${reader.file} is ${JSON.stringify(theirs)}`);
     return {
       module: (m) => {
         const target = `${prefix}${m.name}.weight`;
