@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type Adapter, type FileSink, LoRAFormatError, type LoRAWasm, SafetensorsReader, atomicFile, bytesSource, encodeSafetensors, fileSource } from '../src/index.js';
+import { type Adapter, type FileSink, LoRAFormatError, LoRANonFiniteError, type LoRAWasm, SafetensorsReader, atomicFile, bytesSource, encodeSafetensors, fileSource } from '../src/index.js';
 import { lwUnderTest, randomF32, rng } from './helpers.js';
 
 const PEFT = 'base_model.model.';
@@ -169,6 +169,39 @@ test('an untouched range longer than a block is copied in chunks, at its offsets
   assert.ok(Buffer.from(out.subarray(at, at + big.byteLength)).equals(Buffer.from(bytesOf(big))), 'the untouched tensor byte for byte');
   assert.ok(Math.max(...sizes) <= 16 << 20, `no write over 16 MiB (${Math.max(...sizes)})`);
   adapter.dispose();
+});
+
+test('a tensor larger than a band is merged in bands of rows: the same bits as the resident merge, f32 in place and converted to f16; safe refuses an overflow in a later band', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(8);
+  const [rows, cols, r] = [2500, 1024, 3]; // 10 MB of f32: three bands of at most 4 MiB
+  const w = randomF32(g, rows * cols), a = randomF32(g, r * cols), b = randomF32(g, rows * r);
+  const bytes = encodeSafetensors([t('big.weight', [rows, cols], w)]);
+  const adapter = await lw.loadAdapter({
+    weights: encodeSafetensors([t(`${PEFT}big.lora_A.weight`, [r, cols], a), t(`${PEFT}big.lora_B.weight`, [rows, r], b)]),
+    config: { peft_type: 'LORA', r, lora_alpha: 6 },
+  });
+  try {
+    for (const dtype of ['keep', 'f16'] as const) {
+      const parts: Uint8Array[] = [];
+      await mergeWith(lw, bytesSource(bytes), adapter, () => ({ write: async (x) => void parts.push(x) }), { dtype });
+      const got = await SafetensorsReader.open(bytesSource(concat(parts)));
+      const W = lw.matrix(rows, cols, w);
+      const res = dtype === 'keep' ? W : lw.matrix(rows, cols, undefined, { dtype: 'f16' });
+      lw.mergeAdapter({ 'big.weight': W }, adapter, dtype === 'keep' ? {} : { into: { 'big.weight': res } });
+      const want = new Uint8Array(res.toArray().buffer);
+      assert.ok(Buffer.from((await got.read('big.weight')).bytes).equals(Buffer.from(want)), `${dtype}: the resident merge's bits`);
+      W.dispose();
+      if (res !== W) res.dispose();
+    }
+    const hot = w.slice();
+    hot[2100 * cols + 5] = 3e38; // row 2100: in the third band
+    const err = await mergeWith(lw, bytesSource(encodeSafetensors([t('big.weight', [rows, cols], hot)])), adapter, () => ({ write: async () => {} }), { dtype: 'f16', safe: true })
+      .then(() => undefined, (e: Error) => e);
+    assert.ok(err instanceof LoRANonFiniteError && err.message.includes('"big.weight"') && err.message.includes('f16'), String(err));
+  } finally {
+    adapter.dispose();
+  }
 });
 
 test('a read that fails behind the loop (the base shrank) fails the merge with its error, and every block is freed', async () => {

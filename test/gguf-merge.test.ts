@@ -217,6 +217,42 @@ test('a llama.cpp adapter (.gguf) merges into its model to what llama.cpp applie
   }
 });
 
+test('a quantized tensor larger than a band is merged in bands of rows: every block equals ggml\'s quantization of the exact merge', async () => {
+  const lw = await lwUnderTest();
+  const [rows, cols, r] = [20000, 64, 2]; // Q8_0 rows of 68 bytes, 256 bytes of f32 work: two bands of 16384 rows
+  const g = (await import('./helpers.js')).rng(12);
+  const w0 = Float32Array.from({ length: rows * cols }, () => g() - 0.5);
+  const stored = await encode('Q8_0', w0);
+  const arch = { key: 'general.architecture', type: 'STRING' as const, value: 'llama' };
+  const model = await encodeGguf({ metadata: [arch], tensors: [{ name: 'blk.0.attn_v.weight', type: 'Q8_0', shape: [rows, cols], data: stored.bytes }] });
+  const la = Float32Array.from({ length: r * cols }, () => g() - 0.5), lb = Float32Array.from({ length: rows * r }, () => g() - 0.5);
+  const adapter = await lw.loadAdapter({
+    weights: await encodeGguf({
+      metadata: [arch, { key: 'general.type', type: 'STRING', value: 'adapter' }, { key: 'adapter.type', type: 'STRING', value: 'lora' }, { key: 'adapter.lora.alpha', type: 'FLOAT32', value: 1 }],
+      tensors: [
+        { name: 'blk.0.attn_v.weight.lora_a', type: 'F32', shape: [r, cols], data: la },
+        { name: 'blk.0.attn_v.weight.lora_b', type: 'F32', shape: [rows, r], data: lb },
+      ],
+    }),
+  });
+  try {
+    const { bytes } = await merge(lw, model, adapter);
+    const exact = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < cols; j++) {
+        let d = 0;
+        for (let k = 0; k < r; k++) d += lb[i * r + k]! * la[k * cols + j]!;
+        exact[i * cols + j] = stored.values[i * cols + j]! + 0.5 * d;
+      }
+    }
+    const want = (await encode('Q8_0', Float32Array.from(exact))).bytes;
+    const got = await (await open(bytes)).read('blk.0.attn_v.weight');
+    assert.ok(Buffer.from(got).equals(Buffer.from(want)), 'byte for byte');
+  } finally {
+    adapter.dispose();
+  }
+});
+
 test('dtype: merged 2-D tensors written as f16 or q8_0, 1-D tensors and untouched ones as they were', async () => {
   const lw = await lwUnderTest();
   const m = await model('Q4_K');

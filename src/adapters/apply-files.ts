@@ -164,26 +164,25 @@ function streamedSteps(run: Run, reader: SafetensorsReader, header: Uint8Array, 
   return steps;
 }
 
-/** Tensor `src` (as stored) → `out` (its output dtype) through the plan's write, on the blocks. */
+/** Tensor `src` (as stored) → `out` (its output dtype) through the plan's write, on the blocks, in bands of rows. */
 function computeStep(run: Run, from: number, to: number, src: TensorInfo, out: TensorInfo, write: Write | undefined): Step {
   const n = src.end - src.begin;
   const outN = out.dtype === src.dtype ? n : numelOf(out.shape) * ITEM_BYTES[DTYPE_OF_ST[out.dtype]!];
   const inPlace = out.dtype === src.dtype;
+  const [r, c] = as2d(src.shape);
+  const [rows, cols] = write?.biasOf ? [1, r * c] : [r, c];
   return {
-    kind: 'compute', from, to, n, outN, inPlace, names: [src.name],
-    compute: (input, output) => {
-      const W = operandIn(run.engine, input, src, write);
-      compute(run.engine, fn, src.name, W, inPlace ? W : operandIn(run.engine, output, out, write), write, run.safe);
-      count(run, write);
+    kind: 'compute', from, to, n, outN, inPlace, names: [src.name], r0: 0, rows, rowIn: n / rows, rowOut: outN / rows, rowWork: 0,
+    compute: (input, output, r0, r1) => {
+      const W = operandIn(run.engine, input, r1 - r0, cols, DTYPE_OF_ST[src.dtype]!);
+      compute(run.engine, fn, src.name, W, inPlace ? W : operandIn(run.engine, output, r1 - r0, cols, DTYPE_OF_ST[out.dtype]!), write, run.safe, undefined, r0);
+      if (r1 === rows) count(run, write);
     },
   };
 }
 
-/** A block as a [rows, cols] operand of the tensor's dtype (a bias target is [1, n]). */
-function operandIn(engine: Engine, b: Block, t: TensorInfo, write: Write | undefined): AnyMatrixInput {
-  const [r, c] = as2d(t.shape);
-  const [rows, cols] = write?.biasOf ? [1, r * c] : [r, c];
-  const dtype = DTYPE_OF_ST[t.dtype]!;
+/** A block as a [rows, cols] operand of `dtype`. */
+function operandIn(engine: Engine, b: Block, rows: number, cols: number, dtype: DType): AnyMatrixInput {
   return dtype === 'f32'
     ? { rows, cols, data: engine.heap.view(b, rows * cols) }
     : { rows, cols, dtype, data: engine.heap.viewU16(b, rows * cols) };

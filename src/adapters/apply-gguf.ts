@@ -30,8 +30,8 @@ import type { Engine } from '../runtime/engine.js';
 import { QUANT_TYPES, dequantize, quantize } from '../gguf/quant.js';
 import { closestNames, ggufModelInfo, ggufTargetFor } from '../gguf/names.js';
 import { type Adapter, checkAdapter } from './adapter.js';
-import { type Write, compute } from './apply-step.js';
-import { type FileSink, type Step, execute, pushUntouched } from './pipeline.js';
+import { type Write, band, compute } from './apply-step.js';
+import { type FileSink, type Step, bandRows, execute, pushUntouched } from './pipeline.js';
 import { type ApplyOptions, type BaseTensor, type MergeStep, type Naming, planAdapter, readApplyOptions } from './plan.js';
 
 export type GgufOutputType = 'keep' | 'f32' | 'f16' | 'bf16' | 'q8_0';
@@ -179,10 +179,6 @@ export async function mergeAdapterGguf(engine: Engine, opts: MergeGgufOptions): 
         ...(bias ? { one, bias: f32Of(bias) } : {}),
       });
     }
-    // one f32 work area for tensors decoded from, or encoded to, a quantized type
-    const work = (t: GgufTensorInfo, outType: GgmlTypeName) => !FLOAT[t.typeName] || !FLOAT[outType];
-    const largest = Math.max(0, ...out.tensors.filter((t) => plan.writes.has(t.name) && work(t.from!, t.typeName)).map((t) => t.from!.elements * 4));
-    if (largest > 0) scratch = engine.heap.alloc(largest, fn);
 
     const steps: Step[] = [{ kind: 'bytes', to: 0, bytes: out.header, names: [] }];
     const totalBytes = reader.tensors.reduce((s, t) => s + t.size, 0);
@@ -205,6 +201,9 @@ export async function mergeAdapterGguf(engine: Engine, opts: MergeGgufOptions): 
       if (write.merge) report.merged++;
       if (write.replace) report.replaced++;
     }
+    // one f32 work area, for a band of a tensor decoded from, or encoded to, a quantized type
+    const largest = Math.max(0, ...steps.map((st) => (st.kind === 'compute' ? Math.min(st.rows, bandRows(st)) * st.rowWork : 0)));
+    if (largest > 0) scratch = engine.heap.alloc(largest, fn);
     let tensorsDone = 0;
     await execute(engine, fn, reader.source, steps, sink, (name) => {
       report.weightMap[name] = 0;
@@ -247,38 +246,43 @@ function ggufStep(
   const inPlace = srcFloat && outFloat ? src.typeName === outType : outN <= n;
   const [r, c] = as2d(src.shape);
   const [rows, cols] = write.biasOf ? [1, r * c] : [r, c];
-  const operandAt = (b: Block, dt: DType): AnyMatrixInput => (dt === 'f32'
-    ? { rows, cols, data: engine.heap.view(b, rows * cols) }
-    : { rows, cols, dtype: dt, data: engine.heap.viewU16(b, rows * cols) });
-  const check = (b: Block, type: string, why: string): void => {
-    const i = engine.kernel.firstNonFinite(fn, operand(engine.heap, fn, src.name, operandAt(b, 'f32'), ANY_DTYPE).desc!);
-    if (i >= 0) throw new LoRANonFiniteError(`${fn}: "${src.name}" would be written with a NaN or ±Infinity at [${Math.floor(i / cols)}, ${i % cols}] in ${type}${why}; with safe: true nothing is written`);
-  };
+  const needsWork = !srcFloat || !outFloat;
   return {
     kind: 'compute', from: src.begin, to, n, outN, inPlace, names: [src.name],
-    compute: (input, output) => {
+    // rows are whole ggml blocks (ne[0] is a multiple of the block size), so a band of rows is too
+    r0: 0, rows, rowIn: n / rows, rowOut: outN / rows, rowWork: needsWork ? cols * 4 : 0,
+    compute: (input, output, r0, r1) => {
+      const m = r1 - r0;
+      const count = m * cols;
+      const operandAt = (b: Block, dt: DType): AnyMatrixInput => (dt === 'f32'
+        ? { rows: m, cols, data: engine.heap.view(b, count) }
+        : { rows: m, cols, dtype: dt, data: engine.heap.viewU16(b, count) });
+      const check = (b: Block, type: string, why: string): void => {
+        const i = engine.kernel.firstNonFinite(fn, operand(engine.heap, fn, src.name, operandAt(b, 'f32'), ANY_DTYPE).desc!);
+        if (i >= 0) throw new LoRANonFiniteError(`${fn}: "${src.name}" would be written with a NaN or ±Infinity at [${r0 + Math.floor(i / cols)}, ${i % cols}] in ${type}${why}; with safe: true nothing is written`);
+      };
       const dst = inPlace ? input : output;
-      const work = !srcFloat || !outFloat ? scratch() : undefined;
-      if (!srcFloat) dequantize(engine, src.type, work!.ptr, input.ptr, src.elements);
+      const work = needsWork ? scratch() : undefined;
+      if (!srcFloat) dequantize(engine, src.type, work!.ptr, input.ptr, count);
       if (outFloat) {
         const W = srcFloat ? operandAt(input, srcFloat) : operandAt(work!, 'f32');
         const res = srcFloat === outFloat ? W : operandAt(dst, outFloat);
-        compute(engine, fn, src.name, W, res, write, safe, (s) => rowsOf(s) ?? { A: s.module.A, ...(s.module.biasDelta ? { biasDelta: s.module.biasDelta } : {}) });
+        compute(engine, fn, src.name, W, res, write, safe, (s) => rowsOf(s) ?? { A: s.module.A, ...(s.module.biasDelta ? { biasDelta: s.module.biasDelta } : {}) }, r0);
         return;
       }
       if (srcFloat) convert(engine, operandAt(work!, 'f32'), operandAt(input, srcFloat));
       if (write.merge) {
         const e = exactOf(write.merge);
-        engine.kernel.mergeExact(fn, work!.ptr, e.A.ptr, e.B.ptr, rows, cols, e.A.cols, e.s);
+        engine.kernel.mergeExact(fn, work!.ptr, e.A.ptr + r0 * e.A.cols * 4, e.B.ptr, m, cols, e.A.cols, e.s);
       } else if (write.biasOf) {
         const e = exactOf(write.biasOf);
         engine.kernel.mergeExact(fn, work!.ptr, e.one!.ptr, e.bias!.ptr, 1, cols, 1, e.s);
-      } else if (write.replace) convert(engine, operandAt(work!, 'f32'), write.replace.replacement.tensor);
+      } else if (write.replace) convert(engine, operandAt(work!, 'f32'), band(engine.heap, write.replace.replacement.tensor, r0, m));
       if (safe) check(work!, 'f32', ' (before it is quantized)');
-      quantize(engine, GGML_TYPE[outType], dst.ptr, work!.ptr, src.elements);
+      quantize(engine, GGML_TYPE[outType], dst.ptr, work!.ptr, count);
       if (safe) {
         // a block's f16 scale can overflow where every value is finite (|x| past 65504 × the type's range)
-        dequantize(engine, GGML_TYPE[outType], work!.ptr, dst.ptr, src.elements);
+        dequantize(engine, GGML_TYPE[outType], work!.ptr, dst.ptr, count);
         check(work!, outType, ' (a block\'s f16 scale overflows)');
       }
     },

@@ -8,6 +8,7 @@ import { convert } from '../ops/convert.js';
 import { mergeInto } from '../ops/merge.js';
 import { ANY_DTYPE, type AnyMatrixInput, operand } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
+import type { WasmHeap } from '../memory/heap.js';
 import type { MergeStep, ReplaceStep } from './plan.js';
 
 export type Write = { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceStep };
@@ -23,12 +24,14 @@ export type Write = { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceSt
  */
 export function compute(
   engine: Engine, fn: string, name: string, W: AnyMatrixInput, res: AnyMatrixInput, write: Write | undefined, safe: boolean,
-  rowsOf?: (step: MergeStep) => { A: AnyMatrixInput; biasDelta?: AnyMatrixInput },
+  rowsOf?: (step: MergeStep) => { A: AnyMatrixInput; biasDelta?: AnyMatrixInput }, r0 = 0,
 ): void {
+  // W and res hold the tensor's rows [r0, r0 + W.rows) (a band): A's and a replacement's rows follow
+  const rows = (W as { rows: number }).rows;
   try {
-    if (write?.merge) mergeInto(engine, res, W, rowsOf?.(write.merge).A ?? write.merge.module.A, write.merge.module.B, { scale: write.merge.scale, safe });
+    if (write?.merge) mergeInto(engine, res, W, band(engine.heap, rowsOf?.(write.merge).A ?? write.merge.module.A, r0, rows), write.merge.module.B, { scale: write.merge.scale, safe });
     else if (write?.biasOf) mergeInto(engine, res, W, { rows: 1, cols: 1, data: new Float32Array([1]) }, rowsOf?.(write.biasOf).biasDelta ?? write.biasOf.module.biasDelta!, { scale: write.biasOf.scale, safe });
-    else if (write?.replace) convert(engine, res, write.replace.replacement.tensor);
+    else if (write?.replace) convert(engine, res, band(engine.heap, write.replace.replacement.tensor, r0, rows));
     else if (res !== W) convert(engine, res, W);
     if (safe) {
       const out = res as { rows: number; cols: number; dtype?: DType };
@@ -36,7 +39,7 @@ export function compute(
       if (i >= 0) {
         const outType = out.dtype ?? 'f32';
         throw new LoRANonFiniteError(
-          `${fn}: "${name}" would be written with a NaN or ±Infinity at [${Math.floor(i / out.cols)}, ${i % out.cols}] in ${outType}${
+          `${fn}: "${name}" would be written with a NaN or ±Infinity at [${r0 + Math.floor(i / out.cols)}, ${i % out.cols}] in ${outType}${
             outType === 'f16' ? ' (past 65504)' : ''}; with safe: true nothing is written`,
         );
       }
@@ -44,4 +47,18 @@ export function compute(
   } catch (e) {
     throw e instanceof LoRANonFiniteError && !e.message.includes(`"${name}"`) ? new LoRANonFiniteError(`${fn}: "${name}": ${e.message}`) : e;
   }
+}
+
+/** Rows [r0, r0 + rows) of a matrix, as a view of its memory (the whole matrix when that is all of it). */
+export function band(heap: WasmHeap, m: AnyMatrixInput, r0: number, rows: number): AnyMatrixInput {
+  const x = m as { rows: number; cols: number; dtype?: DType; data: Float32Array | Uint16Array };
+  if (r0 === 0 && rows === x.rows) return m;
+  const half = x.dtype !== undefined && x.dtype !== 'f32';
+  const data = x.data;
+  const owner = heap.ownerOf(data);
+  const n = rows * x.cols;
+  // a view of wasm memory must be one the heap made (operands check whose memory it is)
+  const at = owner ? data.byteOffset - owner.ptr + r0 * x.cols * data.BYTES_PER_ELEMENT : 0;
+  const view = owner ? (half ? heap.viewU16(owner, n, undefined, at) : heap.view(owner, n, undefined, at)) : data.subarray(r0 * x.cols, r0 * x.cols + n);
+  return half ? { rows, cols: x.cols, dtype: x.dtype as 'f16' | 'bf16', data: view as Uint16Array } : { rows, cols: x.cols, data: view as Float32Array };
 }

@@ -4,10 +4,11 @@
  *
  *   bytes    literal bytes at output offset `to` (a header, alignment padding);
  *   copy     input bytes [from, from + n) to output offset `to`, byte for byte (untouched tensors next
- *            to each other in both files make one range, cut into chunks of at most 16 MiB);
+ *            to each other in both files make one range, cut into chunks of BAND_BYTES);
  *   ref      a sink that references the input (a browser Blob slice) takes [from, from + n) unread;
- *   compute  n input bytes read into a block, turned by `compute` into outN bytes (in the same block
- *            when `inPlace`, else in a second one), written at `to`.
+ *   compute  a tensor's rows, in bands of about BAND_BYTES: each band's bytes read into a block, turned
+ *            by `compute` into the output's (in the same block when `inPlace`, else in a second one),
+ *            written at their offset.
  * `names` are the tensors finished when the step is written (for progress).
  *
  * Bytes do not pass through JavaScript buffers: reads go straight into the blocks (ByteSource.readInto:
@@ -39,12 +40,30 @@ export type Step =
     kind: 'compute'; from: number; to: number; n: number; outN: number; names: string[];
     /** The output goes into the input's block (outN ≤ n). */
     inPlace: boolean;
-    /** Synchronous: kernels on the blocks' bytes (views made inside, never kept). */
-    compute(input: Block, output: Block): void;
+    /**
+     * The tensor's rows [r0, r0 + rows) are this step's: rowIn bytes each in the input, rowOut in the
+     * output, rowWork in any work area the computation keeps (n = rows·rowIn, outN = rows·rowOut).
+     */
+    r0: number;
+    rows: number;
+    rowIn: number;
+    rowOut: number;
+    rowWork: number;
+    /** Synchronous: kernels on rows [r0, r1) in the blocks' bytes (views made inside, never kept). */
+    compute(input: Block, output: Block, r0: number, r1: number): void;
   };
 
-/** The largest untouched range read at once: big enough for few syscalls, small enough to keep RSS low. */
-const COPY_CHUNK = 16 << 20;
+/**
+ * The bytes one step holds in a block: a tensor is computed in bands of rows of about this size, and
+ * untouched ranges are copied in chunks of it. Fresh wasm memory costs its first touch (measured here:
+ * 128 MiB of new pages took 0.5 s to fault in, as long as merging 1 GiB), so blocks stay small; a
+ * row is never cut (a band is at least one row).
+ */
+export const BAND_BYTES = 4 << 20;
+
+/** Rows per band of a compute step. */
+export const bandRows = (s: { rowIn: number; rowOut: number; rowWork: number }): number =>
+  Math.max(1, Math.floor(BAND_BYTES / Math.max(s.rowIn, s.rowOut, s.rowWork, 1)));
 
 /**
  * Adds an untouched tensor's bytes: a copy (or, where the sink can reference the input, a ref) that
@@ -59,15 +78,22 @@ export function pushUntouched(steps: Step[], sink: FileSink, from: number, to: n
   } else steps.push({ kind, from, to, n, names: [name] });
 }
 
-/** Copy steps cut to at most `chunk` bytes (a tensor's name goes with the chunk that ends it). */
-function chunked(steps: readonly Step[], chunk: number): Step[] {
+/** Copy steps cut into chunks of BAND_BYTES, compute steps into bands of rows (a tensor's name goes with its last piece). */
+function chunked(steps: readonly Step[]): Step[] {
   const out: Step[] = [];
   for (const s of steps) {
-    if (s.kind !== 'copy' || s.n <= chunk) {
-      out.push(s);
-      continue;
-    }
-    for (let k = 0; k < s.n; k += chunk) out.push({ kind: 'copy', from: s.from + k, to: s.to + k, n: Math.min(chunk, s.n - k), names: k + chunk >= s.n ? s.names : [] });
+    if (s.kind === 'copy' && s.n > BAND_BYTES) {
+      for (let k = 0; k < s.n; k += BAND_BYTES) out.push({ kind: 'copy', from: s.from + k, to: s.to + k, n: Math.min(BAND_BYTES, s.n - k), names: k + BAND_BYTES >= s.n ? s.names : [] });
+    } else if (s.kind === 'compute' && s.rows > bandRows(s)) {
+      const per = bandRows(s);
+      for (let r = 0; r < s.rows; r += per) {
+        const rows = Math.min(per, s.rows - r);
+        out.push({
+          ...s, r0: s.r0 + r, rows, from: s.from + r * s.rowIn, to: s.to + r * s.rowOut, n: rows * s.rowIn, outN: rows * s.rowOut,
+          names: r + per >= s.rows ? s.names : [],
+        });
+      }
+    } else out.push(s);
   }
   return out;
 }
@@ -81,10 +107,8 @@ const handled = <T>(p: Promise<T>): Promise<T> => {
 export async function execute(engine: Engine, fn: string, source: ByteSource, stepsIn: readonly Step[], sink: FileSink, onDone: (name: string) => void): Promise<void> {
   const overlap = engine.heap.memory.buffer instanceof SharedArrayBuffer;
   const positioned = sink.writeAt !== undefined;
-  const computeBytes = Math.max(0, ...stepsIn.map((s) => (s.kind === 'compute' ? Math.max(s.n, s.outN) : 0)));
-  const copyBytes = Math.max(0, ...stepsIn.map((s) => (s.kind === 'copy' ? Math.min(s.n, COPY_CHUNK) : 0)));
-  const size = Math.max(computeBytes, copyBytes, 1);
-  const steps = chunked(stepsIn, size);
+  const steps = chunked(stepsIn);
+  const size = Math.max(1, ...steps.map((s) => (s.kind === 'compute' ? Math.max(s.n, s.outN) : s.kind === 'copy' ? s.n : 0)));
   const emit = (to: number, bytes: Uint8Array): Promise<void> => (positioned ? sink.writeAt!(to, bytes) : sink.write(bytes.slice()));
   const finish = async (s: Step, written?: Promise<void>): Promise<void> => {
     await written;
@@ -158,7 +182,7 @@ export async function execute(engine: Engine, fn: string, source: ByteSource, st
         if (!s.inPlace) output = await blocks.acquire();
         if (!overlap) await Promise.allSettled(inFlight);
         try {
-          s.compute(input, output);
+          s.compute(input, output, s.r0, s.r0 + s.rows);
         } catch (e) {
           if (output !== input) blocks.release(output);
           blocks.release(input);
