@@ -6,6 +6,10 @@
 //                   --adapter <adapter dir | .safetensors | llama.cpp adapter .gguf> --out <file | dir for a sharded base>
 //                   [--multiplier 1] [--dtype keep|f32|f16|bf16 (GGUF: also q8_0)] [--prefix P] [--safe] [--force] [--quiet]
 //   lora-wasm convert --adapter <PEFT adapter dir> --base <model.gguf> --out <adapter.gguf> [--dtype f32|f16] [--prefix P] [--force]
+//   lora-wasm convert --adapter <PEFT dir> --out <kohya.safetensors> | --adapter <kohya file> --base <model> --out <PEFT dir>
+//   lora-wasm extract --base <model> --tuned <model> --rank k | --energy e [--modules REGEX] --out <PEFT dir>
+//   lora-wasm resize --adapter <dir> --rank k | --energy e --out <dir>
+//   lora-wasm combine <dir> <dir> … --weights w1,w2 --method M [--rank k] [--density d] [--seed n] --out <dir>
 //
 // merge streams tensor by tensor: each base tensor is read at its offset, merged in wasm memory (or
 // copied byte for byte when the adapter does not touch it and its dtype stays), and written; peak
@@ -29,6 +33,10 @@ import cliProgress from 'cli-progress';
 import { GgufReader, LoRAError, LoRAFormatError, LoRARangeError, SafetensorsReader, fileSource, init, planGgufAdapter, writeGgufAdapter } from '../dist/index.js';
 // the atomic writers (the folder writer and the temp bookkeeping are not in the public API)
 import { abortOpenTempsSync, atomicFile, atomicFolder, clearStaleTemps } from '../dist/io/node-file.js';
+// the streamed extract and the kohya ⇄ PEFT renames (src/adapters/extract-files.ts, convert-kohya.ts)
+import { Adapter } from '../dist/adapters/adapter.js';
+import { KOHYA_PREFIXES, encodeKohyaAdapter, kohyaToPeft } from '../dist/adapters/convert-kohya.js';
+import { extractAdapterFiles, planExtract } from '../dist/adapters/extract-files.js';
 import { DTYPE_OF_ST } from '../dist/io/safetensors.js';
 import { ITEM_BYTES } from '../dist/memory/dtype.js';
 import { formatBytes } from '../dist/memory/heap.js';
@@ -41,6 +49,19 @@ const USAGE = `usage:
                   [--threads auto|N]   (default auto: every core, at most 8)
   lora-wasm convert --adapter <PEFT adapter dir> --base <model.gguf> --out <adapter.gguf>
                   [--dtype f32|f16] [--prefix P] [--force] [--quiet]
+  lora-wasm convert --adapter <PEFT adapter dir> --out <kohya.safetensors> [--kohya-prefix lora_te|lora_te1|lora_te2|lora_unet]
+  lora-wasm convert --adapter <kohya .safetensors> --base <model.safetensors | index | model dir> --out <PEFT dir> [--prefix P]
+                  kohya ⇄ PEFT: PEFT module text_model.encoder.layers.0.self_attn.q_proj is kohya's
+                  lora_te_text_model_encoder_layers_0_self_attn_q_proj (lora_down = lora_A, lora_up = lora_B,
+                  alpha = scale·r); back, the one base tensor whose name with . as _ is the kohya name
+  lora-wasm extract --base <model> --tuned <model> --rank k | --energy e [--modules REGEX] [--seed n] --out <PEFT dir>
+                  a PEFT adapter from a fine-tune, module by module (2-D float <module>.weight tensors;
+                  --modules searches module names; modules whose difference is zero are skipped)
+  lora-wasm resize --adapter <adapter dir | kohya .safetensors> --rank k | --energy e --out <PEFT dir | kohya .safetensors>
+  lora-wasm combine <adapter> <adapter> … --weights w1,w2,… --method cat|linear|svd|ties|dare_linear|dare_ties|magnitude_prune
+                  [--rank k (svd, ties, dare_*, magnitude_prune)] [--density d (ties, dare_*, magnitude_prune: required)]
+                  [--seed n (ties, dare_*, magnitude_prune)] --out <PEFT dir | kohya .safetensors>
+  --rank/--energy the rank kept per module, or the fewest singular values keeping that fraction of ‖ΔW‖²
   --dtype        merge: the output type of float tensors (safetensors) or of merged 2-D tensors (GGUF,
                  which also takes q8_0; keep requantizes each to its own type); convert: the factors' type
   --multiplier   a finite number whose f32 is not 0 or ±Inf; negative as --multiplier -1 or --multiplier=-1;
@@ -172,13 +193,14 @@ function realish(p) {
  * --out is checked before any work: its folder exists, it is a file for a single-file base and a folder
  * for a sharded one, it replaces nothing without --force, and it is no input and holds none.
  */
-function checkOut(out, { sharded, force, inputs }) {
+function checkOut(out, { sharded, force, inputs, adapterFolder = false, file = 'model.safetensors' }) {
   const parent = path.dirname(path.resolve(out));
   if (!exists(parent)) throw new CliError(`--out ${out}: the folder ${path.dirname(out)} does not exist; create it first`);
   if (!isDir(parent)) throw new CliError(`--out ${out}: ${path.dirname(out)} is not a folder`);
   const there = lexists(out);
-  if (sharded && there && !isDir(out)) throw new UsageError(`--out ${out}: a sharded base is written to a folder`);
-  if (!sharded && isDir(out)) throw new CliError(`--out ${out} is a folder, but a single-file base is merged into one file; name it, e.g. --out ${path.join(out, 'model.safetensors')}`);
+  if (adapterFolder) sharded = true; // a folder, written whole and swapped in whole
+  if (sharded && there && !isDir(out) && !adapterFolder) throw new UsageError(`--out ${out}: ${adapterFolder ? 'a PEFT adapter is written to a folder (adapter_model.safetensors + adapter_config.json)' : 'a sharded base is written to a folder'}`);
+  if (!sharded && isDir(out)) throw new CliError(`--out ${out} is a folder, but ${file === 'model.safetensors' ? 'a single-file base is merged into one file' : 'the output is one file'}; name it, e.g. --out ${path.join(out, file)}`);
   const targets = new Set([path.resolve(out), realish(out)]);
   const outStat = there && exists(out) ? statSync(out) : undefined;
   for (const { what, file } of inputs) {
@@ -191,14 +213,23 @@ function checkOut(out, { sharded, force, inputs }) {
       }
     }
   }
+  if (adapterFolder && there && !isDir(out)) throw new UsageError(`--out ${out}: a PEFT adapter is written to a folder (adapter_model.safetensors + adapter_config.json)`);
   if (there && !force) throw new CliError(`${out} exists; pass --force to replace it`);
-  if (sharded && there) {
+  if (adapterFolder && there) {
+    const foreign = readdirSync(out).filter((e) => !(ADAPTER_FILES.includes(e) && isFile(path.join(out, e))));
+    if (foreign.length) {
+      throw new CliError(`--out ${out} holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''}, not a PEFT adapter's files; --force replaces the whole folder, so it only replaces a folder of ${ADAPTER_FILES.join(', ')}`);
+    }
+  } else if (sharded && there) {
     const foreign = readdirSync(out).filter((e) => !((e.endsWith('.safetensors') || e.endsWith('.index.json')) && isFile(path.join(out, e))));
     if (foreign.length) {
       throw new CliError(`--out ${out} holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''}, not model shards; --force replaces the whole folder, so it only replaces a folder of .safetensors files and their index`);
     }
   }
 }
+
+/** What a PEFT adapter folder written by this CLI may hold (so --force may replace it). */
+const ADAPTER_FILES = ['adapter_model.safetensors', 'adapter_config.json', 'README.md'];
 
 /** The multiplier as the merge will use it: a finite number whose f32 is not 0 (unless it is 0) or ±Inf. */
 function parseMultiplier(raw) {
@@ -224,8 +255,9 @@ function joinNumbers(args) {
   const out = [];
   for (let i = 0; i < args.length; i++) {
     const next = args[i + 1];
-    if (args[i] === '--multiplier' && next?.startsWith('-') && !Number.isNaN(Number(next))) {
-      out.push(`--multiplier=${next}`);
+    const numeric = args[i] === '--multiplier' ? [next] : args[i] === '--weights' ? next?.split(',') ?? [] : [];
+    if (next?.startsWith('-') && numeric.length && numeric.every((x) => x.trim() !== '' && !Number.isNaN(Number(x)))) {
+      out.push(`${args[i]}=${next}`);
       i++;
     } else out.push(args[i]);
   }
@@ -389,7 +421,7 @@ async function merge(values) {
 }
 
 /** A PEFT adapter as a llama.cpp LoRA adapter for the GGUF model --base (names, row order and scales folded). */
-async function convert(values) {
+async function convertGguf(values) {
   for (const k of ['base', 'adapter', 'out']) if (values[k] === undefined) throw new UsageError(`convert needs --${k}`);
   for (const k of ['base', 'adapter', 'out']) checkPath(`--${k}`, values[k]);
   const dtype = values.dtype ?? 'f32';
@@ -421,6 +453,366 @@ async function convert(values) {
     throw e;
   } finally {
     await base.close();
+    adapter.dispose();
+  }
+}
+
+// ---------------------------------------------------------------- the adapter algebra: extract, resize, combine
+
+/** A whole number ≥ 1 (--rank). */
+function parseCount(flag, raw) {
+  if (raw === undefined) return undefined;
+  if (!/^\d+$/.test(raw) || Number(raw) < 1 || !Number.isSafeInteger(Number(raw))) throw new UsageError(`${flag} must be a whole number ≥ 1, got ${raw}`);
+  return Number(raw);
+}
+/** A fraction in (0, 1] (--energy, --density). */
+function parseFraction(flag, raw) {
+  if (raw === undefined) return undefined;
+  const x = /^([01]?\.\d+|[01]|[01]\.0*|\d*\.?\d+[eE][+-]?\d+)$/.test(raw) ? Number(raw) : NaN;
+  if (!(x > 0 && x <= 1)) throw new UsageError(`${flag} must be a fraction in (0, 1], such as 0.9, got ${raw}`);
+  return x;
+}
+/** --seed: a whole number in [0, 2³² − 1]. */
+function parseSeed(raw) {
+  if (raw === undefined) return undefined;
+  if (!/^\d+$/.test(raw) || Number(raw) > 2 ** 32 - 1) throw new UsageError(`--seed must be a whole number in [0, 4294967295], got ${raw}`);
+  return Number(raw);
+}
+/** Exactly one of --rank k and --energy e. */
+function rankOrEnergy(command, values) {
+  const rank = parseCount('--rank', values.rank);
+  const energy = parseFraction('--energy', values.energy);
+  if ((rank === undefined) === (energy === undefined)) throw new UsageError(`${command} needs exactly one of --rank k (a whole number) and --energy e (the fraction of ‖ΔW‖² to keep, e.g. 0.9)`);
+  return rank !== undefined ? { rank } : { energy };
+}
+
+/** A progress bar on stderr (none with --quiet); the signal handler stops it. */
+function startBar(quiet, label, total, unit) {
+  if (quiet) return undefined;
+  bar = new cliProgress.SingleBar({
+    format: `${label} |{bar}| {percentage}% | {value}/{total} ${unit} | {what}`,
+    stream: process.stderr, hideCursor: true, noTTYOutput: false,
+  }, cliProgress.Presets.shades_classic);
+  bar.start(total, 0, { what: '' });
+  return bar;
+}
+function stopBar() {
+  bar?.stop();
+  bar = undefined;
+}
+
+/** The inputs of an adapter (for checkOut), from adapterFiles(). */
+const adapterInputs = (af, what = 'the adapter') => [
+  { what: `${what}'s weights`, file: af.weights },
+  ...(af.configPath && exists(af.configPath) ? [{ what: `${what}'s adapter_config.json`, file: af.configPath }] : []),
+];
+/** The inputs of a model (for checkOut), from baseFiles(). */
+const modelInputs = ({ files, index }, what) => [
+  ...files.map((f) => ({ what: index ? `the ${what} shard ${path.basename(f)}` : `the ${what}`, file: f })),
+  ...(index ? [{ what: `the ${what}'s index`, file: index.path }] : []),
+];
+
+/** An adapter the algebra can take: PEFT or kohya, without lora_bias (a bias is not low-rank). */
+async function loadForAlgebra(lw, flag, p) {
+  const af = adapterFiles(p);
+  if (af.gguf) throw new CliError(`${flag} ${p} is a llama.cpp adapter; resize and combine read PEFT and kohya adapters`);
+  const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
+  const biased = adapter.modules.find((m) => m.biasDelta);
+  if (biased) {
+    adapter.dispose();
+    throw new CliError(`${flag} ${p}: module "${biased.name}" has a lora_bias, which is not low-rank; resize and combine do not carry it`);
+  }
+  return { af, adapter };
+}
+
+/**
+ * Writes an adapter at --out: a PEFT folder (adapter_model.safetensors + adapter_config.json, through
+ * lw.saveAdapter) or a kohya file, atomically. Returns nothing; aborts its temp on failure.
+ */
+async function writeAdapter(lw, adapter, { out, force, kohya, baseModel, taskType, kohyaPrefix }) {
+  const target = path.resolve(out);
+  if (kohya) {
+    const bytes = encodeKohyaAdapter(adapter, kohyaPrefix ? { prefix: kohyaPrefix } : {});
+    const file = await atomicFile(target, force);
+    try {
+      await file.write(bytes);
+      await file.commit();
+    } catch (e) {
+      await file.abort();
+      throw e;
+    }
+    return;
+  }
+  const { config, weights } = lw.saveAdapter(adapter, { baseModel: baseModel ?? '', taskType: taskType ?? null });
+  const folder = await atomicFolder(target, force);
+  const opened = [];
+  try {
+    const w = await folder.file('adapter_model.safetensors');
+    opened.push(w);
+    await w.write(weights);
+    const c = await folder.file('adapter_config.json');
+    opened.push(c);
+    await c.write(new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`));
+    for (const f of opened) await f.commit();
+    await folder.commit();
+  } catch (e) {
+    for (const f of opened) await f.abort();
+    await folder.abort();
+    throw e;
+  }
+}
+
+/** --out for an adapter: a folder for PEFT, a .safetensors file for kohya; stale temps cleared first. */
+async function prepareOut(values, { kohya, inputs }) {
+  const target = path.resolve(values.out);
+  const cleared = await clearStaleTemps(target);
+  if (cleared.length && !values.quiet) note(`cleared what a stopped run left beside --out: ${cleared.join(', ')}`);
+  checkOut(values.out, { sharded: false, adapterFolder: !kohya, file: 'adapter.safetensors', force: Boolean(values.force), inputs });
+}
+
+const summaryRanks = (mods) => {
+  const ranks = mods.map((m) => m.rank ?? m.r);
+  const lo = Math.min(...ranks);
+  const hi = Math.max(...ranks);
+  return lo === hi ? `rank ${lo}` : `ranks ${lo}–${hi}`;
+};
+
+/** extract --base A --tuned B --rank k | --energy e [--modules regex] --out DIR: a PEFT adapter from a fine-tune. */
+async function extract(values) {
+  for (const k of ['base', 'tuned', 'out']) if (values[k] === undefined) throw new UsageError(`extract needs --${k}`);
+  for (const k of ['base', 'tuned', 'out']) checkPath(`--${k}`, values[k]);
+  const choice = rankOrEnergy('extract', values);
+  const seed = parseSeed(values.seed);
+  let modules;
+  if (values.modules !== undefined) {
+    try {
+      modules = new RegExp(values.modules);
+    } catch (e) {
+      throw new UsageError(`--modules must be a regular expression (searched in each module name, e.g. 'q_proj|v_proj'): ${e.message}`);
+    }
+  }
+  for (const k of ['base', 'tuned']) if (isGgufFile(values[k])) throw new CliError(`--${k} ${values[k]} is a GGUF model; extract reads safetensors models (one file or its shards)`);
+  const base = baseFiles(values.base);
+  let tuned;
+  try {
+    tuned = baseFiles(values.tuned);
+  } catch (e) {
+    if (e instanceof UsageError) throw new UsageError(e.message.replace('--base', '--tuned'));
+    throw e;
+  }
+  await prepareOut(values, { kohya: false, inputs: [...modelInputs(base, 'base model'), ...modelInputs(tuned, 'tuned model')] });
+  const lw = await init();
+  const readers = [];
+  let result;
+  try {
+    const b = await openAll(base.files);
+    readers.push(...b);
+    if (base.index) checkIndex(base.index, b);
+    const t = await openAll(tuned.files);
+    readers.push(...t);
+    if (tuned.index) checkIndex(tuned.index, t);
+    const total = planExtract(b, t, modules).length;
+    startBar(values.quiet, 'extract', total, 'modules');
+    result = await extractAdapterFiles(lw, { base: b, tuned: t, ...choice, modules, seed, onProgress: (p) => bar?.update(p.done, { what: p.module }) });
+    await writeAdapter(lw, result.adapter, { out: values.out, force: Boolean(values.force), baseModel: values.base });
+    stopBar();
+  } catch (e) {
+    stopBar();
+    throw e;
+  } finally {
+    for (const r of readers) await r.close();
+    result?.adapter.dispose();
+  }
+  if (!values.quiet) {
+    if (result.zero.length) note(`skipped ${result.zero.length} modules whose difference is zero: ${result.zero.slice(0, 5).join(', ')}${result.zero.length > 5 ? ', …' : ''}`);
+    if (result.clamped.length) note(`--rank ${choice.rank} exceeds min(out, in) of ${result.clamped.length} modules; they keep their full rank: ${result.clamped.slice(0, 3).map((c) => `${c.name} (${c.rank})`).join(', ')}${result.clamped.length > 3 ? ', …' : ''}`);
+  }
+  const energy = Math.min(...result.modules.map((m) => m.energy));
+  say(`extracted ${result.modules.length} modules (${summaryRanks(result.modules)}; the least kept energy ${energy.toFixed(4)}) into ${values.out}${result.zero.length ? `; skipped ${result.zero.length} with zero difference` : ''}`);
+}
+
+/** resize --adapter DIR --rank k | --energy e --out DIR: each module truncated from its factors (lw.resizeAdapter). */
+async function resize(values) {
+  for (const k of ['adapter', 'out']) if (values[k] === undefined) throw new UsageError(`resize needs --${k}`);
+  for (const k of ['adapter', 'out']) checkPath(`--${k}`, values[k]);
+  const choice = rankOrEnergy('resize', values);
+  const lw = await init();
+  const { af, adapter } = await loadForAlgebra(lw, '--adapter', values.adapter);
+  const kohya = adapter.format === 'kohya';
+  const made = [];
+  try {
+    await prepareOut(values, { kohya, inputs: adapterInputs(af) });
+    startBar(values.quiet, 'resize', adapter.modules.length, 'modules');
+    const reports = [];
+    // module by module (each module's truncation is its own): the bar moves, and the result is lw.resizeAdapter's
+    for (const m of adapter.modules) {
+      const one = lw.resizeAdapter(new Adapter(adapter.format, [m], [], adapter.config), choice);
+      made.push(one.adapter);
+      reports.push(one.modules[0]);
+      bar?.increment(1, { what: m.name });
+    }
+    const modules = made.flatMap((a) => a.modules);
+    const out = kohya ? new Adapter('kohya', modules, [], {}) : new Adapter('peft', modules, [...adapter.replacements], adapter.config);
+    await writeAdapter(lw, out, { out: values.out, force: Boolean(values.force), kohya, baseModel: adapter.config.base_model_name_or_path, taskType: adapter.config.task_type });
+    stopBar();
+    const before = adapter.modules.reduce((s, m) => s + m.r, 0) / adapter.modules.length;
+    say(`resized ${reports.length} modules (${summaryRanks(reports)}, mean r ${before.toFixed(1)} before; the least kept energy ${Math.min(...reports.map((r) => r.energy)).toFixed(4)}) into ${values.out}${adapter.replacements.length ? `; ${adapter.replacements.length} modules_to_save tensors carried over` : ''}`);
+  } catch (e) {
+    stopBar();
+    throw e;
+  } finally {
+    for (const a of made) a.dispose();
+    adapter.dispose();
+  }
+}
+
+const COMBINE_METHODS = ['cat', 'linear', 'svd', 'ties', 'dare_linear', 'dare_ties', 'magnitude_prune'];
+const PRUNED_METHODS = ['ties', 'dare_linear', 'dare_ties', 'magnitude_prune'];
+/** Which combine methods take each option (combine.ts APPLIES); density is required by the pruned ones. */
+const COMBINE_OPTIONS = { rank: ['svd', ...PRUNED_METHODS], density: PRUNED_METHODS, seed: PRUNED_METHODS };
+
+/** combine DIR_1 DIR_2 … --weights w1,w2,… --method M [--rank k] [--density d] [--seed n] --out DIR (lw.combineAdapters). */
+async function combine(values, dirs) {
+  if (dirs.length === 0) throw new UsageError('combine needs the adapters to combine: combine DIR_1 DIR_2 … --weights w1,w2,… --method M --out DIR');
+  for (const k of ['weights', 'method', 'out']) if (values[k] === undefined) throw new UsageError(`combine needs --${k}`);
+  for (const d of dirs) checkPath('combine', d);
+  checkPath('--out', values.out);
+  const method = values.method;
+  if (!COMBINE_METHODS.includes(method)) throw new UsageError(`--method must be one of ${COMBINE_METHODS.join(', ')}, got ${method}`);
+  for (const [k, methods] of Object.entries(COMBINE_OPTIONS)) {
+    if (values[k] !== undefined && !methods.includes(method)) throw new UsageError(`--${k} applies to ${methods.join(', ')}, not --method ${method}`);
+  }
+  if (PRUNED_METHODS.includes(method) && values.density === undefined) throw new UsageError(`--method ${method} needs --density d (the fraction of each ΔW kept, in (0, 1])`);
+  const weights = values.weights.split(',').map((w) => {
+    if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(w.trim()) || !Number.isFinite(Number(w))) throw new UsageError(`--weights must be finite decimal numbers separated by commas, such as 0.7,0.3, got ${values.weights}`);
+    return Number(w);
+  });
+  if (weights.length !== dirs.length) throw new UsageError(`--weights has ${weights.length} values for ${dirs.length} adapters; give one weight per adapter`);
+  const opts = { method, rank: parseCount('--rank', values.rank), density: parseFraction('--density', values.density), seed: parseSeed(values.seed) };
+  for (const k of Object.keys(opts)) if (opts[k] === undefined) delete opts[k];
+  const lw = await init();
+  const loaded = [];
+  let combined;
+  try {
+    for (const [i, d] of dirs.entries()) loaded.push(await loadForAlgebra(lw, `adapter ${i + 1}`, d));
+    const formats = [...new Set(loaded.map((l) => l.adapter.format))];
+    if (formats.length > 1) throw new CliError(`the adapters mix formats (${loaded.map((l, i) => `${dirs[i]}: ${l.adapter.format}`).join(', ')}); combine PEFT adapters with PEFT ones and kohya with kohya`);
+    const kohya = formats[0] === 'kohya';
+    const names = loaded[0].adapter.modules.map((m) => m.name);
+    loaded.forEach(({ adapter }, i) => {
+      const have = new Set(adapter.modules.map((m) => m.name));
+      const lacks = names.filter((n) => !have.has(n));
+      const extra = [...have].filter((n) => !names.includes(n));
+      if (lacks.length) throw new CliError(`${dirs[i]} has no module ${lacks.slice(0, 3).join(', ')}${lacks.length > 3 ? ', …' : ''}, which ${dirs[0]} has; combined adapters must have the same modules`);
+      if (extra.length) throw new CliError(`${dirs[i]} has module ${extra.slice(0, 3).join(', ')}${extra.length > 3 ? ', …' : ''}, which ${dirs[0]} lacks; combined adapters must have the same modules`);
+    });
+    const dropped = loaded.reduce((s, l) => s + l.adapter.replacements.length, 0);
+    await prepareOut(values, { kohya, inputs: loaded.flatMap(({ af }, i) => adapterInputs(af, `adapter ${dirs[i]}`)) });
+    startBar(values.quiet, `combine ${method}`, names.length, 'modules');
+    // module by module (each module's combination is its own; the seed's streams do not depend on the module)
+    const parts = [];
+    for (const name of names) {
+      const items = loaded.map(({ adapter }, i) => ({ adapter: new Adapter(adapter.format, [adapter.modules.find((m) => m.name === name)], [], adapter.config), weight: weights[i] }));
+      parts.push(lw.combineAdapters(items, opts));
+      bar?.increment(1, { what: name });
+    }
+    const modules = parts.flatMap((a) => a.modules);
+    combined = kohya ? new Adapter('kohya', modules, [], {}) : new Adapter('peft', modules, [], parts[0].config);
+    const c0 = loaded[0].adapter.config;
+    await writeAdapter(lw, combined, { out: values.out, force: Boolean(values.force), kohya, baseModel: c0.base_model_name_or_path, taskType: c0.task_type });
+    stopBar();
+    if (dropped && !values.quiet) note(`${dropped} modules_to_save tensors of the inputs are not carried over (no method defines how to combine them)`);
+    say(`combined ${dirs.length} adapters by ${method} (weights ${weights.join(', ')}): ${modules.length} modules, ${summaryRanks(modules)}, into ${values.out}`);
+  } catch (e) {
+    stopBar();
+    throw e;
+  } finally {
+    combined?.dispose();
+    for (const l of loaded) l.adapter.dispose();
+  }
+}
+
+/** The adapter's format from its tensor names, without loading it: 'kohya', 'peft', or 'gguf'. */
+function adapterFormat(af) {
+  if (af.gguf) return 'gguf';
+  const fd = openSync(af.weights, 'r');
+  try {
+    const b = Buffer.alloc(8);
+    if (readSync(fd, b, 0, 8, 0) !== 8) return 'peft';
+    const n = Number(b.readBigUInt64LE(0));
+    if (n > 100_000_000) return 'peft';
+    const h = Buffer.alloc(n);
+    readSync(fd, h, 0, n, 8);
+    return /"lora_(unet|te\d?)_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"/.test(h.toString('utf8')) ? 'kohya' : 'peft';
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * convert, chosen by its inputs and outputs:
+ *   PEFT --adapter, --base model.gguf               → a llama.cpp adapter (.gguf)
+ *   PEFT --adapter, --out x.safetensors (no --base) → a kohya file (lora_te_<module with . as _>)
+ *   kohya --adapter, --base model.safetensors|dir   → a PEFT folder (names from the base's tensors)
+ * (A DoRA → LoRA conversion would be one more row here: lw.loadAdapter refuses DoRA today.)
+ */
+async function convert(values) {
+  for (const k of ['adapter', 'out']) if (values[k] === undefined) throw new UsageError(`convert needs --${k}`);
+  for (const k of ['base', 'adapter', 'out']) if (values[k] !== undefined) checkPath(`--${k}`, values[k]);
+  const af = adapterFiles(values.adapter);
+  const format = adapterFormat(af);
+  if ((values.base !== undefined && isGgufFile(values.base)) || values.out.endsWith('.gguf') || (format === 'peft' && values.base !== undefined)) {
+    if (values['kohya-prefix'] !== undefined) throw new UsageError('--kohya-prefix is for a PEFT → kohya conversion, not for a llama.cpp adapter');
+    return convertGguf(values);
+  }
+  if (values.dtype !== undefined) throw new UsageError('--dtype is for a conversion into a llama.cpp adapter (--base model.gguf); kohya ⇄ PEFT keeps the factors\' dtype');
+  if (format === 'gguf') throw new CliError(`--adapter ${values.adapter} is a llama.cpp adapter; convert reads PEFT and kohya adapters`);
+  const force = Boolean(values.force);
+  if (format === 'peft') {
+    if (values.prefix !== undefined) throw new UsageError('--prefix is for --base; a PEFT → kohya conversion names modules directly (use --kohya-prefix for lora_te/lora_te1/lora_te2/lora_unet)');
+    if (!values.out.endsWith('.safetensors')) throw new UsageError(`--out ${values.out}: a PEFT adapter converts into a kohya file, named *.safetensors`);
+    const kohyaPrefix = values['kohya-prefix'] ?? 'lora_te';
+    if (!KOHYA_PREFIXES.includes(kohyaPrefix)) throw new UsageError(`--kohya-prefix must be one of ${KOHYA_PREFIXES.join(', ')}, got ${kohyaPrefix}`);
+    await prepareOut(values, { kohya: true, inputs: adapterInputs(af) });
+    const lw = await init();
+    const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
+    try {
+      startBar(values.quiet, 'convert', 1, 'files');
+      await writeAdapter(lw, adapter, { out: values.out, force, kohya: true, kohyaPrefix });
+      bar?.increment(1, { what: values.out });
+      stopBar();
+    } catch (e) {
+      stopBar();
+      throw e;
+    } finally {
+      adapter.dispose();
+    }
+    say(`converted ${adapter.modules.length} PEFT modules into the kohya file ${values.out} (${kohyaPrefix}_<module with . as _>, alpha = scale·r)`);
+    return;
+  }
+  // kohya → PEFT
+  if (values['kohya-prefix'] !== undefined) throw new UsageError('--kohya-prefix is for a PEFT → kohya conversion; a kohya file carries its own');
+  if (values.base === undefined) throw new UsageError('a kohya → PEFT conversion needs --base model.safetensors (or its shards\' folder or index): its tensor names turn the underscores back into dots');
+  const base = baseFiles(values.base);
+  await prepareOut(values, { kohya: false, inputs: [...adapterInputs(af), ...modelInputs(base, 'base model')] });
+  const lw = await init();
+  const adapter = await lw.loadAdapter({ weights: af.weights });
+  const readers = [];
+  try {
+    readers.push(...await openAll(base.files));
+    if (base.index) checkIndex(base.index, readers);
+    const shapes = new Map(readers.flatMap((r) => r.tensors.map((t) => [t.name, t.shape])));
+    const peft = kohyaToPeft(adapter, new Set(shapes.keys()), { prefix: values.prefix ?? '', shapeOf: (n) => shapes.get(n) });
+    startBar(values.quiet, 'convert', 1, 'files');
+    await writeAdapter(lw, peft, { out: values.out, force, baseModel: values.base });
+    bar?.increment(1, { what: values.out });
+    stopBar();
+    say(`converted ${peft.modules.length} kohya modules into the PEFT adapter ${values.out} (module names from ${values.base})`);
+  } catch (e) {
+    stopBar();
+    throw e;
+  } finally {
+    for (const r of readers) await r.close();
     adapter.dispose();
   }
 }
@@ -466,17 +858,22 @@ async function main() {
     await merge(parsed.values);
     return 0;
   }
-  if (command === 'convert') {
+  const COMMON = { out: { type: 'string' }, force: { type: 'boolean' }, quiet: { type: 'boolean' } };
+  const COMMANDS = {
+    convert: [convert, { base: { type: 'string' }, adapter: { type: 'string' }, dtype: { type: 'string' }, prefix: { type: 'string' }, 'kohya-prefix': { type: 'string' } }],
+    extract: [extract, { base: { type: 'string' }, tuned: { type: 'string' }, rank: { type: 'string' }, energy: { type: 'string' }, modules: { type: 'string' }, seed: { type: 'string' } }],
+    resize: [resize, { adapter: { type: 'string' }, rank: { type: 'string' }, energy: { type: 'string' } }],
+    combine: [combine, { weights: { type: 'string' }, method: { type: 'string' }, rank: { type: 'string' }, density: { type: 'string' }, seed: { type: 'string' } }],
+  };
+  if (Object.hasOwn(COMMANDS, command)) {
+    const [run, options] = COMMANDS[command];
     let parsed;
     try {
-      parsed = parseArgs({ args: joinNumbers(rest), options: {
-        base: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string' }, prefix: { type: 'string' },
-        force: { type: 'boolean' }, quiet: { type: 'boolean' },
-      } });
+      parsed = parseArgs({ args: joinNumbers(rest), options: { ...COMMON, ...options }, allowPositionals: command === 'combine' });
     } catch (e) {
       throw new UsageError(e.message);
     }
-    await convert(parsed.values);
+    await run(parsed.values, parsed.positionals);
     return 0;
   }
   throw new UsageError(`unknown command "${command}"`);
