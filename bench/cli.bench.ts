@@ -113,6 +113,34 @@ async function timed(argv: string[]): Promise<{ ms: number; rssKb: number }> {
   return { ms, rssKb: rss ? Number(rss[1]) : hwm };
 }
 
+/**
+ * cp, cp && sync and the CLI merge of `basePath`, interleaved and repeated (3 times after a warm-up merge;
+ * once with --quick), each starting with nothing of the others left to flush. The last run is a merge,
+ * whose output stays at `out`.
+ */
+async function timeAgainstCopies(ctx: Ctx, dir: string, basePath: string, adapterDir: string, out: string) {
+  const cli = path.resolve('bin/lora-wasm.mjs');
+  const runs = {
+    cp: () => timed(['cp', basePath, out]),
+    cpSync: () => timed(['sh', '-c', 'cp "$0" "$1" && sync "$1"', basePath, out]),
+    merge: () => timed([process.execPath, '--experimental-wasm-relaxed-simd', cli, 'merge', '--base', basePath, '--adapter', adapterDir, '--out', out, '--quiet']),
+  };
+  const times: Record<keyof typeof runs, number[]> = { cp: [], cpSync: [], merge: [] };
+  let rssKb = 0;
+  rmSync(out, { force: true });
+  if (!ctx.quick) await runs.merge(); // warm the page cache (base, adapter, the CLI's code)
+  for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
+    for (const k of ['cp', 'cpSync', 'merge'] as const) {
+      rmSync(out, { force: true });
+      spawnSync('sync', [dir]);
+      const r = await runs[k]();
+      times[k].push(r.ms);
+      if (k === 'merge') rssKb = Math.max(rssKb, r.rssKb);
+    }
+  }
+  return { times, rssKb };
+}
+
 async function runScenario(ctx: Ctx, dir: string, sc: Scenario, pattern: Uint16Array): Promise<void> {
   const lw = ctx.builds.at(-1)!;
   const basePath = path.join(dir, `${sc.id}.safetensors`);
@@ -134,25 +162,7 @@ async function runScenario(ctx: Ctx, dir: string, sc: Scenario, pattern: Uint16A
   writeFileSync(path.join(adapterDir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: sc.r, lora_alpha: sc.alpha, target_modules: sc.targetModules, base_model_name_or_path: 'generated' }));
 
   const out = path.join(dir, `${sc.id}-out.safetensors`);
-  const cli = path.resolve('bin/lora-wasm.mjs');
-  const runs = {
-    cp: () => timed(['cp', basePath, out]),
-    cpSync: () => timed(['sh', '-c', 'cp "$0" "$1" && sync "$1"', basePath, out]),
-    merge: () => timed([process.execPath, '--experimental-wasm-relaxed-simd', cli, 'merge', '--base', basePath, '--adapter', adapterDir, '--out', out, '--quiet']),
-  };
-  const times: Record<keyof typeof runs, number[]> = { cp: [], cpSync: [], merge: [] };
-  let rssKb = 0;
-  rmSync(out, { force: true });
-  if (!ctx.quick) await runs.merge(); // warm the page cache (base, adapter, the CLI's code)
-  for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
-    for (const k of ['cp', 'cpSync', 'merge'] as const) {
-      rmSync(out, { force: true });
-      spawnSync('sync', [dir]); // each timed run starts with nothing of the others left to flush
-      const r = await runs[k]();
-      times[k].push(r.ms);
-      if (k === 'merge') rssKb = Math.max(rssKb, r.rssKb);
-    }
-  }
+  const { times, rssKb } = await timeAgainstCopies(ctx, dir, basePath, adapterDir, out);
   // the last run was a merge: check its output
   const reader = await SafetensorsReader.open(await fileSource(out));
   const base = await SafetensorsReader.open(await fileSource(basePath));
@@ -236,25 +246,7 @@ async function runGgufScenario(ctx: Ctx, dir: string, type: 'F16' | 'Q4_K', patt
   writeFileSync(path.join(adapterDir, 'adapter_model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
   writeFileSync(path.join(adapterDir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r, lora_alpha: 32, target_modules: ['q_proj', 'v_proj'] }));
   const out = path.join(dir, `${type}-out.gguf`);
-  const cli = path.resolve('bin/lora-wasm.mjs');
-  const runs = {
-    cp: () => timed(['cp', basePath, out]),
-    cpSync: () => timed(['sh', '-c', 'cp "$0" "$1" && sync "$1"', basePath, out]),
-    merge: () => timed([process.execPath, '--experimental-wasm-relaxed-simd', cli, 'merge', '--base', basePath, '--adapter', adapterDir, '--out', out, '--quiet']),
-  };
-  const times: Record<keyof typeof runs, number[]> = { cp: [], cpSync: [], merge: [] };
-  let rssKb = 0;
-  rmSync(out, { force: true });
-  if (!ctx.quick) await runs.merge();
-  for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
-    for (const k of ['cp', 'cpSync', 'merge'] as const) {
-      rmSync(out, { force: true });
-      spawnSync('sync', [dir]);
-      const res = await runs[k]();
-      times[k].push(res.ms);
-      if (k === 'merge') rssKb = Math.max(rssKb, res.rssKb);
-    }
-  }
+  const { times, rssKb } = await timeAgainstCopies(ctx, dir, basePath, adapterDir, out);
   // the last run was a merge: its header and untouched tensors are the input's, its targets changed and kept their type
   const [a, b] = [await GgufReader.open(await fileSource(basePath)), await GgufReader.open(await fileSource(out))];
   const same = async (n: string) => Buffer.from(await a.read(n)).equals(Buffer.from(await b.read(n)));

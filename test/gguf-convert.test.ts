@@ -15,33 +15,10 @@ import { GgufReader } from '../src/io/gguf.js';
 import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
 import { encodeSafetensors } from '../src/io/safetensors.js';
 import { bytesSource } from '../src/io/source.js';
-import { type PeftCase, PEFT, closeLlama, distribution, f32bytes, ggufName, ggufRows, makePeft, mergedModel, naiveAdapter, open, tv } from './fixtures/peft-llama.js';
+import { CASES, PEFT, closeLlama, distribution, f32bytes, ggufName, ggufRows, makePeft, mergedModel, naiveAdapter, open, tv } from './fixtures/peft-llama.js';
 import { type TinyLlama, permuteRows, tinyLlama } from './fixtures/tiny-llama.js';
 import { assertRejectsTyped, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 
-const CASES: PeftCase[] = [
-  { name: 'plain alpha/r', config: { r: 8, lora_alpha: 16 }, rank: () => 8, alpha: () => 16 },
-  { name: 'rsLoRA', config: { r: 8, lora_alpha: 4, use_rslora: true }, rank: () => 8, alpha: () => 4 },
-  {
-    name: 'rank_pattern + alpha_pattern',
-    config: { r: 4, lora_alpha: 8, rank_pattern: { q_proj: 8, down_proj: 2 }, alpha_pattern: { v_proj: 32, 'layers.1.mlp.up_proj': 1 } },
-    rank: (m) => (m.endsWith('q_proj') ? 8 : m.endsWith('down_proj') ? 2 : 4),
-    alpha: (m) => (m.endsWith('v_proj') ? 32 : m.endsWith('layers.1.mlp.up_proj') ? 1 : 8),
-  },
-  {
-    name: 'rsLoRA + rank_pattern',
-    config: { r: 4, lora_alpha: 6, use_rslora: true, rank_pattern: { k_proj: 16, gate_proj: 2 } },
-    rank: (m) => (m.endsWith('k_proj') ? 16 : m.endsWith('gate_proj') ? 2 : 4),
-    alpha: () => 6,
-  },
-  {
-    name: 'embed_tokens + lm_head, alpha_pattern',
-    config: { r: 4, lora_alpha: 8, alpha_pattern: { embed_tokens: 2, o_proj: 12 } },
-    rank: () => 4,
-    alpha: (m) => (m === 'model.embed_tokens' ? 2 : m.endsWith('o_proj') ? 12 : 8),
-    ends: true,
-  },
-];
 
 const BOUND = 2e-3;
 const measured: string[] = [];
