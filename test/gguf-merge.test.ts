@@ -12,40 +12,20 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Adapter } from '../src/adapters/adapter.js';
 import { LoRAFormatError, LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/errors.js';
-import { dequantize, quantize, quantizedBytes } from '../src/gguf/quant.js';
 import { encodeGgufAdapter } from '../src/gguf/convert-adapter.js';
 import { GgufReader } from '../src/io/gguf.js';
 import { GGML_TYPE, type GgmlTypeName, ggmlType } from '../src/io/gguf-types.js';
 import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
 import { bytesSource } from '../src/io/source.js';
 import type { FileSink, LoRAWasm } from '../src/index.js';
-import type { Engine } from '../src/runtime/engine.js';
-import { loadEngine } from '../src/runtime/load.js';
+import { decodeGgml, encodeGgml, tinyLlamaOf } from './fixtures/ggml.js';
 import { type PeftAdapter, type PeftCase, closeLlama, distribution, ggufName, ggufRows, makePeft, tv } from './fixtures/peft-llama.js';
-import { type TinyLlama, tinyLlama } from './fixtures/tiny-llama.js';
-import { BUILD, assertRejectsTyped, lwUnderTest } from './helpers.js';
+import type { TinyLlama } from './fixtures/tiny-llama.js';
+import { assertRejectsTyped, lwUnderTest } from './helpers.js';
 
 const BOUND = 2e-3;
 const measured: string[] = [];
-let engine: Promise<Engine> | undefined;
-const eng = () => (engine ??= loadEngine({ build: BUILD, threads: 1 }));
-
-/** Encodes f32 values as `type` with our (ggml-exact) quantizer: the bytes, and the values they decode to. */
-async function encode(type: GgmlTypeName, values: Float32Array): Promise<{ bytes: Uint8Array; values: Float32Array }> {
-  const e = await eng();
-  const n = values.length;
-  const bytes = quantizedBytes(type, n);
-  const src = e.heap.alloc(n * 4, 'test'), dst = e.heap.alloc(bytes, 'test');
-  try {
-    e.heap.f32At(src.ptr, n).set(values);
-    quantize(e, GGML_TYPE[type], dst.ptr, src.ptr, n);
-    dequantize(e, GGML_TYPE[type], src.ptr, dst.ptr, n);
-    return { bytes: new Uint8Array(e.heap.memory.buffer, dst.ptr, bytes).slice(), values: e.heap.f32At(src.ptr, n).slice() };
-  } finally {
-    e.heap.free(src);
-    e.heap.free(dst);
-  }
-}
+const encode = encodeGgml;
 
 /** An in-memory positioned sink, like a Node file. */
 function memorySink(): { sink: FileSink; bytes: () => Uint8Array } {
@@ -113,20 +93,7 @@ async function storedExact(m: TinyLlama, exact: Map<string, Float64Array>): Prom
 const TYPES: GgmlTypeName[] = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'];
 const models = new Map<GgmlTypeName, Promise<TinyLlama>>();
 const model = (type: GgmlTypeName) => {
-  if (!models.has(type)) {
-    const quantized = !['F32', 'F16', 'BF16'].includes(type);
-    const encoded = new Map<string, { bytes: Uint8Array; values: Float32Array }>();
-    const key = (v: Float32Array) => `${v.length}:${v[0]}:${v[1]}:${v[v.length >> 1]}:${v[v.length - 1]}`;
-    models.set(type, (async () => {
-      // the quantize hook is synchronous: encode every weight first
-      const pre = await tinyLlama({ seed: 5, embd: 256, ff: 512, heads: 4, headsKv: 2 });
-      for (const t of pre.tensors) if (quantized && t.shape.length === 2) encoded.set(key(t.values), await encode(type, t.values));
-      return tinyLlama({
-        seed: 5, embd: 256, ff: 512, heads: 4, headsKv: 2, type: (name) => (name.startsWith('blk.') ? type : 'F32'),
-        quantize: (_t, values) => encoded.get(key(values))!,
-      });
-    })());
-  }
+  if (!models.has(type)) models.set(type, tinyLlamaOf(type, { seed: 5, embd: 256, ff: 512, heads: 4, headsKv: 2 }));
   return models.get(type)!;
 };
 
@@ -182,20 +149,7 @@ for (const type of TYPES) {
   });
 }
 
-/** f32 values of a tensor's bytes in a float type. */
-async function decode(type: GgmlTypeName, bytes: Uint8Array): Promise<Float32Array> {
-  const e = await eng();
-  const n = bytes.length / (type === 'F32' ? 4 : 2);
-  const src = e.heap.alloc(bytes.length, 'test'), dst = e.heap.alloc(n * 4, 'test');
-  try {
-    new Uint8Array(e.heap.memory.buffer, src.ptr, bytes.length).set(bytes);
-    dequantize(e, GGML_TYPE[type], dst.ptr, src.ptr, n);
-    return e.heap.f32At(dst.ptr, n).slice();
-  } finally {
-    e.heap.free(src);
-    e.heap.free(dst);
-  }
-}
+const decode = decodeGgml;
 
 test('a llama.cpp adapter (.gguf) merges into its model to what llama.cpp applies at run time', async () => {
   const lw = await lwUnderTest();
