@@ -30,6 +30,16 @@ export interface AdapterModule {
   readonly B: Matrix<DType>;
   /** PEFT lora_bias: scale·biasDelta is added to the base bias `<name>.bias`. */
   readonly biasDelta?: Matrix<DType>;
+  // --- DoRA (dora.ts) ---
+  /**
+   * DoRA's magnitude m, [1, n] (PEFT `lora_magnitude_vector` [out]; LyCORIS `dora_scale` [out, 1] or [1, in]):
+   * W′ = (m / (‖V‖ + eps)) ⊙ V with V = W + s·A·B, one norm per row or column of W as stored (magnitudeAxis).
+   */
+  readonly magnitude?: Matrix<DType>;
+  /** 'rows': norms of W's stored rows (PEFT nn.Linear, LyCORIS [out, 1]); 'cols': of its columns (fan_in_fan_out, LyCORIS [1, in]). */
+  readonly magnitudeAxis?: 'rows' | 'cols';
+  /** Added to every norm: 0 for PEFT, f32's eps 2⁻²³ for LyCORIS (apply_weight_decompose). */
+  readonly magnitudeEps?: number;
 }
 
 export interface Replacement {
@@ -64,7 +74,7 @@ export class Adapter {
   }
 
   dispose(): void {
-    for (const m of this.modules) for (const x of [m.A, m.B, m.biasDelta]) x?.dispose();
+    for (const m of this.modules) for (const x of [m.A, m.B, m.biasDelta, m.magnitude]) x?.dispose();
     for (const r of this.replacements) r.tensor.dispose();
   }
 

@@ -175,7 +175,8 @@ function computeStep(run: Run, from: number, to: number, src: TensorInfo, out: T
     kind: 'compute', from, to, n, outN, inPlace, names: [src.name], r0: 0, rows, rowIn: n / rows, rowOut: outN / rows, rowWork: 0,
     compute: (input, output, r0, r1) => {
       const W = operandIn(run.engine, input, r1 - r0, cols, DTYPE_OF_ST[src.dtype]!);
-      compute(run.engine, fn, src.name, W, inPlace ? W : operandIn(run.engine, output, r1 - r0, cols, DTYPE_OF_ST[out.dtype]!), write, run.safe, undefined, r0);
+      compute(run.engine, fn, src.name, W, inPlace ? W : operandIn(run.engine, output, r1 - r0, cols, DTYPE_OF_ST[out.dtype]!), write, run.safe, undefined, r0,
+        undefined, rows); // DoRA: the tensor's rows, so column norms are refused when a band is not all of them
       if (r1 === rows) count(run, write);
     },
   };

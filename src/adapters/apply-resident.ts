@@ -2,6 +2,7 @@
  * Carries an adapter plan (plan.ts) out on resident matrices keyed by the base file's names
  * (lw.mergeAdapter):
  *   merge steps    W ← W + m·s·A·B       (the fused merge, any dtype of W, rounding once)
+ *   DoRA steps     W ← m/‖V‖ ⊙ V, V = W + s·A·B (dora.ts: V in f32, scaled, rounded once into W's type)
  *   lora_bias      bias ← bias + m·s·lora_B.bias (a rank-1 update through the same kernel)
  *   replacements   the base tensor's values are replaced (modules_to_save, trained biases)
  * Every step is checked before the first write (NaN/Inf in the factors; with `safe`, every result in
@@ -17,7 +18,9 @@ import { checkMerge, merge, mergeInto } from '../ops/merge.js';
 import { type AnyMatrixInput, type Operand, assertDisjoint, operand } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import { checkAdapter } from './adapter.js';
-import { type AdapterPlan, type ApplyOptions, type BaseTensor, planAdapter, readApplyOptions } from './plan.js';
+import { doraMerge } from './dora.js';
+import { createMatrix } from '../ops/create.js';
+import { type AdapterPlan, type ApplyOptions, type BaseTensor, type MergeStep, planAdapter, readApplyOptions } from './plan.js';
 
 export interface MergeAdapterOptions extends ApplyOptions {
   /** Write W0 + s·A·B into these matrices (same names and shapes as the base) instead of the base. */
@@ -75,8 +78,10 @@ export function mergeAdapter(engine: Engine, base: Record<string, Matrix<DType>>
   checkSteps(engine, plan, base, dst, options.safe);
 
   const ones = new Float32Array([1]);
-  for (const { target, module, scale, bias } of plan.merges) {
-    if (into) mergeInto(engine, dst.get(target)!, base[target]!, module.A, module.B, { scale });
+  for (const step of plan.merges) {
+    const { target, module, scale, bias } = step;
+    if (module.magnitude) doraMerge(engine, fn, dst.get(target)!, base[target]!, step, module.A, 0, module.A.rows);
+    else if (into) mergeInto(engine, dst.get(target)!, base[target]!, module.A, module.B, { scale });
     else merge(engine, base[target]!, module.A, module.B, { scale });
     if (bias && module.biasDelta) {
       const b = base[bias]!;
@@ -92,9 +97,11 @@ export function mergeAdapter(engine: Engine, base: Record<string, Matrix<DType>>
 /** Every check merge() would make, for every step, before any write; errors name the module and tensor. */
 function checkSteps(engine: Engine, plan: AdapterPlan, base: Record<string, Matrix<DType>>, dst: Map<string, Matrix<DType>>, safe: boolean): void {
   const ones = new Float32Array([1]);
-  for (const { target, module, scale, bias } of plan.merges) {
+  for (const step of plan.merges) {
+    const { target, module, scale, bias } = step;
     inContext(`module "${module.name}" on "${target}"`, () => {
-      checkMerge(engine, fn, dst.get(target)!, module.A, module.B, scale, safe, base[target]!);
+      checkMerge(engine, fn, dst.get(target)!, module.A, module.B, scale, safe && !module.magnitude, base[target]!);
+      if (safe && module.magnitude) checkDora(engine, step, base[target]!, dst.get(target)!.dtype);
       if (bias && module.biasDelta) checkMerge(engine, fn, flat(dst.get(bias)!), { rows: 1, cols: 1, data: ones }, module.biasDelta, scale, safe, flat(base[bias]!));
     });
   }
@@ -106,6 +113,20 @@ function checkSteps(engine: Engine, plan: AdapterPlan, base: Record<string, Matr
         `${fn}: the adapter's tensor for "${target}" ${Number.isFinite(max) ? `reaches ${max}, which overflows ${out.dtype} to ±Infinity` : 'holds NaN or ±Infinity'}; nothing was written`,
       );
     }
+  }
+}
+
+/** With `safe`: W′ of a DoRA step, computed into a temporary f32 matrix, is finite and within `dtype`'s range. */
+function checkDora(engine: Engine, step: MergeStep, W: Matrix<DType>, dtype: DType): void {
+  const tmp = createMatrix(engine, W.rows, W.cols);
+  try {
+    doraMerge(engine, fn, tmp, W, step, step.module.A, 0, W.rows);
+    const max = engine.kernel.absMax(fn, describe(tmp, 'W′'));
+    if (!(max < OVERFLOW_AT[dtype])) {
+      throw new LoRANonFiniteError(`${fn}: the DoRA result ${Number.isFinite(max) ? `reaches ${max}, which overflows ${dtype} to ±Infinity` : 'holds NaN or ±Infinity (a zero norm?)'}; with safe: true nothing was written`);
+    }
+  } finally {
+    tmp.dispose();
   }
 }
 

@@ -10,12 +10,15 @@ import { ANY_DTYPE, type AnyMatrixInput, operand } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
 import type { WasmHeap } from '../memory/heap.js';
 import type { MergeStep, ReplaceStep } from './plan.js';
+import { doraMerge } from './dora.js';
 
 export type Write = { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceStep };
 
 /**
  * One tensor in wasm memory: W (as stored) → res in the output type, rounding once (res may be W):
  *   merge      res ← W + s·A·B              (mergeInto: W decoded in the tile, res encoded once)
+ *   DoRA       res ← m/‖V‖ ⊙ V, V = W + s·A·B (dora.ts: V in f32, scaled, encoded once; a band's rows are
+ *              whole, so row norms are complete; column norms come from `doraCols`, made beforehand)
  *   bias       res ← bias + s·lora_B.bias   (a rank-1 mergeInto)
  *   replace    res ← the adapter's values
  *   convert    res ← W
@@ -25,11 +28,15 @@ export type Write = { merge?: MergeStep; biasOf?: MergeStep; replace?: ReplaceSt
 export function compute(
   engine: Engine, fn: string, name: string, W: AnyMatrixInput, res: AnyMatrixInput, write: Write | undefined, safe: boolean,
   rowsOf?: (step: MergeStep) => { A: AnyMatrixInput; biasDelta?: AnyMatrixInput }, r0 = 0,
+  doraCols?: (step: MergeStep) => Float32Array | undefined, totalRows?: number,
 ): void {
   // W and res hold the tensor's rows [r0, r0 + W.rows) (a band): A's and a replacement's rows follow
   const rows = (W as { rows: number }).rows;
   try {
-    if (write?.merge) mergeInto(engine, res, W, band(engine.heap, rowsOf?.(write.merge).A ?? write.merge.module.A, r0, rows), write.merge.module.B, { scale: write.merge.scale, safe });
+    if (write?.merge?.module.magnitude) {
+      const A = band(engine.heap, rowsOf?.(write.merge).A ?? write.merge.module.A, r0, rows);
+      doraMerge(engine, fn, res, W, write.merge, A, r0, totalRows ?? rows, doraCols?.(write.merge));
+    } else if (write?.merge) mergeInto(engine, res, W, band(engine.heap, rowsOf?.(write.merge).A ?? write.merge.module.A, r0, rows), write.merge.module.B, { scale: write.merge.scale, safe });
     else if (write?.biasOf) mergeInto(engine, res, W, { rows: 1, cols: 1, data: new Float32Array([1]) }, rowsOf?.(write.biasOf).biasDelta ?? write.biasOf.module.biasDelta!, { scale: write.biasOf.scale, safe });
     else if (write?.replace) convert(engine, res, band(engine.heap, write.replace.replacement.tensor, r0, rows));
     else if (res !== W) convert(engine, res, W);

@@ -15,7 +15,11 @@
  *   - two writes to one base tensor (two modules, e.g. kohya `lora_te_x` and `lora_unet_x` on a base
  *     with one `x`; a module and a replacement; a bias and a replacement): which one wins, or whether
  *     the deltas should add, is not defined by any format, so nothing is guessed;
- *   - a scale m·s that is not finite in f32, or that rounds to 0 while m and s are not 0.
+ *   - a scale m·s that is not finite in f32, or that rounds to 0 while m and s are not 0;
+ *   - DoRA (dora.ts) modules that cannot be merged as PEFT merges them: a multiplier other than 1
+ *     (W′ = m/‖V‖ ⊙ V is not linear in the adapter), −1 (unmerging needs the norms of the unmerged
+ *     W, which the merged W does not give back), DoRA on an embedding or a convolution, and a
+ *     magnitude whose length is not the target's number of norms.
  */
 import { LoRAFormatError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import { DTYPES, type DType } from '../memory/dtype.js';
@@ -139,6 +143,7 @@ export function planAdapter(
     const t = lookup(target);
     float(target, t, `module "${module.name}"`);
     checkTargetShape(fn, module, target, t.shape);
+    if (module.magnitude) checkDora(fn, module, target, t.shape, opts.multiplier);
     const scale = Math.fround(opts.multiplier * module.scale);
     if (!Number.isFinite(scale) || (scale === 0 && opts.multiplier !== 0 && module.scale !== 0)) {
       throw new LoRARangeError(`${fn}: module "${module.name}": multiplier ${opts.multiplier} × scale ${module.scale} is ${scale} in f32`);
@@ -209,6 +214,25 @@ function closeNames(want: string, names: ReadonlySet<string>): string {
   };
   const best = [...names].map((n) => [n, score(n)] as const).filter(([, s]) => s >= 2).sort((a, b) => b[1] - a[1]).slice(0, 3);
   return best.length ? `; close names: ${best.map(([n]) => `"${n}"`).join(', ')} (pass { prefix } if the base model's names carry one)` : '';
+}
+
+/** The DoRA rules (see the header). */
+function checkDora(fn: string, module: AdapterModule, target: string, shape: readonly [number, number], multiplier: number): void {
+  const where = `${fn}: module "${module.name}" is DoRA (it has a magnitude vector)`;
+  if (module.kind !== 'linear') {
+    throw new LoRAFormatError(`${where} on ${module.kind === 'embedding' ? 'an embedding' : 'a convolution'}; lora-wasm merges DoRA on linear layers only`);
+  }
+  if (multiplier === -1) {
+    throw new LoRARangeError(`${where}: unmerging it (multiplier -1) needs the row norms of the weight before the merge, which the merged weight does not give back; merge into a copy (into) and keep the original`);
+  }
+  if (multiplier !== 1) {
+    throw new LoRARangeError(`${where}: its merge W′ = m/‖W + s·A·B‖ ⊙ (W + s·A·B) is not linear in the adapter, so multiplier ${multiplier} has no meaning for it; only 1 is allowed`);
+  }
+  const n = module.magnitudeAxis === 'cols' ? shape[1] : shape[0];
+  const m = module.magnitude!.rows * module.magnitude!.cols;
+  if (m !== n) {
+    throw new LoRAShapeError(`${fn}: module "${module.name}" is DoRA with a magnitude vector of ${m} values but "${target}" [${shape[0]}, ${shape[1]}] has ${n} ${module.magnitudeAxis === 'cols' ? 'columns' : 'rows'} to normalize`);
+  }
 }
 
 export function checkTargetShape(fn: string, module: AdapterModule, target: string, shape: readonly [number, number]): void {

@@ -133,6 +133,8 @@ export interface PeftConfig {
   modules_to_save: string[];
   bias: 'none' | 'all' | 'lora_only';
   lora_bias: boolean;
+  /** DoRA: every LoRA module carries a `lora_magnitude_vector` (adapters/dora.ts). */
+  use_dora: boolean;
 }
 
 export function readPeftConfig(configIn: unknown): { config: PeftConfig; raw: Record<string, unknown> } {
@@ -151,7 +153,6 @@ export function readPeftConfig(configIn: unknown): { config: PeftConfig; raw: Re
   const c = raw as Record<string, unknown>;
   const bad = (key: string, what: string): LoRAFormatError => new LoRAFormatError(`${where}: "${key}" ${what}`);
   if (c.peft_type !== 'LORA') throw bad('peft_type', `is ${JSON.stringify(c.peft_type)}; only LORA adapters are supported`);
-  if (c.use_dora === true) throw bad('use_dora', 'is true: DoRA adapters (lora_magnitude_vector) are not supported');
   const init = c.init_lora_weights;
   if (typeof init === 'string' && /^(pissa|olora|corda|loftq|eva)/i.test(init)) {
     throw bad('init_lora_weights', `is "${init}": such adapters were trained against a modified base model and do not apply to the original weights`);
@@ -195,10 +196,16 @@ export function readPeftConfig(configIn: unknown): { config: PeftConfig; raw: Re
     config: {
       r: int('r'), lora_alpha: num('lora_alpha'), use_rslora: flag('use_rslora'), fan_in_fan_out: flag('fan_in_fan_out'),
       rank_pattern: pattern('rank_pattern', true), alpha_pattern: pattern('alpha_pattern', false), modules_to_save: saved, bias, lora_bias: flag('lora_bias'),
+      use_dora: flag('use_dora'),
     },
   };
 }
 
 export const PEFT_PREFIX = 'base_model.model.';
 export const PEFT_FACTOR = /^(.+)\.(lora_A|lora_B)(?:\.[A-Za-z0-9_-]+)?\.(weight|bias)$/;
+/**
+ * DoRA's magnitude: PEFT saves `<module>.lora_magnitude_vector` (tuners/lora/model.py, _get_adapter_state_dict strips the
+ * DoraLinearLayer's `.weight`); `.weight` and an adapter-name infix (`.default`) are accepted as with the factors.
+ */
+export const PEFT_MAGNITUDE = /^(.+)\.lora_magnitude_vector(?:\.(?!weight$)[A-Za-z0-9_-]+)?(?:\.weight)?$/;
 export const PEFT_EMBEDDING = /^(.+)\.(lora_embedding_A|lora_embedding_B)(?:\.[A-Za-z0-9_-]+)?$/;
