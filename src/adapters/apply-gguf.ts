@@ -31,6 +31,7 @@ import { QUANT_TYPES, dequantize, quantize } from '../gguf/quant.js';
 import { closestNames, ggufModelInfo, ggufTargetFor } from '../gguf/names.js';
 import { type Adapter, checkAdapter } from './adapter.js';
 import { type Write, band, compute } from './apply-step.js';
+import { doraScaleRows } from './dora.js';
 import { type FileSink, type Step, bandRows, execute, pushUntouched } from './pipeline.js';
 import { type ApplyOptions, type BaseTensor, type MergeStep, type Naming, planAdapter, readApplyOptions } from './plan.js';
 
@@ -123,6 +124,9 @@ export async function mergeAdapterGguf(engine: Engine, opts: MergeGgufOptions): 
   };
   const names = new Set(reader.tensors.map((t) => t.name));
   const plan = planAdapter(fn, names, lookup, adapter, options, ggufNaming(reader, adapter, options.prefix));
+  // DoRA with norms over W's stored columns (fan_in_fan_out) has no GGUF architecture here that uses it
+  const byCols = plan.merges.find((st) => st.module.magnitude && st.module.magnitudeAxis === 'cols');
+  if (byCols) throw new LoRAShapeError(`${fn}: module "${byCols.module.name}" is DoRA with fan_in_fan_out (norms over W's stored columns); a GGUF merge supports DoRA on [out, in] weights only`);
 
   // output types: merged 2-D tensors in `dtype`, everything else as it is
   const types = new Map<string, GgmlTypeName>();
@@ -267,13 +271,16 @@ function ggufStep(
       if (outFloat) {
         const W = srcFloat ? operandAt(input, srcFloat) : operandAt(work!, 'f32');
         const res = srcFloat === outFloat ? W : operandAt(dst, outFloat);
-        compute(engine, fn, src.name, W, res, write, safe, (s) => rowsOf(s) ?? { A: s.module.A, ...(s.module.biasDelta ? { biasDelta: s.module.biasDelta } : {}) }, r0);
+        compute(engine, fn, src.name, W, res, write, safe, (s) => rowsOf(s) ?? { A: s.module.A, ...(s.module.biasDelta ? { biasDelta: s.module.biasDelta } : {}) }, r0,
+          undefined, rows); // DoRA: column norms are refused unless the band is the whole tensor
         return;
       }
       if (srcFloat) convert(engine, operandAt(work!, 'f32'), operandAt(input, srcFloat));
       if (write.merge) {
         const e = exactOf(write.merge);
         engine.kernel.mergeExact(fn, work!.ptr, e.A.ptr + r0 * e.A.cols * 4, e.B.ptr, m, cols, e.A.cols, e.s);
+        // DoRA (dora.ts): the exact merge's rows scaled by m/‖V‖ (rows of a GGUF weight are PEFT's output rows)
+        if (write.merge.module.magnitude) doraScaleRows(engine.heap.view(work!, count), m, cols, write.merge, r0);
       } else if (write.biasOf) {
         const e = exactOf(write.biasOf);
         engine.kernel.mergeExact(fn, work!.ptr, e.one!.ptr, e.bias!.ptr, 1, cols, 1, e.s);
