@@ -7,6 +7,7 @@
 //                   [--multiplier 1] [--dtype keep|f32|f16|bf16 (GGUF: also q8_0)] [--prefix P] [--safe] [--force] [--quiet]
 //   lora-wasm convert --adapter <PEFT adapter dir> --base <model.gguf> --out <adapter.gguf> [--dtype f32|f16] [--prefix P] [--force]
 //   lora-wasm convert --adapter <PEFT dir> --out <kohya.safetensors> | --adapter <kohya file> --base <model> --out <PEFT dir>
+//   lora-wasm convert --adapter <PEFT DoRA dir> --base <model> --rank k | --energy e --out <PEFT dir>   (DoRA → plain LoRA)
 //   lora-wasm extract --base <model> --tuned <model> --rank k | --energy e [--modules REGEX] --out <PEFT dir>
 //   lora-wasm resize --adapter <dir> --rank k | --energy e --out <dir>
 //   lora-wasm combine <dir> <dir> … --weights w1,w2 --method M [--rank k] [--density d] [--seed n] --out <dir>
@@ -54,6 +55,9 @@ const USAGE = `usage:
                   kohya ⇄ PEFT: PEFT module text_model.encoder.layers.0.self_attn.q_proj is kohya's
                   lora_te_text_model_encoder_layers_0_self_attn_q_proj (lora_down = lora_A, lora_up = lora_B,
                   alpha = scale·r); back, the one base tensor whose name with . as _ is the kohya name
+  lora-wasm convert --adapter <PEFT DoRA dir> --base <model.safetensors | index | model dir> --rank k | --energy e --out <PEFT dir>
+                  [--prefix P] [--seed n]   DoRA → plain LoRA: each DoRA module's W′ − W (W′ = m/‖W + s·A·B‖ ⊙ (W + s·A·B))
+                  by a randomized SVD, reading only the base tensors the DoRA modules change; other modules copied
   lora-wasm extract --base <model> --tuned <model> --rank k | --energy e [--modules REGEX] [--seed n] --out <PEFT dir>
                   a PEFT adapter from a fine-tune, module by module (2-D float <module>.weight tensors;
                   --modules searches module names; modules whose difference is zero are skipped)
@@ -328,12 +332,24 @@ async function inspect(target) {
   const adapter = await lw.loadAdapter({ weights: reader, config: files.config });
   await reader.close();
   const c = adapter.config;
+  const dora = adapter.modules.some((m) => m.magnitude);
   if (adapter.format === 'peft') {
-    say(`PEFT LoRA adapter for ${c.base_model_name_or_path ?? '(base model not named)'}; task ${c.task_type ?? '-'}; r ${c.r}, lora_alpha ${c.lora_alpha}${c.use_rslora ? ', rsLoRA' : ''}${c.fan_in_fan_out ? ', fan_in_fan_out' : ''}`);
-  } else say('kohya / sd-scripts LoRA');
+    say(`PEFT ${dora ? 'DoRA' : 'LoRA'} adapter for ${c.base_model_name_or_path ?? '(base model not named)'}; task ${c.task_type ?? '-'}; r ${c.r}, lora_alpha ${c.lora_alpha}${c.use_rslora ? ', rsLoRA' : ''}${c.fan_in_fan_out ? ', fan_in_fan_out' : ''}`);
+  } else say(`kohya / sd-scripts ${dora ? 'LoRA with DoRA (dora_scale)' : 'LoRA'}`);
   say(`${adapter.modules.length} modules, ${adapter.parameters.toLocaleString('en-US')} parameters; ${adapter.replacements.length} tensors replace base tensors`);
   say('  module  kind  r  alpha  scale  ΔW shape  dtype');
   for (const m of adapter.modules) say(`  ${m.name}  ${m.kind}  ${m.r}  ${m.alpha}  ${+m.scale.toPrecision(6)}  [${m.A.rows}, ${m.B.cols}]  ${m.A.dtype}`);
+  if (dora) {
+    say(`DoRA: W′ = m / ‖W + s·A·B‖ ⊙ (W + s·A·B), merged only with multiplier 1; ${adapter.modules.filter((m) => m.magnitude).length} of ${adapter.modules.length} modules carry a magnitude`);
+    say('  module  magnitude length  min  max  norms over');
+    for (const m of adapter.modules) {
+      if (!m.magnitude) continue;
+      const v = m.magnitude.toFloat32();
+      let lo = Infinity, hi = -Infinity;
+      for (const x of v) { if (x < lo) lo = x; if (x > hi) hi = x; }
+      say(`  ${m.name}  ${v.length}  ${+lo.toPrecision(6)}  ${+hi.toPrecision(6)}  ${m.magnitudeAxis === 'cols' ? 'columns of W as stored' : 'rows of W as stored'}`);
+    }
+  }
   for (const r of adapter.replacements) say(`  ${r.name}  replaces the base tensor  [${r.shape.join(', ')}]  ${r.tensor.dtype}`);
   adapter.dispose();
 }
@@ -732,6 +748,25 @@ async function combine(values, dirs) {
   }
 }
 
+/** The adapter's safetensors header as text ('' when unreadable or huge), without loading it. */
+function adapterHeader(af) {
+  const fd = openSync(af.weights, 'r');
+  try {
+    const b = Buffer.alloc(8);
+    if (readSync(fd, b, 0, 8, 0) !== 8) return '';
+    const n = Number(b.readBigUInt64LE(0));
+    if (n > 100_000_000) return '';
+    const h = Buffer.alloc(n);
+    readSync(fd, h, 0, n, 8);
+    return h.toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A PEFT DoRA adapter (use_dora: a lora_magnitude_vector per module), from its header. */
+const isDoraAdapter = (af) => !af.gguf && /\.lora_magnitude_vector(\.weight)?"/.test(adapterHeader(af));
+
 /** The adapter's format from its tensor names, without loading it: 'kohya', 'peft', or 'gguf'. */
 function adapterFormat(af) {
   if (af.gguf) return 'gguf';
@@ -754,13 +789,15 @@ function adapterFormat(af) {
  *   PEFT --adapter, --base model.gguf               → a llama.cpp adapter (.gguf)
  *   PEFT --adapter, --out x.safetensors (no --base) → a kohya file (lora_te_<module with . as _>)
  *   kohya --adapter, --base model.safetensors|dir   → a PEFT folder (names from the base's tensors)
- * (A DoRA → LoRA conversion would be one more row here: lw.loadAdapter refuses DoRA today.)
+ *   PEFT DoRA --adapter, --base model.safetensors  → a plain PEFT LoRA folder (convertDora; --rank | --energy)
  */
 async function convert(values) {
   for (const k of ['adapter', 'out']) if (values[k] === undefined) throw new UsageError(`convert needs --${k}`);
   for (const k of ['base', 'adapter', 'out']) if (values[k] !== undefined) checkPath(`--${k}`, values[k]);
   const af = adapterFiles(values.adapter);
   const format = adapterFormat(af);
+  if (format === 'peft' && isDoraAdapter(af)) return convertDora(values, af);
+  for (const k of ['rank', 'energy', 'seed']) if (values[k] !== undefined) throw new UsageError(`--${k} is for a DoRA → LoRA conversion (a DoRA --adapter); ${values.adapter} is not DoRA`);
   if ((values.base !== undefined && isGgufFile(values.base)) || values.out.endsWith('.gguf') || (format === 'peft' && values.base !== undefined)) {
     if (values['kohya-prefix'] !== undefined) throw new UsageError('--kohya-prefix is for a PEFT → kohya conversion, not for a llama.cpp adapter');
     return convertGguf(values);
@@ -818,6 +855,71 @@ async function convert(values) {
 }
 
 /**
+ * convert --adapter <DoRA dir> --base <model> --rank k | --energy e --out <dir>: DoRA → plain LoRA
+ * (lw.doraToLora), module by module, reading each DoRA module's base tensor alone; every target is
+ * checked in the headers before the first is read. Modules without a magnitude are copied as they are.
+ */
+async function convertDora(values, af) {
+  if (values.base === undefined) throw new UsageError('a DoRA → LoRA conversion needs --base model.safetensors (or its shards\' folder or index): W′ − W needs each changed W');
+  for (const k of ['dtype', 'kohya-prefix']) if (values[k] !== undefined) throw new UsageError(`--${k} is not for a DoRA → LoRA conversion (it writes a PEFT folder in f32)`);
+  if (isGgufFile(values.base)) throw new CliError(`--base ${values.base} is a GGUF model; a DoRA → LoRA conversion reads safetensors models (one file or its shards)`);
+  const choice = rankOrEnergy('a DoRA → LoRA conversion', values);
+  const seed = parseSeed(values.seed);
+  const prefix = values.prefix ?? '';
+  const base = baseFiles(values.base);
+  await prepareOut(values, { kohya: false, inputs: [...adapterInputs(af), ...modelInputs(base, 'base model')] });
+  const lw = await init();
+  const adapter = await lw.loadAdapter({ weights: af.weights, config: af.config });
+  const readers = [];
+  const made = [];
+  try {
+    readers.push(...await openAll(base.files));
+    if (base.index) checkIndex(base.index, readers);
+    const at = new Map(readers.flatMap((r) => r.tensors.map((t) => [t.name, r])));
+    const dora = adapter.modules.filter((m) => m.magnitude);
+    for (const m of dora) {
+      const name = `${prefix}${m.name}.weight`;
+      if (!at.has(name)) throw new CliError(`DoRA module "${m.name}" needs the base tensor "${name}", which ${values.base} does not hold${prefix ? '' : ' (does the base name it with a prefix? --prefix P)'}`);
+    }
+    startBar(values.quiet, 'convert DoRA', dora.length, 'modules');
+    const modules = [];
+    const reports = [];
+    for (const m of adapter.modules) {
+      if (!m.magnitude) {
+        modules.push(m);
+        continue;
+      }
+      const name = `${prefix}${m.name}.weight`;
+      const { tensors } = await lw.loadTensors(at.get(name), { names: [name] });
+      try {
+        const one = lw.doraToLora(new Adapter('peft', [m], [], adapter.config), tensors, { ...choice, prefix, seed });
+        made.push(one.adapter);
+        modules.push(one.adapter.modules[0]);
+        reports.push(one.modules[0]);
+      } finally {
+        for (const t of Object.values(tensors)) t.dispose();
+      }
+      bar?.increment(1, { what: m.name });
+    }
+    const out = new Adapter('peft', modules, [...adapter.replacements], { ...adapter.config, use_dora: false });
+    await writeAdapter(lw, out, { out: values.out, force: Boolean(values.force), baseModel: adapter.config.base_model_name_or_path ?? values.base, taskType: adapter.config.task_type });
+    stopBar();
+    if (!values.quiet) for (const r of reports) say(`  ${r.name}  rank ${r.rank}  kept ${r.energy.toFixed(6)} of ‖W′ − W‖²`);
+    const worst = reports.reduce((a, b) => (b.energy < a.energy ? b : a));
+    const mean = reports.reduce((s, r) => s + r.energy, 0) / reports.length;
+    const plain = adapter.modules.length - dora.length;
+    say(`converted ${reports.length} DoRA modules into plain LoRA (${summaryRanks(reports)}; kept of ‖W′ − W‖²: worst ${worst.energy.toFixed(6)} (${worst.name}), mean ${mean.toFixed(6)}) into ${values.out}${plain ? `; ${plain} plain modules copied` : ''}`);
+  } catch (e) {
+    stopBar();
+    throw e;
+  } finally {
+    for (const r of readers) await r.close();
+    for (const a of made) a.dispose();
+    adapter.dispose();
+  }
+}
+
+/**
  * A signal removes every unfinished output (temp files and folders), then ends the process by the same
  * signal with its default action (exit status 128 + its number). Not process.exit(): that joins libuv's
  * thread pool, and a pool thread can be stuck (fs.copyFile loops forever when its source shrinks
@@ -860,7 +962,10 @@ async function main() {
   }
   const COMMON = { out: { type: 'string' }, force: { type: 'boolean' }, quiet: { type: 'boolean' } };
   const COMMANDS = {
-    convert: [convert, { base: { type: 'string' }, adapter: { type: 'string' }, dtype: { type: 'string' }, prefix: { type: 'string' }, 'kohya-prefix': { type: 'string' } }],
+    convert: [convert, {
+      base: { type: 'string' }, adapter: { type: 'string' }, dtype: { type: 'string' }, prefix: { type: 'string' }, 'kohya-prefix': { type: 'string' },
+      rank: { type: 'string' }, energy: { type: 'string' }, seed: { type: 'string' },
+    }],
     extract: [extract, { base: { type: 'string' }, tuned: { type: 'string' }, rank: { type: 'string' }, energy: { type: 'string' }, modules: { type: 'string' }, seed: { type: 'string' } }],
     resize: [resize, { adapter: { type: 'string' }, rank: { type: 'string' }, energy: { type: 'string' } }],
     combine: [combine, { weights: { type: 'string' }, method: { type: 'string' }, rank: { type: 'string' }, density: { type: 'string' }, seed: { type: 'string' } }],

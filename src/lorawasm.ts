@@ -25,6 +25,7 @@ import { readAdapter } from './adapters/load.js';
 import { type SaveAdapterOptions, saveAdapter } from './adapters/save.js';
 import { type CombineOptions, type WeightedAdapter, combineAdapters } from './adapters/combine.js';
 import { type ExtractOptions, type TruncateOptions, type TruncateResult, extractAdapter, resizeAdapter } from './adapters/extract.js';
+import { type DoraToLoraOptions, doraToLora } from './adapters/dora.js';
 import { AdapterSet, type AdapterSetOptions, type ServedAdapter } from './adapters/adapter-set.js';
 import { type MergeAdapterOptions, type MergeAdapterReport, mergeAdapter } from './adapters/apply-resident.js';
 import { type MergeFilesOptions, type MergeFilesReport, mergeAdapterFiles } from './adapters/apply-files.js';
@@ -249,6 +250,15 @@ export class LoRAWasm {
   /** The adapter truncated to a rank, or to a fraction of each module's ‖ΔW‖²_F, from its factors. */
   resizeAdapter(adapter: Adapter, opts: TruncateOptions): TruncateResult {
     return resizeAdapter(this.#engine, adapter, opts);
+  }
+
+  /**
+   * DoRA → plain LoRA for runtimes without DoRA: each DoRA module's W′ − W (W′ the DoRA merge, in f32)
+   * by extractAdapter's randomized SVD at { rank } or { energy }; other modules copied. `base` holds W
+   * for each DoRA module, keyed by the base's names. Reports each DoRA module's rank and kept energy.
+   */
+  doraToLora(adapter: Adapter, base: Record<string, Matrix<DType>>, opts: DoraToLoraOptions): TruncateResult {
+    return doraToLora(this.#engine, adapter, base, opts);
   }
 
   /** Serves many adapters over one base weight W [dOut, dIn] in one batch: forward(X, rowAdapter). */

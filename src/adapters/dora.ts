@@ -26,15 +26,18 @@
  *   f64), fᵢ = f32(mᵢ / (√Σ + eps)) in float64, and V·fᵢ rounded to f32, then encoded once into W's type.
  * A band of whole rows carries complete row norms; column norms need every row first (columnFactors).
  */
-import { LoRAFormatError, LoRAShapeError } from '../errors.js';
+import { LoRAFormatError, LoRANonFiniteError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
+import { describe } from '../kernel/descriptor.js';
 import type { Block } from '../memory/heap.js';
-import type { DType, Matrix } from '../memory/matrix.js';
+import { type DType, Matrix } from '../memory/matrix.js';
 import { convert } from '../ops/convert.js';
+import { createMatrix } from '../ops/create.js';
 import { mergeInto } from '../ops/merge.js';
-import type { AnyMatrixInput } from '../ops/operands.js';
+import { type AnyMatrixInput, intOption, numberOption, readOptions, seedOption, stringOption } from '../ops/operands.js';
 import type { Engine } from '../runtime/engine.js';
-import type { AdapterModule } from './adapter.js';
-import type { MergeStep } from './plan.js';
+import { Adapter, type AdapterModule, checkAdapter } from './adapter.js';
+import { type ModuleReport, type TruncateResult, extractAdapter } from './extract.js';
+import { type BaseTensor, type MergeStep, planAdapter } from './plan.js';
 
 /** torch.finfo(torch.float32).eps, which LyCORIS adds to every norm. */
 export const LYCORIS_EPS = 2 ** -23;
@@ -187,4 +190,121 @@ export function checkMagnitude(file: string, name: string, magnitude: Matrix<DTy
   }
   const m = magnitude.toFloat32();
   for (let i = 0; i < m.length; i++) if (!Number.isFinite(m[i]!)) throw new LoRAFormatError(`${file}: module "${name}": its DoRA ${what} holds ${m[i]} at ${i}`);
+}
+
+export interface DoraToLoraOptions {
+  /** Keep this many singular values of W′ − W per DoRA module (a rank above min(out, in) keeps it whole)… */
+  rank?: number;
+  /** …or the fewest that keep this fraction of ‖W′ − W‖²_F, in (0, 1]. */
+  energy?: number;
+  /** A prefix the base's tensor names carry and the adapter's do not, e.g. 'model.'. Default ''. */
+  prefix?: string;
+  /** The randomized SVD's seed (default 0), extra sketch columns and power iterations (extractAdapter's). */
+  seed?: number;
+  oversample?: number;
+  powerIters?: number;
+}
+
+const TO_LORA = 'doraToLora';
+
+/** A copy of a factor in its own dtype (the result owns its matrices). */
+const copyOf = (engine: Engine, x: Matrix<DType>): Matrix<DType> => createMatrix(engine, x.rows, x.cols, x.data, { dtype: x.dtype });
+
+/**
+ * DoRA → plain LoRA, for runtimes without DoRA: per DoRA module, W′ = (m/‖V‖) ⊙ V (doraMerge: V = W + s·A·B
+ * in f32, W′ kept in f32, not rounded to W's type) and ΔW = W′ − W by extractAdapter's randomized SVD, at
+ * `rank` (at most min(out, in)) or the fewest singular values keeping `energy` of ‖ΔW‖²_F. The new module
+ * has scale 1, alpha = r, and W's layout (fan_in_fan_out kept). Modules without a magnitude, lora_bias
+ * deltas and modules_to_save tensors are copied as they are (same dtype, alpha and scale).
+ * `base` holds W for every DoRA module (keyed by the base's names: prefix + module + '.weight'); other
+ * base tensors are not needed. Allocates the result; the caller disposes it.
+ * Returns the adapter (PEFT format) and, per DoRA module, the rank and fraction of ‖W′ − W‖²_F kept.
+ */
+export function doraToLora(engine: Engine, adapterIn: unknown, base: Record<string, Matrix<DType>>, optsIn: unknown): TruncateResult {
+  const fn = TO_LORA;
+  const adapter = checkAdapter(adapterIn, fn);
+  if (typeof base !== 'object' || base === null || Array.isArray(base)) {
+    throw new LoRATypeError(`${fn}: base must be an object of Matrices keyed by tensor name, got ${describeValue(base)}`);
+  }
+  const o = readOptions(fn, optsIn, {
+    rank: intOption({ min: 1 }),
+    energy: numberOption({ min: 0, minOpen: true, max: 1, what: 'a fraction' }),
+    prefix: stringOption(),
+    seed: seedOption(),
+    oversample: intOption({ min: 0 }),
+    powerIters: intOption({ min: 0 }),
+  }, '{ rank: 16 } or { energy: 0.99 }');
+  if ((o.rank === undefined) === (o.energy === undefined)) {
+    throw new LoRATypeError(`${fn}: give exactly one of options.rank (a positive integer) and options.energy (a fraction in (0, 1])`);
+  }
+  if (adapter.format !== 'peft') throw new LoRATypeError(`${fn}: the result is a PEFT adapter; a ${adapter.format} adapter has no PEFT module names (convert it first)`);
+  const dora = adapter.modules.filter(isDora);
+  if (dora.length === 0) throw new LoRATypeError(`${fn}: the adapter has no DoRA module (no lora_magnitude_vector): it is plain LoRA already`);
+  // the planner's checks (a target per module, shapes, the magnitude's length) and its steps, for the DoRA modules only
+  const doraOnly = new Adapter('peft', dora, [], adapter.config as Record<string, unknown>);
+  const lookup = (name: string): BaseTensor => {
+    const m = Object.hasOwn(base, name) ? base[name] : undefined;
+    if (!(m instanceof Matrix)) throw new LoRATypeError(`${fn}: base["${name}"] must be a Matrix, got ${describeValue(m)}`);
+    return { shape: [m.rows, m.cols], dtype: m.dtype, typeName: m.dtype, where: 'base' };
+  };
+  const plan = planAdapter(fn, new Set(Object.keys(base)), lookup, doraOnly, { multiplier: 1, prefix: o.prefix ?? '', safe: false });
+  const steps = new Map(plan.merges.map((s) => [s.module, s]));
+
+  const modules: AdapterModule[] = [];
+  const reports: ModuleReport[] = [];
+  const made: Matrix<DType>[] = [];
+  try {
+    for (const m of adapter.modules) {
+      const step = steps.get(m);
+      if (!step) {
+        const A = copyOf(engine, m.A);
+        made.push(A);
+        const B = copyOf(engine, m.B);
+        made.push(B);
+        const biasDelta = m.biasDelta && copyOf(engine, m.biasDelta);
+        if (biasDelta) made.push(biasDelta);
+        modules.push({ name: m.name, kind: m.kind, r: m.r, alpha: m.alpha, scale: m.scale, fanInFanOut: m.fanInFanOut, A, B, ...(biasDelta ? { biasDelta } : {}) });
+        continue;
+      }
+      const one = doraModuleToLora(engine, step, base[step.target]!, o);
+      made.push(one.module.A, one.module.B);
+      const biasDelta = m.biasDelta && copyOf(engine, m.biasDelta);
+      if (biasDelta) made.push(biasDelta);
+      modules.push({ ...one.module, ...(biasDelta ? { biasDelta } : {}) });
+      reports.push(one.report);
+    }
+    const replacements = adapter.replacements.map((r) => {
+      const tensor = copyOf(engine, r.tensor);
+      made.push(tensor);
+      return { name: r.name, shape: r.shape, tensor };
+    });
+    const config: Record<string, unknown> = { ...adapter.config, use_dora: false };
+    return { adapter: new Adapter('peft', modules, replacements, config), modules: reports };
+  } catch (e) {
+    for (const x of made) x.dispose();
+    throw e;
+  }
+}
+
+/** One DoRA module → a plain LoRA module: W′ in an f32 temporary, then extractAdapter(W′, W). */
+function doraModuleToLora(
+  engine: Engine, step: MergeStep, W: Matrix<DType>, o: DoraToLoraOptions,
+): { module: AdapterModule; report: ModuleReport } {
+  const fn = TO_LORA;
+  const m = step.module;
+  const Wp = createMatrix(engine, W.rows, W.cols);
+  try {
+    doraMerge(engine, fn, Wp, W, step, m.A, 0, W.rows);
+    const max = engine.kernel.absMax(fn, describe(Wp, 'W′'));
+    if (!Number.isFinite(max)) {
+      throw new LoRANonFiniteError(`${fn}: module "${m.name}" on "${step.target}": the DoRA weight W′ holds NaN or ±Infinity (a zero norm ‖W + s·A·B‖, or an overflow), so there is no finite LoRA to extract`);
+    }
+    const full = Math.min(W.rows, W.cols);
+    const choice = o.rank !== undefined ? { rank: Math.min(o.rank, full) } : { energy: o.energy! };
+    const r = extractAdapter(engine, Wp, W, { ...choice, name: m.name, seed: o.seed, oversample: o.oversample, powerIters: o.powerIters });
+    const x = r.adapter.modules[0]!;
+    return { module: { name: m.name, kind: m.kind, r: x.r, alpha: x.alpha, scale: x.scale, fanInFanOut: m.fanInFanOut, A: x.A, B: x.B }, report: r.modules[0]! };
+  } finally {
+    Wp.dispose();
+  }
 }
