@@ -127,6 +127,24 @@ test('every command of the CLI quick start runs as written, on models and adapte
     peft('adapter_dir', 1);
     peft('math_dir', 2);
     peft('code_dir', 3);
+    {
+      // a PEFT DoRA adapter: each module's lora_magnitude_vector is its W's row norms, moved ±20 %
+      const p = makePeft(m, { name: 'dora_dir', config: { r: 4, lora_alpha: 8, use_dora: true }, rank: () => 4, alpha: () => 8 }, 4);
+      const gm = rng(10);
+      const f32 = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+      const dora = [...p.modules].flatMap(([name, x]) => {
+        const W = m.hf.get(`${name}.weight`)!.data;
+        const mag = Float32Array.from({ length: x.out }, (_, i) => Math.hypot(...W.subarray(i * x.inn, (i + 1) * x.inn)) * (0.8 + 0.4 * gm()));
+        return [
+          { name: `base_model.model.${name}.lora_A.weight`, dtype: 'F32', shape: [x.r, x.inn], data: f32(x.loraA) },
+          { name: `base_model.model.${name}.lora_B.weight`, dtype: 'F32', shape: [x.out, x.r], data: f32(x.loraB) },
+          { name: `base_model.model.${name}.lora_magnitude_vector`, dtype: 'F32', shape: [x.out], data: f32(mag) },
+        ];
+      });
+      mkdirSync(w.at('dora_dir'));
+      writeFileSync(w.at('dora_dir/adapter_model.safetensors'), encodeSafetensors(dora));
+      writeFileSync(w.at('dora_dir/adapter_config.json'), JSON.stringify(p.config));
+    }
     mkdirSync(w.at('base_model'));
     mkdirSync(w.at('tuned_model'));
     copyFileSync(w.at('model.safetensors'), w.at('base_model/model.safetensors'));
@@ -140,7 +158,7 @@ test('every command of the CLI quick start runs as written, on models and adapte
       const r = run(w.dir, ...args);
       assert.is(r.status, 0, `lora-wasm ${args.join(' ')}:\n${r.stderr}`);
     }
-    for (const out of ['merged.safetensors', 'merged_dir', 'merged-Q4_K_M.gguf', 'adapter.gguf', 'kohya.safetensors', 'peft_dir', 'extracted_dir', 'small_dir', 'mixed_dir']) {
+    for (const out of ['merged.safetensors', 'merged_dir', 'merged-Q4_K_M.gguf', 'adapter.gguf', 'kohya.safetensors', 'peft_dir', 'extracted_dir', 'small_dir', 'mixed_dir', 'lora_dir']) {
       assert.ok(existsSync(w.at(out)), `${out} was written`);
     }
   } finally {

@@ -229,7 +229,7 @@ export function doraToLora(engine: Engine, adapterIn: unknown, base: Record<stri
   const o = readOptions(fn, optsIn, {
     rank: intOption({ min: 1 }),
     energy: numberOption({ min: 0, minOpen: true, max: 1, what: 'a fraction' }),
-    prefix: stringOption(),
+    prefix: { read: (f: string, name: string, v: unknown): string => (typeof v === 'string' ? v : stringOption().read(f, name, v)) }, // '' is no prefix
     seed: seedOption(),
     oversample: intOption({ min: 0 }),
     powerIters: intOption({ min: 0 }),
