@@ -111,12 +111,16 @@ function checkPath(flag, p) {
 function isGgufFile(p) {
   if (!isFile(p)) return false;
   const fd = openSync(p, 'r');
+  let gguf;
   try {
     const b = Buffer.alloc(4);
-    return readSync(fd, b, 0, 4, 0) === 4 && b.toString('latin1') === 'GGUF';
+    gguf = readSync(fd, b, 0, 4, 0) === 4 && b.toString('latin1') === 'GGUF';
   } finally {
     closeSync(fd);
   }
+  // a .gguf name on another file: say so, rather than reading it as safetensors
+  if (!gguf && p.toLowerCase().endsWith('.gguf')) throw new LoRAFormatError(`${p}: not a GGUF file (it does not start with the magic "GGUF")`);
+  return gguf;
 }
 
 /** The adapter's files: { weights: path, configPath, config?: its text } (a llama.cpp adapter .gguf: no config). */
@@ -423,7 +427,8 @@ async function merge(values) {
     await folder?.commit(); // ... which then appears at --out whole
     bar?.stop();
     bar = undefined;
-    say(`merged ${report.merged} modules and replaced ${report.replaced} tensors into ${sharded ? `${files.length} shards in ${out}` : out} (${formatBytes(report.bytes)}; wasm memory peaked at ${formatBytes(report.peakWasmBytes)})`);
+    const written = sharded ? readdirSync(out).reduce((s, f) => s + statSync(path.join(out, f)).size, 0) : statSync(out).size;
+    say(`merged ${report.merged} modules and replaced ${report.replaced} tensors into ${sharded ? `${files.length} shards in ${out}` : out} (${formatBytes(written)} written from ${formatBytes(report.bytes)} of tensors; wasm memory peaked at ${formatBytes(report.peakWasmBytes)})`);
   } catch (e) {
     bar?.stop();
     bar = undefined;

@@ -227,6 +227,9 @@ export class LoRAWasm {
   mergeAdapterFiles(opts: MergeGgufOptions): Promise<MergeGgufReport>;
   mergeAdapterFiles(opts: MergeFilesOptions | MergeGgufOptions): Promise<MergeFilesReport | MergeGgufReport> {
     if (typeof opts === 'object' && opts !== null && opts.base instanceof GgufReader) return mergeAdapterGguf(this.#engine, opts as MergeGgufOptions);
+    if (typeof opts === 'object' && opts !== null && Array.isArray(opts.base) && opts.base.some((b: unknown) => b instanceof GgufReader)) {
+      throw new LoRATypeError('mergeAdapterFiles: base must be one GgufReader, or SafetensorsReaders (a model\'s shards); the formats do not mix');
+    }
     return mergeAdapterFiles(this.#engine, opts as MergeFilesOptions);
   }
 

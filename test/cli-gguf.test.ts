@@ -98,6 +98,9 @@ test('GGUF refusals: q8_0 for a safetensors base, convert onto a non-GGUF base, 
     expectFail(w.dir, ['merge', '--base', 'model.gguf', '--adapter', 'adapter', '--out', 'taken.gguf'], 1, ['exists; pass --force']);
     expectFail(w.dir, ['merge', '--base', 'model.gguf', '--adapter', 'adapter', '--out', 'x.gguf', '--prefix', 'm.'], 1, ['closest GGUF names']);
     expectFail(w.dir, ['convert', '--adapter', 'adapter', '--base', 'model.gguf', '--out', 'x.gguf', '--prefix', 'm.'], 1, ['closest GGUF names']);
+    writeFileSync(w.at('fake.gguf'), new Uint8Array(64));
+    expectFail(w.dir, ['merge', '--base', 'fake.gguf', '--adapter', 'adapter', '--out', 'x.gguf'], 1, ['fake.gguf: not a GGUF file']);
+    expectFail(w.dir, ['inspect', 'fake.gguf'], 1, ['not a GGUF file']);
     assert.equal(hidden(w.dir), [], 'no temp left behind');
     assert.is(readFileSync(w.at('taken.gguf'), 'utf8'), 'x', 'an existing --out is not touched');
   } finally {

@@ -10,9 +10,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
-  type Adapter, type DType, type FileSink, LoRAFormatError, LoRARangeError, LoRAShapeError, type LoRAWasm, type Matrix,
+  type Adapter, type DType, type FileSink, LoRAFormatError, LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm, type Matrix,
   SafetensorsReader, bytesSource, encodeSafetensors,
 } from '../src/index.js';
+import { encodeKohyaAdapter } from '../src/adapters/convert-kohya.js';
 import { assertRejectsTyped, assertThrowsTyped, lwUnderTest, randomF32, rng } from './helpers.js';
 import { U, bf16Bits, f16Bits, roundTo } from './reference.js';
 
@@ -322,6 +323,23 @@ test('refused with the reason: multiplier ≠ 1, -1 (unmerge), DoRA on an embedd
   short.dispose();
   wrong['q.weight'].dispose();
   ok.dispose();
+});
+
+test('a DoRA adapter is refused where only A, B and s would travel (its magnitude would be dropped): combine, resize, serve, save, kohya and llama.cpp writers', async () => {
+  const lw = await lwUnderTest();
+  const { adapter } = await peftAdapter(lw, rng(77), false);
+  try {
+    const dora = ['is DoRA', 'magnitude'];
+    assertThrowsTyped(() => lw.combineAdapters([{ adapter, weight: 1 }], { method: 'cat' }), LoRAFormatError, dora);
+    assertThrowsTyped(() => lw.resizeAdapter(adapter, { rank: 1 }), LoRAFormatError, dora);
+    assertThrowsTyped(() => lw.saveAdapter(adapter, { baseModel: 'x' }), LoRAFormatError, dora);
+    assertThrowsTyped(() => encodeKohyaAdapter(adapter), LoRAFormatError, dora);
+    const W = lw.matrix(13, 37);
+    assertThrowsTyped(() => lw.adapterSet(W, [{ adapter, module: 'layers.0.q_proj' }]), LoRATypeError, dora);
+    W.dispose();
+  } finally {
+    adapter.dispose();
+  }
 });
 
 test.run();

@@ -261,6 +261,22 @@ test('refusals: a module the model lacks (closest names), an unknown dtype, a bl
   } finally {
     other.dispose();
   }
+  // a pair on a 1-D tensor: llama.cpp loads it but applies LoRA only in matrix products, so it changes nothing there
+  const normPair = await lw.loadAdapter({
+    weights: await encodeGguf({
+      metadata: [{ key: 'general.architecture', type: 'STRING', value: 'llama' }, { key: 'general.type', type: 'STRING', value: 'adapter' }, { key: 'adapter.type', type: 'STRING', value: 'lora' }],
+      tensors: [
+        { name: 'blk.0.attn_norm.weight.lora_a', type: 'F32', shape: [1, inn], data: new Float32Array(inn).fill(1) },
+        { name: 'blk.0.attn_norm.weight.lora_b', type: 'F32', shape: [1, 1], data: new Float32Array([1]) },
+      ],
+    }),
+  });
+  try {
+    await assertRejectsTyped(() => merge(lw, m.bytes, normPair), LoRAFormatError, ['"blk.0.attn_norm.weight"', '1-D', 'ignores it']);
+  } finally {
+    normPair.dispose();
+  }
+
 });
 
 test.after(async () => {

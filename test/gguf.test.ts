@@ -351,6 +351,19 @@ test('nesting bombs: arrays nested past the limit are refused; wide nesting is b
   await rejects(raw({ kvs: [deep(100_000)] }), ['"bomb"', 'nested']);
 });
 
+test('a header that decodes into more memory than the file holds (a million empty arrays, ten million bools) is refused up front', async () => {
+  // key "wide": an ARRAY of n items of item type `item`, each `each` bytes (empty arrays: u32 type 0 + u64 count 0)
+  const wide = (item: number, n: number, each: number) => {
+    const head = raw({ kvs: [(r) => r.str('wide').u32(9).u32(item).u64(n)] });
+    const out = new Uint8Array(head.length + n * each); // zeros: empty UINT8 arrays, or false bools
+    out.set(head);
+    return out;
+  };
+  await rejects(wide(9, 1_000_000, 12), ['"wide"', 'more than', 'MiB in memory']);
+  await rejects(wide(7, 12_000_000, 1), ['"wide"', 'more than', 'MiB in memory']);
+  assert.is((await open(wide(7, 1000, 1))).metadata.length, 1, 'a small bool array still reads');
+});
+
 test('unknown value types, bad bools, empty, duplicate and non-UTF-8 keys are refused', async () => {
   await rejects(raw({ kvs: [(r) => r.str('t').u32(13).u32(0)] }), ['metadata 0 ("t")', 'unknown value type 13']);
   await rejects(raw({ kvs: [(r) => r.str('t').u32(0xffffffff)], data: 1 }), ['unknown value type 4294967295']);

@@ -102,6 +102,7 @@ function factorsOf(fn: string, item: unknown, i: number): AdapterFactors {
     throw new LoRATypeError(`${fn}: ${named} is a fan_in_fan_out module (W stored [in, out], GPT-2's Conv1D); adapterSet serves y = x·Wᵀ with W [out, in]`);
   }
   if (mod.biasDelta) throw new LoRATypeError(`${fn}: ${named} carries a bias delta (PEFT lora_bias), which adapterSet does not serve`);
+  if (mod.magnitude) throw new LoRATypeError(`${fn}: ${named} is DoRA (a magnitude vector), whose output is not x·Wᵀ + s·(x·Bᵀ)·Aᵀ; adapterSet serves plain LoRA (merge it, or convert it to a plain LoRA)`);
   return m as AdapterFactors;
 }
 

@@ -12,7 +12,7 @@
  *   kohya 1×1 conv   W [out, in, 1, 1] treated as [out, in]; A = lora_up, B = lora_down
  *   GGUF (llama.cpp) W ne [in, out]  A = lora_b (ne [r, out])     B = lora_a (ne [in, r])  (load-gguf.ts; token_embd differs)
  */
-import { LoRATypeError, describeValue } from '../errors.js';
+import { LoRAFormatError, LoRATypeError, describeValue } from '../errors.js';
 import { type DType, type Matrix, disposeSymbol } from '../memory/matrix.js';
 
 export interface AdapterModule {
@@ -93,4 +93,16 @@ export function mostCommon<T>(xs: readonly T[]): T {
   const counts = new Map<T, number>();
   for (const x of xs) counts.set(x, (counts.get(x) ?? 0) + 1);
   return [...counts].sort((a, b) => b[1] - a[1])[0]![0];
+}
+
+/**
+ * DoRA modules cannot go where only A, B and s travel (combining, resizing, serving, writing PEFT or
+ * kohya factors): their magnitude vector would be dropped and the result silently wrong. Refused by
+ * name, saying what to do instead.
+ */
+export function refuseDora(fn: string, adapter: Adapter, what: string): void {
+  const m = adapter.modules.find((x) => x.magnitude);
+  if (m) {
+    throw new LoRAFormatError(`${fn}: module "${m.name}" is DoRA (it has a magnitude vector), and ${what}; merge it (lw.mergeAdapter, lora-wasm merge) or convert it to a plain LoRA first (lora-wasm convert --adapter … --base … --rank k)`);
+  }
 }

@@ -88,6 +88,10 @@ function ggufNaming(reader: GgufReader, adapter: Adapter, prefix: string): Namin
       module: (m) => {
         const target = `${prefix}${m.name}.weight`;
         if (!names.has(target)) throw missing(`the llama.cpp adapter's module "${m.name}"`, target);
+        if (reader.get(target)!.shape.length < 2) {
+          // llama.cpp loads such a pair but applies LoRA only in matrix products (build_lora_mm): merging it would change what llama.cpp runs
+          throw new LoRAFormatError(`${fn}: the llama.cpp adapter has a lora_a/lora_b pair on "${target}", a 1-D tensor; llama.cpp applies adapters only to matrix weights and ignores it, so it is not merged either`);
+        }
         return { target };
       },
       tensor: (name) => prefix + name,

@@ -24,7 +24,7 @@
  * get_delta_weight, which is already scaled); pass weights wᵢ·sᵢ to reproduce it.
  */
 import { LoRANonFiniteError, LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import type { Adapter, AdapterModule } from './adapter.js';
+import { type Adapter, type AdapterModule, refuseDora } from './adapter.js';
 import { describe, describeBlock, describeRows } from '../kernel/descriptor.js';
 import { Epilogue } from '../kernel/kernels.js';
 import type { DType, Matrix } from '../memory/matrix.js';
@@ -83,6 +83,7 @@ export function combineAdapters(engine: Engine, items: unknown, optsIn: unknown)
     if (typeof it !== 'object' || it === null) throw new LoRATypeError(`${fn}: item ${i} must be { adapter, weight }, got ${describeValue(it)}`);
     const { adapter, weight } = it as WeightedAdapter;
     checkAdapterOwner(engine, fn, adapter, `item ${i}'s adapter`);
+    refuseDora(fn, adapter, 'combining adapters would drop its magnitudes');
     if (weight === undefined) throw new LoRATypeError(`${fn}: item ${i} needs a weight (a finite number)`);
     f32Option(fn, `item ${i}'s weight`, weight, 1);
     return { adapter, weight };

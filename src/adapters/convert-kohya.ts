@@ -19,7 +19,7 @@
 import { LoRAFormatError } from '../errors.js';
 import type { DType, Matrix } from '../memory/matrix.js';
 import { ST_OF_DTYPE, encodeSafetensors } from '../io/safetensors.js';
-import { Adapter, type AdapterModule } from './adapter.js';
+import { Adapter, type AdapterModule, refuseDora } from './adapter.js';
 import { checkTargetShape, targetOf } from './plan.js';
 
 /** The prefixes kohya's sd-scripts write: text encoders (SD 1/2: te; SDXL: te1, te2) and the U-Net. */
@@ -39,6 +39,7 @@ export function encodeKohyaAdapter(adapter: Adapter, opts: { prefix?: KohyaPrefi
   const fn = 'encodeKohyaAdapter';
   const prefix = opts.prefix ?? 'lora_te';
   if (!KOHYA_PREFIXES.includes(prefix)) throw new LoRAFormatError(`${fn}: the kohya prefix must be one of ${KOHYA_PREFIXES.join(', ')}, got ${String(prefix)}`);
+  refuseDora(fn, adapter, 'the kohya writer does not write dora_scale');
   if (adapter.replacements.length) {
     throw new LoRAFormatError(`${fn}: the adapter replaces whole tensors (modules_to_save: ${adapter.replacements.slice(0, 3).map((r) => r.name).join(', ')}), which a kohya LoRA file cannot hold`);
   }
@@ -70,6 +71,7 @@ export function encodeKohyaAdapter(adapter: Adapter, opts: { prefix?: KohyaPrefi
 export function kohyaToPeft(adapter: Adapter, names: ReadonlySet<string>, opts: { prefix?: string; shapeOf?: (name: string) => readonly number[] } = {}): Adapter {
   const fn = 'kohyaToPeft';
   if (adapter.format !== 'kohya') throw new LoRAFormatError(`${fn}: the adapter is ${adapter.format}, not kohya`);
+  refuseDora(fn, adapter, 'the PEFT writer does not write DoRA adapters');
   const byTarget = new Map<string, string>();
   const modules: AdapterModule[] = adapter.modules.map((m) => {
     if (m.kind !== 'linear') throw new LoRAFormatError(`${fn}: kohya module "${m.name}" is a 1×1 conv; only linear layers map to PEFT Linear modules`);

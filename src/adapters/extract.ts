@@ -10,7 +10,7 @@
  * Both report, per module, the singular values found and the fraction of ‖ΔW‖²_F kept.
  */
 import { LoRARangeError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
-import { Adapter, type AdapterModule } from './adapter.js';
+import { Adapter, type AdapterModule, refuseDora } from './adapter.js';
 import { describe } from '../kernel/descriptor.js';
 import { type DType, Matrix, newMatrix } from '../memory/matrix.js';
 import { checkMatrix, intOption, numberOption, readOptions, rejectNonFinite, seedOption, stringOption } from '../ops/operands.js';
@@ -167,6 +167,7 @@ export function extractAdapter(engine: Engine, tuned: unknown, base: unknown, op
 export function resizeAdapter(engine: Engine, adapter: unknown, optsIn: unknown): TruncateResult {
   const fn = 'resizeAdapter';
   const a = checkAdapterOwner(engine, fn, adapter, 'adapter');
+  refuseDora(fn, a, 'resizing it would drop its magnitude (the norms depend on the full-rank update)');
   const choice = rankChoice(fn, readOptions(fn, optsIn, TRUNCATE, '{ rank: 8 } or { energy: 0.95 }'));
   rejectNonFiniteAdapter(engine, fn, a, 'adapter');
   const modules: AdapterModule[] = [];

@@ -12,7 +12,7 @@ import type { DType, Matrix } from '../memory/matrix.js';
 import { LoRALinear } from '../nn/lora-linear.js';
 import { ST_OF_DTYPE, encodeSafetensors } from '../io/safetensors.js';
 import { transpose } from '../memory/transpose.js';
-import { Adapter, mostCommon } from './adapter.js';
+import { Adapter, mostCommon, refuseDora } from './adapter.js';
 
 export interface SaveAdapterOptions {
   /** `base_model_name_or_path`, e.g. 'distilbert-base-uncased'. */
@@ -48,6 +48,7 @@ export function saveAdapter(source: unknown, opts: SaveAdapterOptions): { config
   const key = (module: string, part: string): string => `base_model.model.${module}.${part}`;
   if (source instanceof Adapter) {
     if (source.format !== 'peft') throw new LoRATypeError(`${fn}: a ${source.format} adapter has no PEFT module names to save under`);
+    refuseDora(fn, source, 'lora-wasm does not write DoRA adapters');
     fanInFanOut = source.modules.some((m) => m.fanInFanOut);
     for (const m of source.modules) {
       const t = m.kind === 'embedding' || m.fanInFanOut;

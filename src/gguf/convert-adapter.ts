@@ -48,7 +48,7 @@
  * wrong there).
  */
 import type { Adapter, AdapterModule } from '../adapters/adapter.js';
-import { checkAdapter } from '../adapters/adapter.js';
+import { checkAdapter, refuseDora } from '../adapters/adapter.js';
 import { LoRAFormatError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { GgufKV, GgufReader } from '../io/gguf.js';
 import { type ByteSink, type GgufPlan, type GgufPlannedTensor, type GgufTensorToWrite, planGguf, writeGguf } from '../io/gguf-write.js';
@@ -160,6 +160,7 @@ export function planGgufAdapter(adapterIn: Adapter, base: GgufReader, opts: Gguf
   if (typeof prefix !== 'string') throw new LoRATypeError(`${FN}: prefix must be a string, got ${describeValue(prefix)}`);
   const dtype = opts.dtype ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'f16') throw new LoRATypeError(`${FN}: dtype must be 'f32' or 'f16', got ${describeValue(dtype)}`);
+  refuseDora(FN, adapter, 'a llama.cpp adapter cannot carry a magnitude vector');
   checkConvertible(adapter);
   if (adapter.modules.length === 0) throw refuse('the adapter has no LoRA modules');
   const arch = base.value('general.architecture');

@@ -216,7 +216,7 @@ export function ggufTargetFor(model: GgufModelInfo, hfModule: string, prefix = '
   if (!permute) return { target };
   const heads = permute === 'q' ? model.nHead : model.nHeadKv;
   if (!Number.isSafeInteger(model.headDim) || model.headDim! <= 0) {
-    throw new LoRATypeError(`${fn}: module ${JSON.stringify(hfModule)}: the ${model.architecture} converter permutes its rows per head, so model.headDim must be a positive integer, got ${describeValue(model.headDim)}`);
+    throw new LoRATypeError(`${fn}: module ${JSON.stringify(hfModule)}: the ${model.architecture} converter permutes its rows per head, so model.headDim must be a positive integer, got ${describeValue(model.headDim)} (ggufModelInfo reads it from ${model.architecture}.attention.key_length, else ${model.architecture}.embedding_length / head_count: the model's metadata lacks them)`);
   }
   if (!Number.isSafeInteger(heads) || heads <= 0) throw new LoRATypeError(`${fn}: model.${permute === 'q' ? 'nHead' : 'nHeadKv'} must be a positive integer, got ${describeValue(heads)}`);
   return { target, rowPermutation: llamaRowPermutation(heads * model.headDim!, heads) };

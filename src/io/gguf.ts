@@ -116,6 +116,11 @@ const utf8 = new TextEncoder();
  * The header, read forward through a window of the file that is refilled in chunks. `need(n)` makes
  * n bytes at `pos` available or fails naming the field; the read methods then take them.
  */
+/** Decoded metadata may take this much memory beyond the file's size (Cursor.charge). */
+const METADATA_BUDGET = 64 * 2 ** 20;
+/** What one item costs decoded, beyond its bytes in the file (V8 objects, array slots, string headers). */
+const COST = { bool: 8, string: 32, array: 96 } as const;
+
 class Cursor {
   pos = 0;
   /** The window: #store[0, #len) holds the file's bytes from #at. */
@@ -123,7 +128,20 @@ class Cursor {
   #view = new DataView(this.#store.buffer);
   #len = 0;
   #at = 0;
-  constructor(readonly source: ByteSource, readonly file: string) {}
+  /**
+   * What decoded metadata may still cost in memory, in bytes: 64 MiB plus the file's size. Items that
+   * decode into more JS memory than they take in the file (an empty nested array is 12 bytes there and
+   * an object here; a bool is 1 byte there) are charged, so a hostile header costs at most about its
+   * file's size (measured before this: 240 MB of nested arrays took 7.4 GB and crashed Node).
+   */
+  #budget: number;
+  constructor(readonly source: ByteSource, readonly file: string) {
+    this.#budget = METADATA_BUDGET + source.size;
+  }
+  charge(bytes: number, what: () => string): void {
+    this.#budget -= bytes;
+    if (this.#budget < 0) throw fail(this.file, `${what()}: the metadata would take more than ${Math.round((METADATA_BUDGET + this.size) / 2 ** 20)} MiB in memory (64 MiB plus the file's size); refusing a header built to exhaust memory`);
+  }
 
   get size(): number {
     return this.source.size;
@@ -310,17 +328,20 @@ async function readValue(c: Cursor, type: GgufType, depth: number, what: () => s
     const n = fits(c, count, itemSize, () => `${what()}: array count`, `${itemType} items`);
     await c.need(n * itemSize, what);
     if (itemType !== 'BOOL') return numericArray(itemType as NumericArrayType, c.bytes(n * itemSize));
+    c.charge(n * COST.bool, what);
     const values: boolean[] = [];
     for (let i = 0; i < n; i++) values.push(readBool(c, item(i)));
     return { type: 'BOOL', values };
   }
   if (itemType === 'STRING') {
     const n = fits(c, count, 8, () => `${what()}: array count`, 'strings');
+    c.charge(n * COST.string, what);
     const values: string[] = [];
     for (let i = 0; i < n; i++) values.push(bufferedString(c, item(i), false) ?? (await readString(c, item(i), false)));
     return { type: 'STRING', values };
   }
   const n = fits(c, count, 12, () => `${what()}: array count`, 'arrays');
+  c.charge(n * COST.array, what);
   const values: GgufArray[] = [];
   for (let i = 0; i < n; i++) values.push((await readValue(c, 'ARRAY', depth + 1, item(i))) as GgufArray);
   return { type: 'ARRAY', values };
@@ -379,6 +400,9 @@ export class GgufReader {
   }
 
   static async open(source: ByteSource): Promise<GgufReader> {
+    if (typeof source !== 'object' || source === null || typeof source.read !== 'function' || typeof source.size !== 'number') {
+      throw new LoRATypeError(`GgufReader.open takes a ByteSource (bytesSource(bytes), blobSource(file), or in Node await fileSource(path)), got ${describeValue(source)}`);
+    }
     const file = source.name;
     const c = new Cursor(source, file);
     await c.need(4, () => `the file has ${source.size} bytes; a GGUF file starts with the magic "GGUF"`);

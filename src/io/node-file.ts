@@ -29,7 +29,7 @@ export async function fileSource(path: string): Promise<ByteSource> {
     let done = 0;
     while (done < length) {
       const { bytesRead } = await handle.read(target, done, length - done, offset + done);
-      if (bytesRead === 0) throw new LoRAFormatError(`${path}: the file ended at byte ${offset + done} while reading ${length} bytes at ${offset}`);
+      if (bytesRead === 0) throw new LoRAFormatError(`${path}: nothing to read at byte ${offset + done} (reading ${length} bytes at ${offset}): the file is shorter than the ${size} bytes it had when it was opened`);
       done += bytesRead;
     }
   };
