@@ -208,6 +208,25 @@ test('lw.mergeAdapterFiles (safetensors): PEFT DoRA into F32, F16 and BF16 files
   }
 });
 
+test('lw.mergeAdapterFiles: a fan_in_fan_out DoRA tensor larger than a band (column norms need every row) is merged whole, as lw.mergeAdapter merges it', async () => {
+  const lw = await lwUnderTest();
+  const g = rng(31);
+  const mod = peftModule(g, 'h.0.attn.c_attn', 600, 2000, 2); // stored [2000, 600] f32: 4.8 MB, more than one 4 MiB band
+  const adapter = await lw.loadAdapter(peftFiles([mod], true));
+  try {
+    const { rows, cols, values } = storedBase(mod, true, 'f32');
+    const got = await mergeFile(lw, encodeSafetensors([{ name: `${mod.name}.weight`, dtype: 'F32', shape: [rows, cols], data: bytesOf(values) }]), adapter);
+    const W = lw.matrix(rows, cols, values);
+    lw.mergeAdapter({ [`${mod.name}.weight`]: W }, adapter);
+    const want = W.toFloat32();
+    W.dispose();
+    assert.equal(new Uint32Array(got[`${mod.name}.weight`]!.buffer), new Uint32Array(want.buffer), 'the resident merge\'s bits');
+    checkMerged(got[`${mod.name}.weight`]!, mod, true, 'f32', 2, (i, j) => mod.W[i * mod.inn + j]!, 'large fan_in_fan_out');
+  } finally {
+    adapter.dispose();
+  }
+});
+
 test('f16/bf16 results off the float64 result rounded once are a tiny fraction (measured)', () => {
   // printed so the fraction is on record; the checks above allow only a neighbour within the f32 bound
   console.log(`DoRA half results not equal to float64 rounded once: ${tally.off} of ${tally.total}`);

@@ -171,8 +171,11 @@ function computeStep(run: Run, from: number, to: number, src: TensorInfo, out: T
   const inPlace = out.dtype === src.dtype;
   const [r, c] = as2d(src.shape);
   const [rows, cols] = write?.biasOf ? [1, r * c] : [r, c];
+  // DoRA with norms over W's stored columns (fan_in_fan_out, a [1, in] dora_scale) needs every row at
+  // once: such a tensor is one band (GPT-2's Conv1D weights, where it occurs, are a few MB)
+  const whole = write?.merge?.module.magnitude !== undefined && write.merge.module.magnitudeAxis === 'cols';
   return {
-    kind: 'compute', from, to, n, outN, inPlace, names: [src.name], r0: 0, rows, rowIn: n / rows, rowOut: outN / rows, rowWork: 0,
+    kind: 'compute', from, to, n, outN, inPlace, names: [src.name], r0: 0, rows, rowIn: n / rows, rowOut: outN / rows, rowWork: whole ? Infinity : 0,
     compute: (input, output, r0, r1) => {
       const W = operandIn(run.engine, input, r1 - r0, cols, DTYPE_OF_ST[src.dtype]!);
       compute(run.engine, fn, src.name, W, inPlace ? W : operandIn(run.engine, output, r1 - r0, cols, DTYPE_OF_ST[out.dtype]!), write, run.safe, undefined, r0,

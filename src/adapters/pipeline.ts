@@ -42,7 +42,8 @@ export type Step =
     inPlace: boolean;
     /**
      * The tensor's rows [r0, r0 + rows) are this step's: rowIn bytes each in the input, rowOut in the
-     * output, rowWork in any work area the computation keeps (n = rows·rowIn, outN = rows·rowOut).
+     * output, rowWork in any work area the computation keeps (n = rows·rowIn, outN = rows·rowOut);
+     * rowWork Infinity: the computation needs every row at once (one band).
      */
     r0: number;
     rows: number;
@@ -62,8 +63,8 @@ export type Step =
 export const BAND_BYTES = 4 << 20;
 
 /** Rows per band of a compute step. */
-export const bandRows = (s: { rowIn: number; rowOut: number; rowWork: number }): number =>
-  Math.max(1, Math.floor(BAND_BYTES / Math.max(s.rowIn, s.rowOut, s.rowWork, 1)));
+export const bandRows = (s: { rows: number; rowIn: number; rowOut: number; rowWork: number }): number =>
+  s.rowWork === Infinity ? s.rows : Math.max(1, Math.floor(BAND_BYTES / Math.max(s.rowIn, s.rowOut, s.rowWork, 1)));
 
 /**
  * Adds an untouched tensor's bytes: a copy (or, where the sink can reference the input, a ref) that
