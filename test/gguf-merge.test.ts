@@ -233,6 +233,67 @@ test('dtype: merged 2-D tensors written as f16 or q8_0, 1-D tensors and untouche
   }
 });
 
+test('a PEFT DoRA adapter merges into F32 and Q8_0 GGUF: W′ = m/‖V‖ ⊙ V per output row, q/k rows and magnitudes in the converter\'s order', async () => {
+  const lw = await lwUnderTest();
+  for (const type of ['F32', 'Q8_0'] as const) {
+    const m = await model(type);
+    const peft = makePeft(m, { name: 'dora', config: { r: 4, lora_alpha: 8 }, rank: () => 4, alpha: () => 8 }, 71);
+    // magnitudes: each W row's norm (PEFT's initial value) ×0.8–1.2, as training moves them
+    const st = await import('../src/io/safetensors.js');
+    const reader = await st.SafetensorsReader.open(bytesSource(peft.weights));
+    const tensors = [];
+    for (const t of reader.tensors) tensors.push({ name: t.name, dtype: t.dtype, shape: [...t.shape], data: (await reader.read(t.name)).bytes });
+    const mags = new Map<string, Float32Array>();
+    for (const [module, { out, inn }] of peft.modules) {
+      const w = m.hf.get(`${module}.weight`)!.data;
+      const mag = new Float32Array(out);
+      for (let i = 0; i < out; i++) {
+        let ss = 0;
+        for (let j = 0; j < inn; j++) ss += w[i * inn + j]! ** 2;
+        mag[i] = Math.sqrt(ss) * (0.8 + 0.4 * ((i * 7919) % 101) / 100);
+      }
+      mags.set(module, mag);
+      tensors.push({ name: `base_model.model.${module}.lora_magnitude_vector`, dtype: 'F32', shape: [out], data: new Uint8Array(mag.buffer) });
+    }
+    const adapter = await lw.loadAdapter({ weights: st.encodeSafetensors(tensors), config: { ...peft.config, use_dora: true } });
+    try {
+      const { report, bytes } = await merge(lw, m.bytes, adapter);
+      assert.is(report.merged, peft.modules.size);
+      const out = await open(bytes);
+      for (const [module, { s, loraA, loraB, out: rows, inn, r }] of peft.modules) {
+        // float64 DoRA in the base's layout: V = W + s·ΔW with the base's (dequantized) W, rows permuted as stored
+        const name = ggufName(module);
+        const w = m.tensors.find((t) => t.gguf === name)!.values;
+        const b = ggufRows(m, module, loraB, rows, r);
+        const mag = ggufRows(m, module, mags.get(module)!, rows, 1);
+        const want = new Float64Array(rows * inn);
+        for (let i = 0; i < rows; i++) {
+          let ss = 0;
+          for (let j = 0; j < inn; j++) {
+            let d = 0;
+            for (let k = 0; k < r; k++) d += b[i * r + k]! * loraA[k * inn + j]!;
+            want[i * inn + j] = w[i * inn + j]! + s * d;
+            ss += want[i * inn + j]! ** 2;
+          }
+          for (let j = 0; j < inn; j++) want[i * inn + j]! *= mag[i]! / Math.sqrt(ss);
+        }
+        const got = await decodeGgml(type, await out.read(name));
+        if (type === 'F32') {
+          for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) <= 2 ** -18 * (Math.abs(want[i]!) + 0.05), `${name}[${i}]: ${got[i]} vs ${want[i]}`);
+        } else {
+          // Q8_0 of the float64 DoRA result: equal blocks but where a value sits on a rounding boundary
+          const ref = (await encodeGgml('Q8_0', Float32Array.from(want))).values;
+          let off = 0;
+          for (let i = 0; i < got.length; i++) if (got[i] !== ref[i]) off++;
+          assert.ok(off <= got.length / 1000, `${name}: ${off} of ${got.length} values off ggml's quantization of the float64 DoRA merge`);
+        }
+      }
+    } finally {
+      adapter.dispose();
+    }
+  }
+});
+
 test('refusals: a module the model lacks (closest names), an unknown dtype, a block scale that overflows with safe, an adapter for another architecture', async () => {
   const lw = await lwUnderTest();
   const m = await model('Q8_0');
