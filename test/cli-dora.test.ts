@@ -251,7 +251,7 @@ async function readPlain(dir: string) {
   return mods;
 }
 
-test('convert of a DoRA adapter at full rank: a plain PEFT folder whose W + s·A·B equals W′ within the f32 bound; kept fractions printed', async () => {
+test('convert of a DoRA adapter at full rank: a plain PEFT folder whose W + s·A·B equals W′ within the f32 bound; kept fractions printed; a sharded base gives the same bytes', async () => {
   const w = workdir();
   try {
     const mods = modules(5);
@@ -275,6 +275,18 @@ test('convert of a DoRA adapter at full rank: a plain PEFT folder whose W + s·A
       assertReproduces(plainMerged(m.W, m.out, m.inn, x.loraA, x.loraB, x.r, x.scale), m, `cli ${m.name}`);
     }
     assert.equal(hidden(w.dir), []);
+    // the same base as two shards (a folder with an index): the same bytes
+    const ts = baseTensors(mods);
+    mkdirSync(w.at('sharded'));
+    const weightMap: Record<string, string> = {};
+    [ts.slice(0, 2), ts.slice(2)].forEach((part, k) => {
+      const file = `model-0000${k + 1}-of-00002.safetensors`;
+      writeFileSync(w.at(`sharded/${file}`), encodeSafetensors(part, { format: 'pt' }));
+      for (const t of part) weightMap[t.name] = file;
+    });
+    writeFileSync(w.at('sharded/model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+    ok(run(w.dir, 'convert', '--adapter', 'dora_dir', '--base', 'sharded', '--prefix', 'model.', '--rank', '64', '--out', 'plain2_dir', '--quiet'));
+    assert.ok(readFileSync(w.at('plain2_dir/adapter_model.safetensors')).equals(readFileSync(w.at('plain_dir/adapter_model.safetensors'))), 'a sharded base gives the same adapter');
     // inspect of the result: plain LoRA
     const i = run(w.dir, 'inspect', 'plain_dir');
     ok(i);
