@@ -775,18 +775,7 @@ const isDoraAdapter = (af) => !af.gguf && /\.lora_magnitude_vector(\.weight)?"/.
 /** The adapter's format from its tensor names, without loading it: 'kohya', 'peft', or 'gguf'. */
 function adapterFormat(af) {
   if (af.gguf) return 'gguf';
-  const fd = openSync(af.weights, 'r');
-  try {
-    const b = Buffer.alloc(8);
-    if (readSync(fd, b, 0, 8, 0) !== 8) return 'peft';
-    const n = Number(b.readBigUInt64LE(0));
-    if (n > 100_000_000) return 'peft';
-    const h = Buffer.alloc(n);
-    readSync(fd, h, 0, n, 8);
-    return /"lora_(unet|te\d?)_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"/.test(h.toString('utf8')) ? 'kohya' : 'peft';
-  } finally {
-    closeSync(fd);
-  }
+  return /"lora_(unet|te\d?)_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"/.test(adapterHeader(af)) ? 'kohya' : 'peft';
 }
 
 /**
