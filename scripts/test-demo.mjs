@@ -123,6 +123,28 @@ try {
   const ggot = (await import('node:fs')).readFileSync(await gdownload.path());
   check('merge page: a llama.cpp adapter merged into a Q8_0 GGUF model downloads as merged.gguf, equal to Node\'s merge byte for byte',
     gdownload.suggestedFilename() === 'merged.gguf' && Buffer.compare(ggot, Buffer.concat(gparts)) === 0, `${await mp.textContent('#status')}; ${ggot.length} bytes`);
+  // a PEFT DoRA adapter (the same factors with magnitude vectors): the page merges it as Node does
+  const doraTensors = [...adapterTensors];
+  for (const [i, mod] of ['enc.0.q', 'enc.0.v', 'enc.1.q'].entries()) {
+    doraTensors.push({ name: `base_model.model.${mod}.lora_magnitude_vector`, dtype: 'F32', shape: [80], data: new Uint8Array(rnd(80, 60 + i).map((x) => 1 + x).buffer) });
+  }
+  const doraConfig = JSON.stringify({ ...JSON.parse(config), use_dora: true });
+  const doraBytes = encodeSafetensors(doraTensors, { format: 'pt' });
+  const da = await lw.loadAdapter({ weights: doraBytes, config: doraConfig });
+  const dparts = [];
+  await lw.mergeAdapterFiles({ base: await SafetensorsReader.open(bytesSource(baseBytes)), adapter: da, sink: () => ({ write: async (b) => void dparts.push(b) }) });
+  da.dispose();
+  await mp.setInputFiles('#adapter', [
+    { name: 'adapter_config.json', mimeType: 'application/json', buffer: Buffer.from(doraConfig) },
+    { name: 'adapter_model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from(doraBytes) },
+  ]);
+  await mp.waitForFunction(() => /PEFT adapter/.test(document.querySelector('#summary')?.textContent ?? '') && document.querySelector('#status')?.getAttribute('data-state') === 'ready', null, { timeout: 30_000 });
+  await mp.setInputFiles('#base', [{ name: 'model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from(baseBytes) }]);
+  await mp.click('#merge');
+  await mp.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 60_000 });
+  const [ddownload] = await Promise.all([mp.waitForEvent('download'), mp.click('#download')]);
+  const dgot = (await import('node:fs')).readFileSync(await ddownload.path());
+  check('merge page: a PEFT DoRA adapter merges in the browser to Node\'s bytes', Buffer.compare(dgot, Buffer.concat(dparts)) === 0, `${await mp.textContent('#status')}; ${dgot.length} bytes`);
   await mp.screenshot({ path: `${root}build/merge-screenshot.png`, fullPage: true });
   check('merge page: no page errors', merrors.length === 0, merrors.join('; '));
   console.log(`screenshot: build/merge-screenshot.png`);

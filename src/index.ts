@@ -26,6 +26,7 @@ export type { SGDOptions, AdamWOptions } from './nn/optim.js';
 export { seededRandom } from './random.js';
 export { Adapter } from './adapters/adapter.js';
 export type { AdapterModule, Replacement } from './adapters/adapter.js';
+export type { DoraAxis, DoraToLoraOptions } from './adapters/dora.js';
 export type { CombineMethod, CombineOptions, WeightedAdapter } from './adapters/combine.js';
 export type { ExtractOptions, ModuleReport, TruncateOptions, TruncateResult } from './adapters/extract.js';
 export { AdapterSet } from './adapters/adapter-set.js';
