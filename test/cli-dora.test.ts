@@ -5,6 +5,7 @@
 // --safe), an existing --out, and `inspect` naming DoRA with each magnitude's length and range.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'uvu';
+import { type DoraModule, doraModule } from './fixtures/dora.js';
 import * as assert from 'uvu/assert';
 import { type DType, LoRANonFiniteError, LoRAShapeError, type Matrix, encodeSafetensors } from '../src/index.js';
 import { Adapter as AdapterClass } from '../src/adapters/adapter.js';
@@ -18,22 +19,8 @@ const bytesOf = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.by
 const f32t = (name: string, shape: number[], data: Float32Array) => ({ name, dtype: 'F32', shape, data: bytesOf(data) });
 const ok = (r: ReturnType<typeof run>) => assert.is(r.status, 0, r.stderr);
 
-/** A PEFT DoRA module in PEFT's layout: W [out, in], lora_A [r, in], lora_B [out, r], m [out]. */
-interface Mod { name: string; out: number; inn: number; r: number; W: Float32Array; loraA: Float32Array; loraB: Float32Array; m?: Float32Array }
-
-function mod(g: () => number, name: string, out: number, inn: number, r: number, dora = true): Mod {
-  const W = randomF32(g, out * inn);
-  const loraA = randomF32(g, r * inn, 0.5);
-  const loraB = randomF32(g, out * r, 0.5);
-  if (!dora) return { name, out, inn, r, W, loraA, loraB };
-  const m = new Float32Array(out);
-  for (let i = 0; i < out; i++) {
-    let s = 0;
-    for (let j = 0; j < inn; j++) s += W[i * inn + j]! ** 2;
-    m[i] = Math.sqrt(s) * (0.7 + 0.6 * g());
-  }
-  return { name, out, inn, r, W, loraA, loraB, m };
-}
+type Mod = DoraModule;
+const mod = doraModule;
 
 const ALPHA = 2; // lora_alpha = 2·r: s = 2
 const SHAPES: [string, number, number, number][] = [['layers.0.q_proj', 24, 20, 3], ['layers.0.v_proj', 12, 20, 2], ['layers.1.up_proj', 30, 12, 4]];

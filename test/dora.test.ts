@@ -8,6 +8,7 @@
  *   axis ([out, 1]: rows, [1, in]: columns) plus finfo(float32).eps.
  */
 import { test } from 'uvu';
+import { doraModule } from './fixtures/dora.js';
 import * as assert from 'uvu/assert';
 import {
   type Adapter, type DType, type FileSink, LoRAFormatError, LoRARangeError, LoRAShapeError, LoRATypeError, type LoRAWasm, type Matrix,
@@ -24,19 +25,7 @@ const f32t = (name: string, shape: number[], data: Float32Array) => ({ name, dty
 /** A PEFT DoRA module in PEFT's layout: W [out, in] (the base stores Wᵀ with fan_in_fan_out), lora_A [r, in], lora_B [out, r], m [out]. */
 interface PeftModule { name: string; out: number; inn: number; r: number; W: Float32Array; loraA: Float32Array; loraB: Float32Array; m: Float32Array }
 
-function peftModule(g: () => number, name: string, out: number, inn: number, r: number): PeftModule {
-  const W = randomF32(g, out * inn);
-  const loraA = randomF32(g, r * inn, 0.5);
-  const loraB = randomF32(g, out * r, 0.5);
-  // PEFT initialises m to ‖W‖ per row (DoraLinearLayer.update_layer); training moves it: ±30 %
-  const m = new Float32Array(out);
-  for (let i = 0; i < out; i++) {
-    let s = 0;
-    for (let j = 0; j < inn; j++) s += W[i * inn + j]! ** 2;
-    m[i] = Math.sqrt(s) * (0.7 + 0.6 * g());
-  }
-  return { name, out, inn, r, W, loraA, loraB, m };
-}
+const peftModule = (g: () => number, name: string, out: number, inn: number, r: number): PeftModule => doraModule(g, name, out, inn, r) as PeftModule;
 
 /** float64 W′ in PEFT's [out, in] layout, from W as decoded (`w(i, j)`), and per element its magnitude for the bound. */
 function peftReference(mod: PeftModule, s: number, w: (i: number, j: number) => number): { ref: Float64Array; mag: Float64Array } {

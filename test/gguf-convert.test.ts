@@ -1,4 +1,4 @@
-// PEFT adapter → llama.cpp LoRA adapter (src/gguf/convert-adapter.ts), against the real thing: a tiny
+// PEFT adapter → llama.cpp LoRA adapter (src/adapters/convert-gguf.ts), against the real thing: a tiny
 // llama GGUF, PEFT adapters with plain alpha/r, rsLoRA and rank/alpha patterns, converted, loaded by
 // llama.cpp (node-llama-cpp) on the base, and compared with llama.cpp running a model merged in float64
 // here (W + s·lora_B·lora_A, q/k rows permuted as the base stores them). A naive conversion (alpha
@@ -10,7 +10,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Adapter } from '../src/adapters/adapter.js';
 import { LoRAFormatError, LoRAShapeError, LoRATypeError } from '../src/errors.js';
-import { encodeGgufAdapter, planGgufAdapter } from '../src/gguf/convert-adapter.js';
+import { encodeGgufAdapter, planGgufAdapter } from '../src/adapters/convert-gguf.js';
 import { GgufReader } from '../src/io/gguf.js';
 import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
 import { encodeSafetensors } from '../src/io/safetensors.js';

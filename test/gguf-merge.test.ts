@@ -12,7 +12,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Adapter } from '../src/adapters/adapter.js';
 import { LoRAFormatError, LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/errors.js';
-import { encodeGgufAdapter } from '../src/gguf/convert-adapter.js';
+import { encodeGgufAdapter } from '../src/adapters/convert-gguf.js';
 import { GgufReader } from '../src/io/gguf.js';
 import { GGML_TYPE, type GgmlTypeName, ggmlType } from '../src/io/gguf-types.js';
 import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';

@@ -47,12 +47,12 @@
  * convert_lora_to_gguf.py (writes lora_alpha from the config alone, so rsLoRA and alpha_pattern come out
  * wrong there).
  */
-import type { Adapter, AdapterModule } from '../adapters/adapter.js';
-import { checkAdapter, refuseDora } from '../adapters/adapter.js';
+import type { Adapter, AdapterModule } from './adapter.js';
+import { checkAdapter, refuseDora } from './adapter.js';
 import { LoRAFormatError, LoRAShapeError, LoRATypeError, describeValue } from '../errors.js';
 import type { GgufKV, GgufReader } from '../io/gguf.js';
 import { type ByteSink, type GgufPlan, type GgufPlannedTensor, type GgufTensorToWrite, planGguf, writeGguf } from '../io/gguf-write.js';
-import { ggufModelInfo, ggufTargetFor } from './names.js';
+import { ggufModelInfo, ggufTargetFor } from '../gguf/names.js';
 
 export interface GgufAdapterOptions {
   /**
