@@ -146,6 +146,9 @@ export async function execute(engine: Engine, fn: string, source: ByteSource, st
     const free = blocks.take();
     return track(free ? go(free) : blocks.acquire().then(go));
   };
+  // the next step that reads, for each step (one pass: a 140 GB model is tens of thousands of bands)
+  const nextRead = new Int32Array(steps.length).fill(-1);
+  for (let i = steps.length - 2; i >= 0; i--) nextRead[i] = reads(steps[i + 1]!) ? i + 1 : nextRead[i + 1]!;
   let ahead: { i: number; block: Promise<Block> } | undefined;
   try {
     for (let i = 0; i < steps.length; i++) {
@@ -175,7 +178,7 @@ export async function execute(engine: Engine, fn: string, source: ByteSource, st
       }
       const input = await (ahead?.i === i ? ahead.block : startRead(s));
       ahead = undefined;
-      const next = steps.findIndex((x, j) => j > i && reads(x));
+      const next = nextRead[i]!;
       if (overlap && next > 0) ahead = { i: next, block: startRead(steps[next] as { from: number; n: number }) };
       let output = input;
       let outN = s.n;
