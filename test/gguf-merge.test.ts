@@ -13,6 +13,7 @@ import * as assert from 'uvu/assert';
 import type { Adapter } from '../src/adapters/adapter.js';
 import { LoRAFormatError, LoRANonFiniteError, LoRAShapeError, LoRATypeError } from '../src/errors.js';
 import { encodeGgufAdapter } from '../src/adapters/convert-gguf.js';
+import { encodeKohyaAdapter } from '../src/adapters/convert-kohya.js';
 import { GgufReader } from '../src/io/gguf.js';
 import { GGML_TYPE, type GgmlTypeName, ggmlType } from '../src/io/gguf-types.js';
 import { encodeGguf, planGgufFrom, writeGguf } from '../src/io/gguf-write.js';
@@ -150,6 +151,24 @@ for (const type of TYPES) {
 }
 
 const decode = decodeGgml;
+
+test('a kohya adapter (lora_te_<module with _ for .>) merges into a GGUF model as its PEFT twin does, byte for byte', async () => {
+  const lw = await lwUnderTest();
+  const m = await model('Q8_0');
+  const peft = makePeft(m, { name: 'plain', config: { r: 4, lora_alpha: 8 }, rank: () => 4, alpha: () => 8 }, 81);
+  const fromPeft = await lw.loadAdapter({ weights: peft.weights, config: peft.config });
+  const kohya = await lw.loadAdapter({ weights: encodeKohyaAdapter(fromPeft) });
+  try {
+    assert.is(kohya.format, 'kohya');
+    assert.ok(kohya.modules[0]!.name.startsWith('lora_te_model_layers_'), kohya.modules[0]!.name);
+    const [a, b] = [await merge(lw, m.bytes, fromPeft), await merge(lw, m.bytes, kohya)];
+    assert.is(b.report.merged, peft.modules.size);
+    assert.ok(Buffer.from(b.bytes).equals(Buffer.from(a.bytes)), 'the same file');
+  } finally {
+    fromPeft.dispose();
+    kohya.dispose();
+  }
+});
 
 test('a llama.cpp adapter (.gguf) merges into its model to what llama.cpp applies at run time', async () => {
   const lw = await lwUnderTest();

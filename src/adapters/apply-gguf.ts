@@ -97,13 +97,11 @@ function ggufNaming(reader: GgufReader, adapter: Adapter, prefix: string): Namin
       tensor: (name) => prefix + name,
     };
   }
-  if (adapter.format !== 'peft') {
-    throw new LoRAFormatError(`${fn}: a ${adapter.format} adapter names Stable Diffusion modules (lora_unet_…, lora_te_…); a GGUF model takes a PEFT adapter or a llama.cpp adapter .gguf`);
-  }
   const info = ggufModelInfo(reader);
   return {
     module: (m) => {
-      const { target, rowPermutation } = ggufTargetFor(info, m.name, prefix);
+      // PEFT names the Hugging Face module; kohya writes it with '_' for '.' after lora_te_/lora_unet_
+      const { target, rowPermutation } = ggufTargetFor(info, m.name, prefix, adapter.format === 'kohya' ? 'kohya' : 'hf');
       return rowPermutation ? { target, rows: rowPermutation } : { target };
     },
     // a replacement (modules_to_save) names a tensor: its module's GGUF tensor with the same suffix

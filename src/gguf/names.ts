@@ -187,18 +187,24 @@ const closest = (want: string, names: ReadonlySet<string>): string => {
  * Throws LoRAFormatError for an architecture not in GGUF_NAME_ARCHS, LoRAShapeError when the module has
  * no tensor in this model (naming the closest GGUF names).
  */
-export function ggufTargetFor(model: GgufModelInfo, hfModule: string, prefix = ''): GgufTarget {
+export function ggufTargetFor(model: GgufModelInfo, hfModule: string, prefix = '', naming: 'hf' | 'kohya' = 'hf'): GgufTarget {
   const fn = 'ggufTargetFor';
   if (typeof model !== 'object' || model === null || !(model.names instanceof Set)) throw new LoRATypeError(`${fn}: model must be { architecture, nHead, nHeadKv, names: Set } (see ggufModelInfo), got ${describeValue(model)}`);
   if (typeof hfModule !== 'string') throw new LoRATypeError(`${fn}: hfModule must be a string, got ${describeValue(hfModule)}`);
   if (typeof prefix !== 'string') throw new LoRATypeError(`${fn}: prefix must be a string, got ${describeValue(prefix)}`);
   const rules = Object.hasOwn(ARCHS, model.architecture) ? ARCHS[model.architecture]! : undefined;
   if (!rules) throw new LoRAFormatError(`${fn}: architecture ${JSON.stringify(model.architecture)} is not supported; supported: ${GGUF_NAME_ARCHS.join(', ')}`);
-  const bare = hfModule.replace(/^base_model\.model\./, '').replace(/^model\./, '');
+  // kohya names a module by its Hugging Face name with '_' for '.' (lora_te_model_layers_3_self_attn_q_proj):
+  // the same rules, with '_' where they match '.'
+  const kohya = naming === 'kohya';
+  const bare = kohya
+    ? hfModule.replace(/^lora_(unet|te\d?)_/, '').replace(/^base_model_model_/, '').replace(/^model_/, '')
+    : hfModule.replace(/^base_model\.model\./, '').replace(/^model\./, '');
+  const pattern = (r: Rule): RegExp => (kohya ? new RegExp(r.hf.source.replaceAll('\\.', '_')) : r.hf);
   let base: string | undefined;
   let permute: Permute;
   for (const r of rules) {
-    const m = bare.match(r.hf);
+    const m = bare.match(pattern(r));
     if (m) {
       base = r.gguf.replace('{bid}', m[1] ?? '');
       permute = r.permute;
@@ -207,8 +213,8 @@ export function ggufTargetFor(model: GgufModelInfo, hfModule: string, prefix = '
   }
   if (base === undefined) {
     // for the hint: its name in another architecture, else the module's own with the block number carried over
-    const other = ALL_RULES.find((r) => r.hf.test(bare));
-    const guess = `${prefix}${other ? other.gguf.replace('{bid}', bare.match(other.hf)![1] ?? '') : bare.replace(/^layers\.(\d+)\./, 'blk.$1.')}.weight`;
+    const other = ALL_RULES.find((r) => pattern(r).test(bare));
+    const guess = `${prefix}${other ? other.gguf.replace('{bid}', bare.match(pattern(other))![1] ?? '') : bare.replace(/^layers[._](\d+)[._]/, 'blk.$1.')}.weight`;
     throw new LoRAShapeError(`${fn}: module ${JSON.stringify(hfModule)} has no GGUF tensor in a ${model.architecture} model${closest(guess, model.names)}`);
   }
   const target = `${prefix}${base}.weight`;
