@@ -356,6 +356,28 @@ test('refusals: a module the model lacks (closest names), an unknown dtype, a bl
   } finally {
     normPair.dispose();
   }
+  // --dtype q8_0 on rows that are not whole 32-value blocks; a reader that is not a byte source; mixed bases
+  const arch = { key: 'general.architecture', type: 'STRING' as const, value: 'llama' };
+  const odd = await encodeGguf({ metadata: [arch], tensors: [{ name: 'blk.0.attn_v.weight', type: 'F32', shape: [4, 48], data: new Float32Array(192) }] });
+  const oddAdapter = await lw.loadAdapter({
+    weights: await encodeGguf({
+      metadata: [arch, { key: 'general.type', type: 'STRING', value: 'adapter' }, { key: 'adapter.type', type: 'STRING', value: 'lora' }],
+      tensors: [
+        { name: 'blk.0.attn_v.weight.lora_a', type: 'F32', shape: [1, 48], data: new Float32Array(48).fill(1) },
+        { name: 'blk.0.attn_v.weight.lora_b', type: 'F32', shape: [4, 1], data: new Float32Array(4).fill(1) },
+      ],
+    }),
+  });
+  try {
+    await assertRejectsTyped(() => merge(lw, odd, oddAdapter, { dtype: 'q8_0' }), LoRAShapeError, ['"blk.0.attn_v.weight"', 'rows of 48 values', 'Q8_0']);
+    await assertRejectsTyped(() => GgufReader.open('model.gguf' as never), LoRATypeError, ['GgufReader.open takes a ByteSource']);
+    const st = await import('../src/io/safetensors.js');
+    const shard = await st.SafetensorsReader.open(bytesSource(st.encodeSafetensors([])));
+    const gg = await open(odd);
+    await assertRejectsTyped(() => lw.mergeAdapterFiles({ base: [shard, gg] as never, adapter: oddAdapter, sink: () => memorySink().sink }), LoRATypeError, ['the formats do not mix']);
+  } finally {
+    oddAdapter.dispose();
+  }
 
 });
 
